@@ -1,0 +1,352 @@
+"""The feature cache: the on-disk contract between ``data_prep`` and ``audiostem``.
+
+One folder per prepared dataset::
+
+    CACHE/
+      meta.json            feature config, classes, per-bin train mean/std, versions, failures
+      manifest.csv         one row per item: id, source, checksum, label, split, fold, group,
+                           frames, shard, offset
+      shards/00000.npy     float16 array (total_frames, *feature_shape); one item = one
+      shards/00001.npy     contiguous slice [offset, offset + frames) of one shard
+      ...
+
+It is built in ``CACHE.partial/`` and renamed when complete, so a folder named ``CACHE`` is
+always whole. While building, every shard is committed by writing ``NNNNN.npy`` and then
+``NNNNN.json`` (its manifest rows and failures); a shard without its ``.json`` is incomplete
+and is rebuilt. Items arrive in a deterministic order and shards close at deterministic
+points, so a build that was killed and resumed ends with the same cache as one that was not.
+
+Readers open shards with ``mmap_mode="r"``: many DataLoader workers and DDP ranks share the
+page cache and nothing is loaded into memory until it is sliced.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable, Optional, Union
+
+import numpy as np
+
+from .config import FeatureConfig, config_diff, feature_config
+
+FORMAT_VERSION = 1
+MANIFEST_FIELDS = ("id", "source", "checksum", "label", "split", "fold", "group",
+                   "frames", "shard", "offset")
+SHARD_BYTES = 64 * 2**20   # close a shard once its features reach this size
+SHARD_ITEMS = 2048         # ... or this many items
+
+
+class CacheError(Exception):
+    """A cache that is missing, incomplete, or built with another feature config."""
+
+
+def _write_atomic(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        write(fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    _write_atomic(path, lambda fh: fh.write(json.dumps(obj, indent=1).encode()))
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+    out = {"python": sys.version.split()[0]}
+    for name in ("audiostem", "numpy", "soundfile", "soxr", "librosa", "torch", "torchaudio",
+                 "pretty_midi", "symusic"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def _partial(out: Path) -> Path:
+    return out.with_name(out.name + ".partial")
+
+
+class CacheWriter:
+    """Writes items into ``OUT.partial/`` shard by shard and publishes ``OUT`` on :meth:`finish`.
+
+    Args:
+        out: the cache folder to create.
+        config: the feature config every item was computed with.
+        source: a JSON-able description of where the items came from (adapter name, root,
+            options); stored in ``meta.json``. A partial build made from another source or
+            config is discarded, not resumed.
+        classes: the class list, in label-index order (``None``: sorted labels of the items).
+
+    Call :meth:`is_done` to skip sources a previous, interrupted build already wrote, then
+    :meth:`add` / :meth:`add_failure` for every remaining source *in the same order as
+    before*, then :meth:`finish`.
+    """
+
+    def __init__(self, out: Union[str, Path], config: FeatureConfig, source: dict,
+                 classes: Optional[list[str]] = None, *,
+                 shard_bytes: int = SHARD_BYTES, shard_items: int = SHARD_ITEMS):
+        self.out = Path(out)
+        self.config = feature_config(config)
+        self.source = source
+        self.classes = classes
+        self.shard_bytes, self.shard_items = shard_bytes, shard_items
+        self.dir = _partial(self.out)
+        self.shard_dir = self.dir / "shards"
+        self._rows: list[dict] = []         # rows of committed shards
+        self._failures: list[dict] = []     # failures of committed shards
+        self._pending: list[tuple[dict, np.ndarray]] = []
+        self._pending_failures: list[dict] = []
+        self._pending_bytes = 0
+        self._done: set[str] = set()
+        self.resumed_items = 0
+        self._open()
+
+    # -- set-up and resume -------------------------------------------------------------
+    def _open(self) -> None:
+        header = {"format": FORMAT_VERSION, "features": self.config.to_dict(), "source": self.source}
+        header_path = self.dir / "build.json"
+        if header_path.exists():
+            try:
+                old = json.loads(header_path.read_text())
+            except (OSError, ValueError):
+                old = None
+            if old != header:
+                shutil.rmtree(self.dir)      # a partial build of something else: start over
+        self.shard_dir.mkdir(parents=True, exist_ok=True)
+        if not header_path.exists():
+            _write_json(header_path, header)
+        n = 0
+        while (self.shard_dir / f"{n:05d}.json").exists() and (self.shard_dir / f"{n:05d}.npy").exists():
+            record = json.loads((self.shard_dir / f"{n:05d}.json").read_text())
+            self._rows += record["rows"]
+            self._failures += record["failures"]
+            n += 1
+        self._next_shard = n
+        for stale in self.shard_dir.iterdir():     # an uncommitted shard, or temporary files
+            if stale.suffix == ".tmp" or int(stale.name.split(".")[0]) >= n:
+                stale.unlink()
+        self._done = {r["source"] for r in self._rows} | {f["source"] for f in self._failures}
+        self.resumed_items = len(self._done)
+
+    def is_done(self, source: str) -> bool:
+        """True when a previous build already wrote (or failed) this source."""
+        return source in self._done
+
+    # -- adding items ------------------------------------------------------------------
+    def add(self, features: np.ndarray, *, id: str, source: str, label: str,
+            split: str = "", fold: Optional[int] = None, group: str = "", checksum: str = "") -> None:
+        """Add one item: ``features`` is ``(frames, *config.feature_shape)``, any float dtype."""
+        shape = tuple(self.config.feature_shape)
+        if features.ndim != 1 + len(shape) or tuple(features.shape[1:]) != shape or len(features) == 0:
+            raise ValueError(f"{source}: features of shape {features.shape} do not match "
+                             f"(frames>0, *{shape}) of the feature config")
+        row = {"id": id, "source": source, "checksum": checksum, "label": label, "split": split,
+               "fold": "" if fold is None else int(fold), "group": group,
+               "frames": int(features.shape[0])}
+        array = np.ascontiguousarray(features, dtype=np.float16)
+        self._pending.append((row, array))
+        self._pending_bytes += array.nbytes
+        if self._pending_bytes >= self.shard_bytes or len(self._pending) >= self.shard_items:
+            self._commit_shard()
+
+    def add_failure(self, source: str, reason: str) -> None:
+        """Record a source that could not be turned into features (it is skipped, not fatal)."""
+        self._pending_failures.append({"source": source, "reason": reason})
+
+    def _commit_shard(self) -> None:
+        if not self._pending and not self._pending_failures:
+            return
+        name = f"{self._next_shard:05d}"
+        offset, rows = 0, []
+        for row, array in self._pending:
+            rows.append({**row, "shard": self._next_shard, "offset": offset})
+            offset += len(array)
+        shape = (offset, *self.config.feature_shape)
+        data = (np.concatenate([a for _, a in self._pending]) if self._pending
+                else np.zeros(shape, np.float16))
+        _write_atomic(self.shard_dir / f"{name}.npy", lambda fh: np.save(fh, data))
+        _write_json(self.shard_dir / f"{name}.json", {"rows": rows, "failures": self._pending_failures})
+        self._rows += rows
+        self._failures += self._pending_failures
+        self._pending, self._pending_failures, self._pending_bytes = [], [], 0
+        self._next_shard += 1
+
+    # -- publishing --------------------------------------------------------------------
+    def finish(self, extra_meta: Optional[dict] = None) -> "FeatureCache":
+        """Commit the last shard, compute train statistics, write manifest and meta, publish."""
+        self._commit_shard()
+        if not self._rows:
+            raise CacheError(f"{self.out}: no usable item was found "
+                             f"({len(self._failures)} sources failed)")
+        classes = self.classes or sorted({r["label"] for r in self._rows})
+        unknown = sorted({r["label"] for r in self._rows} - set(classes))
+        if unknown:
+            raise CacheError(f"{self.out}: labels {unknown} are not in the class list {classes}")
+        with open(self.dir / "manifest.csv", "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, MANIFEST_FIELDS)
+            writer.writeheader()
+            writer.writerows(self._rows)
+        mean, std = _train_stats(self.shard_dir, self._rows, self.config.feature_shape)
+        meta = {
+            "format": FORMAT_VERSION,
+            "features": self.config.to_dict(),
+            "feature_shape": list(self.config.feature_shape),
+            "dtype": "float16",
+            "classes": classes,
+            "n_items": len(self._rows),
+            "n_frames": int(sum(r["frames"] for r in self._rows)),
+            "splits": {s: sum(r["split"] == s for r in self._rows)
+                       for s in sorted({r["split"] for r in self._rows})},
+            "stats": {"mean": mean.tolist(), "std": std.tolist(),
+                      "over": "train" if any(r["split"] == "train" for r in self._rows) else "all"},
+            "source": self.source,
+            "failures": self._failures,
+            "versions": _versions(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **(extra_meta or {}),
+        }
+        _write_json(self.dir / "meta.json", meta)
+        (self.dir / "build.json").unlink()
+        if self.out.exists():
+            shutil.rmtree(self.out)
+        os.replace(self.dir, self.out)
+        return open_cache(self.out)
+
+
+def _train_stats(shard_dir: Path, rows: list[dict], shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-bin mean and std over the frames of the train split (all items when there is none)."""
+    use = [r for r in rows if r["split"] == "train"] or rows
+    total = np.zeros(shape, np.float64)
+    total_sq = np.zeros(shape, np.float64)
+    count = 0
+    by_shard: dict[int, list[dict]] = {}
+    for r in use:
+        by_shard.setdefault(r["shard"], []).append(r)
+    for shard, shard_rows in sorted(by_shard.items()):
+        data = np.load(shard_dir / f"{shard:05d}.npy", mmap_mode="r")
+        for r in shard_rows:
+            x = np.asarray(data[r["offset"]:r["offset"] + r["frames"]], dtype=np.float64)
+            total += x.sum(0)
+            total_sq += np.square(x).sum(0)
+            count += len(x)
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
+    return mean, std
+
+
+def check_existing(out: Union[str, Path], config: FeatureConfig, force: bool = False) -> Optional[str]:
+    """Decide what to do about an existing cache at ``out`` before building it.
+
+    Returns ``"up to date"`` when a complete cache with the same feature config exists, and
+    ``None`` when a build should go ahead (no cache, or ``force`` removed the old one).
+    Raises :class:`CacheError` naming the differing fields when the config differs and
+    ``force`` is false.
+    """
+    out = Path(out)
+    if not (out / "meta.json").exists():
+        return None
+    meta = json.loads((out / "meta.json").read_text())
+    diff = config_diff(meta["features"], config)
+    if not diff:
+        if force:
+            shutil.rmtree(out)
+            return None
+        return "up to date"
+    if not force:
+        raise CacheError(f"{out} was built with another feature config ({'; '.join(diff)}); "
+                         f"use --force to rebuild it or choose another --out")
+    shutil.rmtree(out)
+    return None
+
+
+class FeatureCache:
+    """Read access to a complete cache; see :func:`open_cache`.
+
+    Attributes:
+        path: the cache folder.
+        meta: the parsed ``meta.json``.
+        config: the :class:`~data_prep.config.AudioFeatures` or
+            :class:`~data_prep.config.PianoRollFeatures` it was built with.
+        classes: class names; an item's label index is ``classes.index(item["label"])``.
+        items: one dict per item with ``id``, ``source``, ``checksum``, ``label``, ``split``,
+            ``fold`` (int or ``None``), ``group``, ``frames``, ``shard``, ``offset``.
+    """
+
+    def __init__(self, path: Union[str, Path]):
+        self.path = Path(path)
+        meta_path = self.path / "meta.json"
+        if not meta_path.exists():
+            hint = (" (an interrupted build: run the same data_prep command again to resume it)"
+                    if _partial(self.path).exists() else "")
+            raise CacheError(f"{self.path}: not a feature cache, no meta.json{hint}")
+        self.meta: dict = json.loads(meta_path.read_text())
+        if self.meta.get("format") != FORMAT_VERSION:
+            raise CacheError(f"{self.path}: cache format {self.meta.get('format')!r}, "
+                             f"this version reads {FORMAT_VERSION}; rebuild it with --force")
+        self.config = feature_config(self.meta["features"])
+        self.classes: list[str] = list(self.meta["classes"])
+        with open(self.path / "manifest.csv", newline="", encoding="utf-8") as fh:
+            self.items: list[dict] = [_parse_row(r) for r in csv.DictReader(fh)]
+        self._class_index = {c: i for i, c in enumerate(self.classes)}
+        self._shards: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __repr__(self) -> str:
+        return (f"FeatureCache({str(self.path)!r}, items={len(self)}, classes={len(self.classes)}, "
+                f"kind={self.config.kind!r}, feature_shape={tuple(self.meta['feature_shape'])})")
+
+    def features(self, i: int) -> np.ndarray:
+        """Item ``i``'s features, ``(frames, *feature_shape)`` float16, memory-mapped (read-only)."""
+        item = self.items[i]
+        shard = self._shards.get(item["shard"])
+        if shard is None:
+            shard = np.load(self.path / "shards" / f"{item['shard']:05d}.npy", mmap_mode="r")
+            self._shards[item["shard"]] = shard
+        return shard[item["offset"]:item["offset"] + item["frames"]]
+
+    def label_index(self, i: int) -> int:
+        """Index of item ``i``'s label in :attr:`classes`."""
+        return self._class_index[self.items[i]["label"]]
+
+    def indices(self, split: Optional[str] = None, folds: Optional[Iterable[int]] = None) -> list[int]:
+        """Indices of the items in ``split`` (any split when ``None``) and in ``folds``."""
+        folds = None if folds is None else set(folds)
+        return [i for i, it in enumerate(self.items)
+                if (split is None or it["split"] == split) and (folds is None or it["fold"] in folds)]
+
+    @property
+    def stats(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-bin ``(mean, std)`` of the train split, each of shape ``feature_shape``."""
+        s = self.meta["stats"]
+        return np.asarray(s["mean"], np.float32), np.asarray(s["std"], np.float32)
+
+    @property
+    def failures(self) -> list[dict]:
+        """Sources that were skipped: ``[{"source": ..., "reason": ...}]``."""
+        return self.meta["failures"]
+
+    def __getstate__(self) -> dict:      # memory maps are reopened lazily in each process
+        return {**self.__dict__, "_shards": {}}
+
+
+def _parse_row(row: dict) -> dict:
+    row["frames"] = int(row["frames"])
+    row["shard"] = int(row["shard"])
+    row["offset"] = int(row["offset"])
+    row["fold"] = int(row["fold"]) if row["fold"] not in ("", None) else None
+    return row
+
+
+def open_cache(path: Union[str, Path]) -> FeatureCache:
+    """Open a prepared feature cache for reading (see :class:`FeatureCache`)."""
+    return FeatureCache(path)
