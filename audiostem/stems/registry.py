@@ -1,0 +1,153 @@
+"""The stem registry, the builder and the describer."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from .modules import Stem
+from .spec import normalize_spec
+
+# name -> a function of keyword overrides returning a spec dict (at least {"layers": [...]}).
+_REGISTRY: dict[str, Callable[..., dict]] = {}
+
+
+def register_stem(fn_or_spec: Callable[..., dict] | dict | None = None, *, name: str | None = None) -> Any:
+    """Register a preset stem, as a decorated function or as one spec.
+
+    Three forms::
+
+        @register_stem                       # name = the function's name
+        def my_stem(kernel_size: int = 3, out_channels: int = 64) -> dict:
+            return {"layers": [...]}
+
+        @register_stem(name="my-stem")       # explicit name
+
+        register_stem({"name": "fixed", "layers": [...]})   # a fixed spec (needs "name")
+
+    A function's keyword parameters are that preset's overrides in ``build_stem``; every
+    preset also takes ``coord``. A spec is validated when registered. Returns the function
+    (so it works as a decorator) or the canonical spec. Raises ``ValueError`` if the name
+    is already taken.
+    """
+    if fn_or_spec is None:
+        return lambda fn: register_stem(fn, name=name)
+    if isinstance(fn_or_spec, dict):
+        spec = normalize_spec(fn_or_spec)
+        key = name or fn_or_spec.get("name")
+        if not key:
+            raise ValueError("register_stem: a spec needs a 'name' (or pass name=...)")
+        _add(key, lambda: copy.deepcopy(spec))
+        return spec
+    if not callable(fn_or_spec):
+        raise TypeError(f"register_stem: expected a function or a spec dict, got {type(fn_or_spec).__name__}")
+    _add(name or fn_or_spec.__name__, fn_or_spec)
+    return fn_or_spec
+
+
+def _add(name: str, fn: Callable[..., dict]) -> None:
+    if name in _REGISTRY:
+        raise ValueError(f"register_stem: a stem named {name!r} is already registered")
+    _REGISTRY[name] = fn
+
+
+def list_stems() -> list[str]:
+    """Names of the registered preset stems, sorted."""
+    return sorted(_REGISTRY)
+
+
+def stem_overrides(name: str) -> list[str]:
+    """The overrides ``build_stem(name, ...)`` accepts for a preset, sorted."""
+    params = inspect.signature(_REGISTRY[name]).parameters
+    return sorted({"coord", *params})
+
+
+def build_stem(name_or_spec: str | dict, in_channels: int | None = None, **overrides: Any) -> Stem:
+    """Build a stem: ``(batch, in_channels, F, T) -> (batch, out_channels, F / s_f, T / s_t)``.
+
+    Args:
+        name_or_spec: a preset name (see ``list_stems()``) or a spec dict (format in
+            ``audiostem.stems.spec``; ``stem.spec`` of any built stem works).
+        in_channels: input channels; default the spec's ``in_channels``, which defaults to 1.
+        **overrides: preset parameters, the study axes. Which ones a preset takes is in its
+            docstring and ``stem_overrides(name)``; the common ones:
+
+            - ``kernel_size`` (int): the preset's main kernel (3, 5, 7, 9, ...);
+            - ``width`` (int): filters of the first layer (8 ... 64);
+            - ``depth`` (int): number of 3x3-style layers;
+            - ``out_channels`` (int): channels of the output map, default 64;
+            - ``coord`` (bool): append a frequency-position channel (see ``FreqCoord``) to the
+              input before the first conv; any stem takes it; stride and receptive field
+              are unchanged. A spec dict takes only this override.
+
+    Returns:
+        a ``Stem`` with ``.out_channels``, ``.stride`` (f, t), ``.receptive_field`` (f, t) and
+        ``.spec`` (canonical, YAML-friendly; ``build_stem(stem.spec)`` rebuilds the same
+        architecture).
+
+    Raises:
+        ValueError: unknown preset, unknown override (naming the valid ones), or an invalid
+            spec (naming the field, e.g. ``stem.layers[1].kernel``).
+    """
+    coord = overrides.pop("coord", None)
+    if isinstance(name_or_spec, str):
+        if name_or_spec not in _REGISTRY:
+            raise ValueError(f"unknown stem {name_or_spec!r}; registered stems: {', '.join(list_stems())}")
+        valid = stem_overrides(name_or_spec)
+        spec = dict(_REGISTRY[name_or_spec](**_checked(overrides, valid, name_or_spec)))
+        spec.setdefault("name", name_or_spec)
+    elif isinstance(name_or_spec, dict):
+        _checked(overrides, ["coord"], "spec")
+        spec = dict(name_or_spec)
+    else:
+        raise TypeError(f"build_stem: expected a preset name or a spec dict, got {type(name_or_spec).__name__}")
+    if in_channels is not None:
+        spec["in_channels"] = in_channels
+    if coord is not None:
+        spec["coord"] = coord
+    return Stem(normalize_spec(spec))
+
+
+def _checked(overrides: dict, valid: list[str], what: str) -> dict:
+    for key in overrides:
+        if key not in valid:
+            raise ValueError(f"stem {what!r}: unknown override {key!r}; valid overrides: {', '.join(valid)}")
+    return overrides
+
+
+@torch.no_grad()
+def describe_stem(stem: nn.Module | str | dict, input_shape: tuple[int, int, int] = (1, 128, 256)) -> dict:
+    """Size and geometry of a stem for one input of ``input_shape = (C, F, T)``.
+
+    A name or spec is built first (with ``in_channels = C``). Returns a dict:
+    ``name``, ``params`` (trainable parameter count), ``flops`` (FLOPs of one forward pass at
+    batch 1, counted by ``torch.utils.flop_counter.FlopCounterMode``: a multiply-add is 2,
+    norms/activations/pools are not counted), ``receptive_field`` and ``stride`` (f, t; None
+    for a module without them), ``out_channels`` and ``out_shape`` (C', F', T') without batch.
+    """
+    if not isinstance(stem, nn.Module):
+        stem = build_stem(stem, in_channels=input_shape[0])
+    param = next(stem.parameters(), None)
+    x = torch.zeros(1, *input_shape, device=param.device if param is not None else "cpu")
+    was_training = stem.training
+    stem.eval()
+    try:
+        with FlopCounterMode(display=False) as counter:
+            out = stem(x)
+    finally:
+        stem.train(was_training)
+    spec = getattr(stem, "spec", None)
+    return {
+        "name": spec["name"] if isinstance(spec, dict) else type(stem).__name__,
+        "params": sum(p.numel() for p in stem.parameters() if p.requires_grad),
+        "flops": counter.get_total_flops(),
+        "receptive_field": getattr(stem, "receptive_field", None),
+        "stride": getattr(stem, "stride", None),
+        "out_channels": int(out.shape[1]),
+        "out_shape": tuple(out.shape[1:]),
+    }
