@@ -1,0 +1,152 @@
+"""Classifiers: a stem, a ResNet-style body of BasicBlocks, and a pooling head.
+
+``(batch, in_channels, F, T)`` --stem--> ``(batch, C_stem, F/4, T/4)`` --body-->
+``(batch, widths[-1], F/(4 * 2**(n_stages - 1)), ...)`` --head--> ``(batch, num_classes)`` logits.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .stems import build_stem
+
+# name -> (widths per stage, BasicBlocks per stage); every stage after the first halves F and T.
+BODIES: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
+    "resnet18": ((64, 128, 256, 512), (2, 2, 2, 2)),
+    "resnet10": ((64, 128, 256, 512), (1, 1, 1, 1)),
+    "narrow": ((32, 64, 128), (1, 1, 1)),
+}
+HEADS = ("avg", "freq_time")
+
+
+class BasicBlock(nn.Module):
+    """ResNet's basic block: two 3x3 conv-BN with a ReLU between, plus a shortcut (a 1x1
+    conv-BN when channels or stride change), then ReLU.
+    ``(batch, in_ch, F, T) -> (batch, out_ch, F / stride, T / stride)``."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_ch)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_ch)
+        self.act = nn.ReLU(inplace=True)
+        self.shortcut = nn.Identity()
+        if stride != 1 or in_ch != out_ch:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.act(self.bn1(self.conv1(x)))
+        return self.act(self.bn2(self.conv2(y)) + self.shortcut(x))
+
+
+class AudioResNet(nn.Module):
+    """stem -> stages of BasicBlocks -> head.
+
+    Args:
+        stem: any module with ``.out_channels`` mapping ``(batch, in_channels, F, T)`` to
+            ``(batch, out_channels, F', T')``.
+        widths: output channels of each stage.
+        depths: BasicBlocks in each stage; stage 0 keeps the stem's stride, each later stage
+            halves F and T in its first block.
+        num_classes: size of the logits.
+        head: ``avg`` (mean over frequency and time) or ``freq_time`` (max over frequency,
+            then mean over time: "is this pattern present at some pitch, and how often").
+        dropout: dropout before the final linear layer.
+        zero_init_last: start each block's last BN at gamma 0 so blocks begin as identities
+            (Goyal et al. 2017).
+
+    Attributes: ``stem``, ``stages`` (nn.Sequential), ``num_features`` (= widths[-1]),
+    ``fc``. ``model.stem`` may be replaced by any module with the same ``out_channels``.
+    """
+
+    def __init__(self, stem: nn.Module, widths: tuple[int, ...], depths: tuple[int, ...], num_classes: int,
+                 head: str = "avg", dropout: float = 0.0, zero_init_last: bool = True):
+        super().__init__()
+        if head not in HEADS:
+            raise ValueError(f"head: must be one of {', '.join(HEADS)}, got {head!r}")
+        if len(widths) != len(depths) or not widths or min(depths) < 1:
+            raise ValueError(f"body: widths {tuple(widths)} and depths {tuple(depths)} must be non-empty, "
+                             "of equal length, with depths >= 1")
+        self.stem = stem
+        blocks, in_ch = [], _out_channels(stem)
+        for i, (width, depth) in enumerate(zip(widths, depths)):
+            stage = [BasicBlock(in_ch if j == 0 else width, width, 2 if i > 0 and j == 0 else 1) for j in range(depth)]
+            blocks.append(nn.Sequential(*stage))
+            in_ch = width
+        self.stages = nn.Sequential(*blocks)
+        self.head = head
+        self.num_features = in_ch
+        self.drop = nn.Dropout(dropout)
+        self.fc = nn.Linear(in_ch, num_classes)
+        for m in self.stages.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        if zero_init_last:
+            for m in self.stages.modules():
+                if isinstance(m, BasicBlock):
+                    nn.init.zeros_(m.bn2.weight)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``(batch, in_channels, F, T) -> (batch, num_features, F', T')``: stem and body."""
+        return self.stages(self.stem(x))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """``(batch, num_features, F', T') -> (batch, num_classes)`` logits, or the pooled
+        ``(batch, num_features)`` vector if ``pre_logits``."""
+        if self.head == "avg":
+            x = x.mean(dim=(2, 3))
+        else:  # freq_time
+            x = x.amax(dim=2).mean(dim=2)
+        return x if pre_logits else self.fc(self.drop(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(batch, in_channels, F, T) -> (batch, num_classes)`` logits."""
+        return self.forward_head(self.forward_features(x))
+
+
+def _out_channels(stem: nn.Module) -> int:
+    ch = getattr(stem, "out_channels", None)
+    if not isinstance(ch, int) or ch < 1:
+        raise ValueError(f"stem: a {type(stem).__name__} needs an int attribute .out_channels "
+                         f"(the channels it outputs), got {ch!r}")
+    return ch
+
+
+def build_model(stem: str | dict | nn.Module = "deep3", body: str | dict = "narrow", num_classes: int = 10,
+                in_channels: int = 1, head: str = "avg", *, stem_overrides: dict[str, Any] | None = None,
+                dropout: float = 0.0, zero_init_last: bool = True) -> AudioResNet:
+    """Build a classifier ``(batch, in_channels, F, T) -> (batch, num_classes)`` logits.
+
+    Args:
+        stem: a preset name (``audiostem.list_stems()``), a stem spec dict, or any
+            ``nn.Module`` with ``.out_channels`` (used as is; ``in_channels`` is then ignored).
+        body: ``narrow`` (widths 32, 64, 128 x 1 block each: CPU-sized, for studies),
+            ``resnet10`` (64, 128, 256, 512 x 1), ``resnet18`` (64, 128, 256, 512 x 2), or a
+            dict ``{"widths": [...], "depths": [...]}``. The first stage takes
+            ``stem.out_channels`` as input.
+        num_classes: number of logits.
+        in_channels: input channels given to ``build_stem`` (1 for a spectrogram).
+        head: ``avg`` (global average pooling) or ``freq_time`` (max over frequency, then
+            mean over time).
+        stem_overrides: keyword overrides for ``build_stem`` (e.g. ``{"kernel_size": 5}``).
+        dropout: dropout probability before the final linear layer.
+        zero_init_last: zero-init the last BN of each block.
+    """
+    if isinstance(stem, nn.Module):
+        if stem_overrides:
+            raise ValueError("stem_overrides: only a preset name or spec can take overrides, not a module")
+    else:
+        stem = build_stem(stem, in_channels, **(stem_overrides or {}))
+    if isinstance(body, str):
+        if body not in BODIES:
+            raise ValueError(f"body: unknown body {body!r}; valid bodies: {', '.join(BODIES)}")
+        widths, depths = BODIES[body]
+    elif isinstance(body, dict) and set(body) == {"widths", "depths"}:
+        widths, depths = tuple(body["widths"]), tuple(body["depths"])
+    else:
+        raise ValueError(f"body: must be one of {', '.join(BODIES)} or a dict with keys widths, depths; got {body!r}")
+    return AudioResNet(stem, widths, depths, num_classes, head, dropout, zero_init_last)
