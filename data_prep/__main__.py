@@ -1,0 +1,184 @@
+"""``python -m data_prep SOURCE --root ROOT --out CACHE [options]``: prepare a feature cache.
+
+``python -m data_prep --help`` lists the sources, ``python -m data_prep SOURCE --help`` their
+options. ``python -m data_prep render ...`` renders a MIDI dataset to audio (see
+``data_prep.render``).
+
+Exit status: 0 when the cache is complete (even if some files were skipped), 1 when nothing
+usable was found, the cache holds another config, or a download failed, 2 for bad arguments.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import sys
+import typing
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .cache import CacheError
+from .config import AudioFeatures, PianoRollFeatures
+
+_NONE = ("none", "null")
+
+
+def _field_help(cls: type) -> dict[str, str]:
+    """Per-field help from the ``Args:`` section of a config dataclass's docstring."""
+    helps: dict[str, str] = {}
+    doc = (cls.__doc__ or "").split("Args:", 1)[-1]
+    current = None
+    for line in doc.splitlines():
+        m = re.match(r"^\s{8}(\w+): (.*)$", line)
+        if m:
+            current = m.group(1)
+            helps[current] = m.group(2).strip()
+        elif current and line.startswith(" " * 12):
+            helps[current] += " " + line.strip()
+        elif line.strip() == "":
+            current = None
+    return {k: v.replace("``", "").replace("%", "%%") for k, v in helps.items()}
+
+
+def _parser_type(annotation, default):
+    """An argparse ``type`` for a config field: its base type, accepting ``none`` for Optionals."""
+    hint = annotation if not isinstance(annotation, str) else eval(annotation, vars(typing))  # noqa: S307
+    args = typing.get_args(hint)
+    optional = type(None) in args or default is None
+    base = next((a for a in args if a is not type(None)), hint if not args else str)
+    if base not in (int, float, str):
+        base = type(default) if default is not None else str
+
+    def convert(text: str):
+        if optional and text.lower() in _NONE:
+            return None
+        return base(text)
+
+    convert.__name__ = base.__name__        # argparse names the type in its errors
+    return convert
+
+
+def add_feature_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one option per feature config field (``--kind``, ``--sample-rate``, ``--n-mels``,
+    ``--fs``, ``--beat-resolution``...); options not given stay out of the namespace, and
+    ``none`` sets an optional field to ``None`` (``--top-db none``)."""
+    seen = set()
+    for cls, title in ((AudioFeatures, "audio feature options (kinds stft, mel, logmel, mfcc, cqt)"),
+                       (PianoRollFeatures, "piano-roll feature options (kind pianoroll)")):
+        group = parser.add_argument_group(title)
+        helps = _field_help(cls)
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name in seen:
+                continue
+            seen.add(f.name)
+            flag = "--" + f.name.replace("_", "-")
+            text = helps.get(f.name, "")
+            text = text.rstrip(".")
+            if f.name == "kind":
+                group.add_argument(flag, dest="feature_kind", default=argparse.SUPPRESS,
+                                   metavar="KIND", help="stft, mel, logmel, mfcc, cqt or pianoroll "
+                                                        "(default: the source's)")
+                continue
+            if isinstance(f.default, bool):
+                group.add_argument(flag, dest=f"feature_{f.name}", default=argparse.SUPPRESS,
+                                   action=argparse.BooleanOptionalAction,
+                                   help=f"{text} (default {f.default})")
+            else:
+                shown = "none" if f.default is None else f.default
+                group.add_argument(flag, dest=f"feature_{f.name}", default=argparse.SUPPRESS,
+                                   type=_parser_type(hints[f.name], f.default),
+                                   metavar=f.name.upper(), help=f"{text} (default {shown})")
+
+
+def _given_features(args: argparse.Namespace) -> dict:
+    """The feature fields the user gave (options not given are absent from ``args``)."""
+    return {k[len("feature_"):]: v for k, v in vars(args).items() if k.startswith("feature_")}
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The top-level parser and one sub-parser per source."""
+    from .sources import available_sources
+
+    sources = available_sources()
+    parser = argparse.ArgumentParser(
+        prog="python -m data_prep",
+        description="Turn an audio or MIDI dataset into a feature cache (spectrograms or piano "
+                    "rolls) for audiostem. Also: 'python -m data_prep render --help' renders "
+                    "a MIDI dataset to audio.",
+        epilog="Examples:\n"
+               "  python -m data_prep gtzan --root ~/data/gtzan --out caches/gtzan\n"
+               "  python -m data_prep esc50 --root ~/data/ESC-50 --out caches/esc50 --download\n"
+               "  python -m data_prep folder --root my_sounds --out caches/mine --n-mels 64\n"
+               "Run 'python -m data_prep SOURCE --help' for a source's options.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="source", metavar="SOURCE", title="sources")
+    subparsers = {}
+    for name, src in sources.items():
+        defaults = ", ".join(f"{k}={v}" for k, v in src.default_features.items())
+        p = sub.add_parser(name, help=f"[{src.kind}] {src.description}",
+                           description=f"{src.description}. Default features: {defaults}.")
+        subparsers[name] = p
+        common = p.add_argument_group("where")
+        common.add_argument("--root", required=True, type=Path,
+                            help="the dataset folder (created by --download when missing)")
+        common.add_argument("--out", required=True, type=Path, help="the cache folder to write")
+        run = p.add_argument_group("how")
+        run.add_argument("--workers", type=int, default=None,
+                         help="worker processes (default: all usable cores)")
+        run.add_argument("--force", action="store_true",
+                         help="rebuild the cache even if it exists, with any config")
+        run.add_argument("--download", action="store_true",
+                         help="download and extract the dataset into --root first "
+                              "(checksum-verified, resumable)" if src.download is not None
+                         else argparse.SUPPRESS)
+        run.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+        own = p.add_argument_group(f"{name} options")
+        src.add_arguments(own)
+        add_feature_arguments(p)
+    return parser, subparsers
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["render"]:
+        from . import render
+
+        return render.main(argv[1:]) or 0
+    parser, subparsers = build_parser()
+    if not argv:
+        parser.print_help()
+        return 2
+    args = parser.parse_args(argv)
+    from .prepare import prepare, resolve_features, source_arguments
+    from .sources import get_source
+
+    src = get_source(args.source)
+    features = _given_features(args)
+    options = {k: getattr(args, k) for k in vars(source_arguments(src))}
+    try:
+        resolve_features(src, features)     # bad feature options are argument errors (exit 2)
+    except ValueError as e:
+        subparsers[args.source].error(str(e))
+    if args.download:
+        from .download import download_source
+
+        try:
+            download_source(src, args.root)
+        except (OSError, ValueError) as e:
+            print(f"error: download failed: {e}", file=sys.stderr)
+            return 1
+    try:
+        prepare(src, args.root, args.out, features, force=args.force, workers=args.workers,
+                progress=not args.quiet, **options)
+    except (CacheError, ValueError, TypeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: run the same command again to resume {args.out}", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,388 @@
+"""The preparation pipeline: a source's files -> features -> a feature cache.
+
+:func:`prepare` is what ``python -m data_prep SOURCE --root ROOT --out CACHE`` runs:
+
+1. resolve the feature config (the source's default, overridden by the user's fields);
+2. stop at once if ``CACHE`` is already built with that config ("up to date"), refuse if it
+   was built with another one (naming the fields) unless ``force``;
+3. list the source's items, skip those an interrupted build already committed;
+4. extract features in worker processes, consumed *in order* from a bounded window (so memory
+   does not grow with the dataset and a resumed build writes the same shards), recording every
+   unusable file with its reason instead of stopping;
+5. publish the cache and print a summary.
+
+:func:`extract_file` is the one-file entry point shared with prediction: it dispatches on the
+config's kind to :func:`data_prep.features.extract_audio_file` or ``data_prep.midi.pianoroll_file``.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+import time
+from collections import Counter, deque
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Any, Iterator, Optional, Union
+
+import numpy as np
+
+from .cache import CacheError, CacheWriter, FeatureCache, check_existing, open_cache
+from .config import AUDIO_KINDS, MIDI_KINDS, FeatureConfig, feature_config
+from .sources import Source, SourceItem, get_source
+
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+# -- one file -------------------------------------------------------------------------------------
+def extract_file(path: Union[str, Path], config: Union[FeatureConfig, dict]) -> np.ndarray:
+    """Features of one file as the cache stores them: ``(frames, *config.feature_shape)`` float32.
+
+    Audio kinds (``stft``, ``mel``, ``logmel``, ``mfcc``, ``cqt``) decode and analyse audio;
+    ``pianoroll`` reads MIDI. Raises ``ValueError`` (``BadInputError`` for audio) naming the
+    file and the reason when it is unusable.
+    """
+    config = feature_config(config)
+    if config.kind in AUDIO_KINDS:
+        from .features import extract_audio_file
+
+        return extract_audio_file(path, config)
+    from .midi import pianoroll_file
+
+    return np.asarray(pianoroll_file(path, config), dtype=np.float32)
+
+
+def _sha1_file(path: Path) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return "sha1:" + h.hexdigest()
+
+
+def _reason(error: BaseException, path: str) -> str:
+    """An exception as a one-line reason, without repeating the file name."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    for prefix in (f"{path}: ", f"{path}:"):
+        if text.startswith(prefix):
+            text = text[len(prefix):]
+    if not isinstance(error, ValueError):      # BadInputError and ValueError explain themselves
+        text = f"{type(error).__name__}: {text}"
+    return text
+
+
+_CONFIG: Optional[FeatureConfig] = None
+
+
+def _extract(path: str, config: Optional[FeatureConfig] = None) -> tuple:
+    """Worker task: ``("ok", float16 features, checksum, seconds)`` or ``("fail", reason)``."""
+    config = config or _CONFIG
+    try:
+        if config.kind in AUDIO_KINDS:
+            from .features import extract_audio
+
+            features, audio = extract_audio(path, config)
+            checksum, seconds = audio.checksum, audio.duration
+        else:
+            features = extract_file(path, config)
+            checksum = _sha1_file(Path(path))
+            seconds = None
+        if len(features) == 0:
+            return ("fail", "no frames")
+        if np.abs(features).max() > FLOAT16_MAX:
+            return ("fail", f"feature values up to {np.abs(features).max():.3g} overflow the "
+                            f"float16 cache (max {FLOAT16_MAX:.0f}); use a dB kind or power=1")
+        return ("ok", features.astype(np.float16), checksum, seconds)
+    except Exception as e:      # one bad file is a recorded failure, never the end of the build
+        return ("fail", _reason(e, path))
+
+
+def _init_worker(config: FeatureConfig) -> None:
+    """Worker set-up: one thread each (the workers are the parallelism), and malloc settings
+    that keep large freed blocks for reuse instead of returning them to the kernel and paying
+    for fresh zeroed pages on every file."""
+    global _CONFIG
+    _CONFIG = config
+    import torch
+
+    torch.set_num_threads(1)
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-4, 0)              # M_MMAP_MAX: no mmap'd chunks
+        libc.mallopt(-1, 1 << 30)        # M_TRIM_THRESHOLD: keep up to 1 GiB of free heap
+    except (OSError, AttributeError):
+        pass
+
+
+# -- many files -----------------------------------------------------------------------------------
+def _pool(workers: int, config: FeatureConfig) -> ProcessPoolExecutor:
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                               initargs=(config,))
+
+
+def _preload(config: FeatureConfig) -> None:
+    """Import the extraction code (torch...) once here, so forked workers start ready."""
+    if config.kind in AUDIO_KINDS:
+        from . import features  # noqa: F401
+    else:
+        try:
+            from . import midi  # noqa: F401
+        except ImportError:
+            pass
+
+
+def _isolated(path: str, config: FeatureConfig) -> tuple:
+    """Run one file in a process of its own, to tell a crashing file from its neighbours."""
+    with _pool(1, config) as pool:
+        try:
+            return pool.submit(_extract, path).result()
+        except BrokenProcessPool:
+            return ("fail", "the worker process died while reading this file (a decoder crash)")
+
+
+def _results(paths: list[str], config: FeatureConfig, workers: int) -> Iterator[tuple]:
+    """Results of ``_extract`` for ``paths``, in order, from at most ``2 * workers + 2``
+    files in flight. If a worker dies (a crash in a native decoder) the file in question is
+    retried alone and recorded as failed if it crashes again; the others are resubmitted."""
+    _preload(config)
+    if workers <= 1:
+        for path in paths:
+            yield _extract(path, config)
+        return
+    window = 2 * workers + 2
+    todo = iter(paths)
+    pool = _pool(workers, config)
+    pending: deque = deque()
+    try:
+        while True:
+            for path in todo:
+                pending.append((path, pool.submit(_extract, path)))
+                if len(pending) >= window:
+                    break
+            if not pending:
+                return
+            path, future = pending.popleft()
+            try:
+                result = future.result()
+            except BrokenProcessPool:
+                pool.shutdown(wait=True, cancel_futures=True)
+                result = _isolated(path, config)
+                pool = _pool(workers, config)
+                pending = deque((p, pool.submit(_extract, p)) for p, _ in pending)
+            yield result
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+# -- the pipeline ---------------------------------------------------------------------------------
+def source_arguments(source: Source, **options: Any) -> argparse.Namespace:
+    """The namespace a source's ``items`` receives: its option defaults overridden by
+    ``options`` (keyword names as the option's ``dest``: ``group_by``, ``valid_fraction``...)."""
+    parser = argparse.ArgumentParser(prog=f"data_prep {source.name}", add_help=False)
+    source.add_arguments(parser)
+    args = parser.parse_args([])
+    unknown = sorted(set(options) - set(vars(args)))
+    if unknown:
+        raise TypeError(f"source {source.name!r} has no option {unknown[0]!r}; "
+                        f"its options: {sorted(vars(args)) or 'none'}")
+    for key, value in options.items():
+        setattr(args, key, value)
+    return args
+
+
+def resolve_features(source: Source, features: Union[dict, FeatureConfig, None] = None) -> FeatureConfig:
+    """The feature config for ``source``: its ``default_features``, overridden by ``features``.
+
+    When ``features`` names a kind of the other family (``pianoroll`` for an audio default or
+    the reverse), the source's defaults are not used.
+    """
+    if features is not None and not isinstance(features, dict):
+        return feature_config(features)
+    given = dict(features or {})
+    defaults = dict(source.default_features)
+    family = lambda kind: "midi" if kind in MIDI_KINDS else "audio"   # noqa: E731
+    if "kind" in given and family(given["kind"]) != family(defaults.get("kind", "logmel")):
+        defaults = {}
+    return feature_config({**defaults, **given})
+
+
+def _describe(source: Source, root: Path, args: argparse.Namespace) -> dict:
+    options = {k: (str(v) if isinstance(v, Path) else v) for k, v in sorted(vars(args).items())
+               if k not in ("root", "features")}
+    return {"name": source.name, "root": str(root), "options": options}
+
+
+def _source_key(path: Path, root: Path) -> str:
+    """What the manifest's ``source`` column holds: the path relative to the dataset root
+    (so a cache stays valid when the dataset moves), or absolute when outside it."""
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return str(path.resolve())
+
+
+def _check_items(items: list[SourceItem], source: Source) -> None:
+    if not items:
+        raise ValueError(f"source {source.name!r} found no items")
+    ids = Counter(it.id for it in items)
+    dupes = [i for i, n in ids.items() if n > 1]
+    if dupes:
+        raise ValueError(f"source {source.name!r}: item ids must be unique; {dupes[0]!r} "
+                         f"occurs {ids[dupes[0]]} times")
+
+
+def prepare(source: Union[str, Source], root: Union[str, Path], out: Union[str, Path],
+            features: Union[dict, FeatureConfig, None] = None, *, force: bool = False,
+            workers: Optional[int] = None, progress: bool = True, shard_items: Optional[int] = None,
+            **source_options: Any) -> FeatureCache:
+    """Build (or resume, or confirm) the feature cache ``out`` from a dataset.
+
+    Args:
+        source: a registered source name (``gtzan``, ``folder``, ``csv``...) or a
+            :class:`~data_prep.sources.Source`.
+        root: the dataset folder (or file, for ``csv``).
+        out: the cache folder to create.
+        features: feature config fields over the source's defaults (a dict), or a config.
+        force: rebuild even if ``out`` exists (with the same or another config).
+        workers: worker processes (default: the usable CPU cores; 1 runs in this process).
+        progress: show a progress bar and print the summary (to stderr).
+        shard_items: close cache shards after this many items (default: the cache's).
+        **source_options: the source's options by ``dest`` name, e.g. ``split="random"``.
+
+    Returns:
+        The opened :class:`~data_prep.cache.FeatureCache`. Its ``meta["build"]`` holds this
+        run's summary (``written``, ``skipped``, ``resumed``, ``seconds``, ``audio_hours``).
+
+    Raises:
+        ValueError: bad options, no dataset at ``root``, no items.
+        CacheError: ``out`` holds another feature config (and not ``force``), or no file
+            was usable (the reasons are listed).
+    """
+    started = time.perf_counter()
+    src = get_source(source) if isinstance(source, str) else source
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise ValueError(f"--root {root}: no such file or folder")
+    root = src.resolve_root(root)
+    out = Path(out).expanduser()
+    config = resolve_features(src, features)
+    say = (lambda text: print(text, file=sys.stderr, flush=True)) if progress else (lambda text: None)
+
+    if not force and check_existing(out, config) == "up to date":
+        cache = open_cache(out)
+        say(f"{out} is up to date ({len(cache)} items, {config.kind}); nothing to do "
+            f"(use --force to rebuild)")
+        return cache
+    args = source_arguments(src, **source_options)
+    args.root, args.features = root, config
+    items = src.items(args)
+    items = [it if it.id else _with_id(it, root) for it in items]
+    _check_items(items, src)
+    if force:
+        check_existing(out, config, force=True)
+        partial = out.with_name(out.name + ".partial")
+        if partial.exists():
+            shutil.rmtree(partial)
+
+    writer_options = {"shard_items": shard_items} if shard_items else {}
+    writer = CacheWriter(out, config, _describe(src, root, args), **writer_options)
+    keys = [_source_key(it.path, root) for it in items]
+    todo = [(it, key) for it, key in zip(items, keys) if not writer.is_done(key)]
+    resumed = len(items) - len(todo)
+    n_workers = max(1, min(workers or _cpu_count(), len(todo)))
+    if resumed:
+        say(f"resuming {out}: {resumed} of {len(items)} items were already done")
+
+    written, skipped, seconds = 0, [], 0.0
+    bar = _progress(len(items), resumed, src.name, progress)
+    try:
+        for (item, key), result in zip(todo, _results([str(it.path) for it, _ in todo], config, n_workers)):
+            if result[0] == "ok":
+                _, array, checksum, duration = result
+                writer.add(array, id=item.id, source=key, label=item.label, split=item.split,
+                           fold=item.fold, group=item.group, checksum=checksum)
+                written += 1
+                seconds += duration or 0.0
+            else:
+                writer.add_failure(key, result[1])
+                skipped.append({"source": key, "reason": result[1]})
+                bar.set_postfix(skipped=len(skipped), refresh=False)
+            bar.update(1)
+    finally:
+        bar.close()
+    elapsed = time.perf_counter() - started
+    build = {"written": written, "skipped": len(skipped), "resumed": resumed,
+             "seconds": round(elapsed, 3), "audio_hours": round(seconds / 3600, 4),
+             "workers": n_workers}
+    try:
+        cache = writer.finish(extra_meta={"build": build})
+    except CacheError as e:
+        raise CacheError(f"{e}{_failure_lines(_partial_failures(out) or skipped)}") from None
+    say(_summary(cache, build, elapsed, seconds))
+    return cache
+
+
+def _with_id(item: SourceItem, root: Path) -> SourceItem:
+    from dataclasses import replace
+
+    from .sources.generic import item_id
+
+    return replace(item, id=item_id(item.path, root))
+
+
+def _partial_failures(out: Path) -> list[dict]:
+    """Failures recorded in the shards of the interrupted build of ``out`` (for messages)."""
+    failures = []
+    for record in sorted(out.with_name(out.name + ".partial").glob("shards/*.json")):
+        try:
+            failures += json.loads(record.read_text())["failures"]
+        except (OSError, ValueError, KeyError):
+            pass
+    return failures
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _progress(total: int, initial: int, name: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=name, unit="file", disable=not enabled,
+                dynamic_ncols=True, file=sys.stderr, mininterval=0.5)
+
+
+def _failure_lines(failures: list[dict], limit: int = 10) -> str:
+    if not failures:
+        return ""
+    lines = [f"\n  {f['source']}: {f['reason']}" for f in failures[:limit]]
+    if len(failures) > limit:
+        lines.append(f"\n  ... and {len(failures) - limit} more (meta.json lists them all)")
+    return "".join(lines)
+
+
+def _summary(cache: FeatureCache, build: dict, elapsed: float, audio_seconds: float) -> str:
+    failures = cache.failures
+    parts = [f"wrote {cache.path}: {len(cache)} items, {len(cache.classes)} classes, "
+             f"splits {cache.meta['splits']}, {len(failures)} skipped"]
+    if build["resumed"]:
+        parts.append(f" ({build['written']} this run, {build['resumed']} resumed)")
+    parts.append(_failure_lines(failures))
+    rate = build["written"] / elapsed if elapsed else 0.0
+    parts.append(f"\n{build['written']} files in {elapsed:.1f} s ({rate:.1f} files/s) "
+                 f"with {build['workers']} worker{'s' * (build['workers'] > 1)}")
+    if audio_seconds:
+        parts.append(f"; {audio_seconds / 3600:.2f} h of audio, "
+                     f"{audio_seconds / elapsed:.0f} audio-seconds/s")
+    return "".join(parts)

@@ -1,0 +1,259 @@
+"""Source adapters: turn a dataset on disk into a list of labelled files.
+
+A source knows one dataset layout (GTZAN, ESC-50, a folder per class, a CSV manifest, MAESTRO...)
+and nothing about features. It declares its command-line options, a default feature config,
+and lists :class:`SourceItem` records; :func:`data_prep.prepare.prepare` does the rest.
+
+Writing one::
+
+    from data_prep.sources import Source, SourceItem, register_source
+
+    @register_source
+    class MyData(Source):
+        name = "mydata"
+        kind = "audio"                                  # 'audio', 'midi' or 'any'
+        description = "My recordings (one line for --help)"
+        default_features = {"kind": "logmel", "sample_rate": 16000}
+
+        def add_arguments(self, parser):
+            parser.add_argument("--min-duration", type=float, default=0.0)
+
+        def items(self, args):
+            # args.root (Path), args.features (the resolved feature config), your options
+            return [SourceItem(path, label="dog", split="train") for path in ...]
+
+Sources must not declare required options (``--root`` is common to all), so that
+``prepare("mydata", root, out)`` works from Python with the defaults. Modules in this package
+are imported on first lookup, so a new module registers itself by being here.
+
+Splits are the strings ``"train"``, ``"valid"`` and ``"test"``; datasets evaluated by
+cross-validation (ESC-50, UrbanSound8K) give every item its ``fold`` instead and leave
+``split`` empty unless asked (``--test-fold``). :func:`stratified_split` and
+:func:`group_split` give deterministic seeded splits for datasets that have none.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib
+import pkgutil
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+SPLITS = ("train", "valid", "test")
+DEFAULT_FRACTIONS = {"train": 0.8, "valid": 0.1, "test": 0.1}
+
+
+@dataclass(frozen=True)
+class SourceItem:
+    """One input file and what is known about it.
+
+    Attributes:
+        path: the file.
+        label: its class name.
+        split: ``train``, ``valid``, ``test`` or ``""`` (none; see folds).
+        fold: cross-validation fold number, or ``None``.
+        group: items with the same non-empty group (a recording, a speaker, an artist, a tune)
+            are kept in the same split by the split helpers.
+        id: unique item id in the cache (``""``: the path relative to the root, without suffix).
+    """
+
+    path: Path
+    label: str
+    split: str = ""
+    fold: Optional[int] = None
+    group: str = ""
+    id: str = ""
+
+
+class Source:
+    """Base class of a dataset adapter; subclass it and decorate with :func:`register_source`.
+
+    Attributes:
+        name: the command-line name (``python -m data_prep NAME``).
+        kind: the inputs it lists: ``audio``, ``midi`` or ``any`` (decided by the feature kind).
+        description: one line shown by ``python -m data_prep --help``.
+        default_features: feature config fields used when the user gives none (a dict for
+            :func:`data_prep.config.feature_config`).
+        download: a :class:`data_prep.download.Archive` list, or a message string saying where
+            to get the data, or ``None``.
+    """
+
+    name: str = ""
+    kind: str = "audio"
+    description: str = ""
+    default_features: dict = {"kind": "logmel"}
+    download: Union[list, str, None] = None
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """Add this source's options (never required ones) to ``parser``."""
+
+    def items(self, args: argparse.Namespace) -> list[SourceItem]:
+        """List the dataset's files. ``args.root`` is the dataset folder (a ``Path``),
+        ``args.features`` the resolved feature config, plus this source's options.
+        Raise ``ValueError`` with a helpful message when ``root`` does not hold the dataset."""
+        raise NotImplementedError
+
+    def resolve_root(self, root: Path) -> Path:
+        """The folder ``items`` should read when the user pointed at ``root`` (override for
+        layouts that accept a parent folder). Used to store a canonical root in the cache."""
+        return root
+
+    def __repr__(self) -> str:
+        return f"<source {self.name}: {self.description}>"
+
+
+_SOURCES: dict[str, Source] = {}
+_loaded = False
+
+
+def register_source(cls: type) -> type:
+    """Class decorator: register an instance of a :class:`Source` subclass under ``cls.name``."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__}: a source needs a name")
+    if cls.kind not in ("audio", "midi", "any"):
+        raise ValueError(f"{cls.__name__}: kind must be 'audio', 'midi' or 'any', got {cls.kind!r}")
+    if cls.name in _SOURCES and type(_SOURCES[cls.name]).__qualname__ != cls.__qualname__:
+        raise ValueError(f"source {cls.name!r} is registered twice "
+                         f"({type(_SOURCES[cls.name]).__module__} and {cls.__module__})")
+    _SOURCES[cls.name] = cls()
+    return cls
+
+
+def _load_builtin() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
+
+
+def available_sources() -> dict[str, Source]:
+    """All registered sources, by name (sorted)."""
+    _load_builtin()
+    return dict(sorted(_SOURCES.items()))
+
+
+def get_source(name: str) -> Source:
+    """The source registered as ``name``; ``ValueError`` listing the valid names otherwise."""
+    sources = available_sources()
+    if name not in sources:
+        raise ValueError(f"unknown source {name!r}; available: {', '.join(sources)}")
+    return sources[name]
+
+
+# -- deterministic splits -----------------------------------------------------------------------
+def _rank(key: str, seed: int) -> str:
+    """A seeded, platform-independent sort key: adding items never reshuffles the others."""
+    return hashlib.sha1(f"{seed}:{key}".encode()).hexdigest()
+
+
+def _allocate(n: int, fractions: dict[str, float]) -> dict[str, int]:
+    """Split ``n`` into integer counts proportional to ``fractions`` (largest remainder)."""
+    total = sum(fractions.values())
+    exact = {k: n * v / total for k, v in fractions.items()}
+    counts = {k: int(v) for k, v in exact.items()}
+    left = n - sum(counts.values())
+    for k in sorted(exact, key=lambda k: (counts[k] - exact[k], list(fractions).index(k)))[:left]:
+        counts[k] += 1
+    return counts
+
+
+def _check_fractions(fractions: dict[str, float]) -> dict[str, float]:
+    bad = {k: v for k, v in fractions.items() if v < 0}
+    if bad or sum(fractions.values()) <= 0:
+        raise ValueError(f"split fractions must be non-negative with a positive sum, got {fractions}")
+    return {k: v for k, v in fractions.items() if v > 0}
+
+
+def stratified_split(keys: Sequence[str], labels: Sequence[str],
+                     fractions: Optional[dict[str, float]] = None, seed: int = 0) -> list[str]:
+    """Seeded stratified split: for every label, its items (ranked by a hash of ``seed`` and
+    their ``key``) are divided by ``fractions`` (default train 0.8, valid 0.1, test 0.1).
+
+    Returns the split name of each item, in input order. Deterministic across runs, machines
+    and Python versions; adding items to the dataset moves no existing item between splits
+    unless its class's counts change.
+    """
+    return group_split(keys, labels, keys, fractions, seed)
+
+
+def group_split(keys: Sequence[str], labels: Sequence[str], groups: Sequence[str],
+                fractions: Optional[dict[str, float]] = None, seed: int = 0) -> list[str]:
+    """Like :func:`stratified_split`, but items sharing a group never straddle splits.
+
+    Each group is filed under its most common label; per label, groups in seeded order go to
+    the split furthest below its share of that label's items. An empty group means the item
+    is a group of its own.
+    """
+    if not len(keys) == len(labels) == len(groups):
+        raise ValueError("keys, labels and groups must have the same length")
+    fractions = _check_fractions(dict(fractions or DEFAULT_FRACTIONS))
+    members: dict[str, list[int]] = defaultdict(list)
+    for i, (key, group) in enumerate(zip(keys, groups)):
+        members[group or f"\0{key}"].append(i)
+    by_label: dict[str, list[str]] = defaultdict(list)
+    for group, idx in members.items():
+        votes: dict[str, int] = defaultdict(int)
+        for i in idx:
+            votes[labels[i]] += 1
+        by_label[max(sorted(votes), key=votes.get)].append(group)
+    out = [""] * len(keys)
+    names = list(fractions)
+    for label, label_groups in by_label.items():
+        label_groups.sort(key=lambda g: _rank(g, seed))
+        n_items = sum(len(members[g]) for g in label_groups)
+        if all(len(members[g]) == 1 for g in label_groups):
+            target = _allocate(n_items, fractions)    # exact counts when nothing is grouped
+            order = [s for s in names for _ in range(target[s])]
+            for g, split in zip(label_groups, order):
+                out[members[g][0]] = split
+            continue
+        total = sum(fractions.values())
+        filled = {s: 0 for s in names}
+        for g in label_groups:
+            size = len(members[g])
+            split = max(names, key=lambda s: (n_items * fractions[s] / total - filled[s], -names.index(s)))
+            filled[split] += size
+            for i in members[g]:
+                out[i] = split
+    return out
+
+
+def split_arguments(parser: argparse.ArgumentParser, group_help: Optional[str] = None) -> None:
+    """Add ``--seed``, ``--valid-fraction``, ``--test-fraction`` (and ``--group-by`` when
+    ``group_help`` is given) for sources that split with :func:`stratified_split`."""
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random split (default 0)")
+    parser.add_argument("--valid-fraction", type=float, default=0.1, metavar="F",
+                        help="fraction of each class in the valid split (default 0.1)")
+    parser.add_argument("--test-fraction", type=float, default=0.1, metavar="F",
+                        help="fraction of each class in the test split (default 0.1)")
+    if group_help:
+        parser.add_argument("--group-by", default=None, metavar="WHAT", help=group_help)
+
+
+def fractions_from(args: argparse.Namespace) -> dict[str, float]:
+    """The split fractions given by the :func:`split_arguments` options."""
+    valid, test = args.valid_fraction, args.test_fraction
+    if not (0 <= valid < 1 and 0 <= test < 1 and valid + test < 1):
+        raise ValueError(f"--valid-fraction {valid} and --test-fraction {test} must be in [0, 1) "
+                         f"and leave something for training")
+    return {"train": 1 - valid - test, "valid": valid, "test": test}
+
+
+def file_extensions(features) -> tuple[str, ...]:
+    """The file extensions a generic source lists for a feature config: MIDI files for the
+    ``pianoroll`` kind, audio files otherwise."""
+    from ..audio import AUDIO_EXTENSIONS
+
+    return MIDI_EXTENSIONS if getattr(features, "kind", "") == "pianoroll" else AUDIO_EXTENSIONS
+
+
+MIDI_EXTENSIONS = (".mid", ".midi", ".kar", ".smf")
+
+__all__ = ["DEFAULT_FRACTIONS", "MIDI_EXTENSIONS", "SPLITS", "Source", "SourceItem",
+           "available_sources", "file_extensions", "fractions_from", "get_source", "group_split",
+           "register_source", "split_arguments", "stratified_split"]
