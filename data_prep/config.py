@@ -40,12 +40,19 @@ class AudioFeatures:
         center: pad the signal by ``n_fft // 2`` on both sides so frame ``t`` is centred at
             ``t * hop_length`` (librosa's default).
         n_mels: number of mel bands (``mel``, ``logmel``, ``mfcc``).
-        fmin: lowest frequency in Hz (mel bands and CQT).
+        fmin: lowest frequency in Hz (mel bands and CQT; for ``cqt`` 0 means C1 = 32.70 Hz).
         fmax: highest frequency in Hz of the mel bands (``None``: ``sample_rate / 2``).
         power: exponent of the magnitude before the mel filterbank (2 = power, 1 = magnitude).
+        htk: use the HTK mel scale instead of Slaney's (librosa's ``htk``; torchaudio's default
+            is ``mel_scale="htk", norm=None``).
+        mel_norm: ``slaney`` (each band scaled to constant energy, librosa's default) or
+            ``None`` (triangles peak at 1).
         top_db: dynamic range kept by the dB conversion, relative to the clip's peak
             (``None``: no clipping). Applies to ``logmel``, ``mfcc`` and ``cqt``.
-        amin: floor added before the log, ``10 * log10(max(amin, x))``.
+        amin: floor of the power before the log, ``10 * log10(max(amin, x))`` (CQT magnitudes
+            are floored at ``sqrt(amin)``).
+        log_offset: ``logmel`` and ``mfcc`` only: when set, ``log(mel + log_offset)`` (natural
+            log) replaces the dB conversion (``top_db`` and ``amin`` are then unused).
         n_mfcc: number of cepstral coefficients (``mfcc``).
         n_bins: number of CQT bins (``cqt``).
         bins_per_octave: CQT resolution (``cqt``).
@@ -64,8 +71,11 @@ class AudioFeatures:
     fmin: float = 0.0
     fmax: Union[float, None] = None
     power: float = 2.0
+    htk: bool = False
+    mel_norm: Union[str, None] = "slaney"
     top_db: Union[float, None] = 80.0
     amin: float = 1e-10
+    log_offset: Union[float, None] = None
     n_mfcc: int = 40
     n_bins: int = 84
     bins_per_octave: int = 12
@@ -91,6 +101,19 @@ class AudioFeatures:
             _fail("top_db", f"must be positive or null, got {self.top_db!r}")
         if self.amin <= 0:
             _fail("amin", f"must be positive, got {self.amin!r}")
+        if self.power <= 0:
+            _fail("power", f"must be positive, got {self.power!r}")
+        if self.mel_norm not in ("slaney", None):
+            _fail("mel_norm", f"must be 'slaney' or null, got {self.mel_norm!r}")
+        if self.log_offset is not None and self.log_offset <= 0:
+            _fail("log_offset", f"must be positive or null, got {self.log_offset!r}")
+        if self.kind == "mfcc" and self.n_mfcc > self.n_mels:
+            _fail("n_mfcc", f"must be at most n_mels={self.n_mels}, got {self.n_mfcc!r}")
+        if self.kind == "cqt":
+            top = (self.fmin or 32.70319566257483) * 2 ** ((self.n_bins - 1) / self.bins_per_octave)
+            if top >= nyquist:
+                _fail("n_bins", f"the top CQT bin ({top:.0f} Hz) must be below sample_rate/2="
+                                f"{nyquist}: lower n_bins or fmin, or raise sample_rate")
 
     @property
     def bins(self) -> int:
