@@ -4,6 +4,20 @@ Files and signals only, never models. See ``python -m data_prep --help``.
 """
 from .cache import CacheError, CacheWriter, FeatureCache, check_existing, open_cache
 from .config import AudioFeatures, PianoRollFeatures, config_diff, feature_config
+from .audio import BadInputError, load_audio
+from .prepare import extract_file, prepare
+
+# The spectral functions import torch; load them on first use so the CLI starts fast.
+_FEATURES = ("amplitude_to_db", "compute_features", "cqt", "extract_audio_file", "logmel",
+             "mel_filterbank", "mel_spectrogram", "mfcc", "power_to_db", "stft_magnitude")
+
+
+def __getattr__(name: str):
+    if name in _FEATURES:
+        from . import features
+        return getattr(features, name)
+    raise AttributeError(f"module 'data_prep' has no attribute {name!r}")
 
 __all__ = ["AudioFeatures", "CacheError", "CacheWriter", "FeatureCache", "PianoRollFeatures",
-           "check_existing", "config_diff", "feature_config", "open_cache"]
+           "check_existing", "config_diff", "feature_config", "open_cache",
+           "BadInputError", "extract_file", "load_audio", "prepare", *_FEATURES]
