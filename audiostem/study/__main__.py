@@ -1,0 +1,102 @@
+"""Command line of the stem study.
+
+    python -m audiostem.study STUDY.yaml [--jobs N] [--cells GLOB ...] [--retries N]
+    python -m audiostem.study STUDY.yaml --plan [FILE] [--raw] [--all]
+    python -m audiostem.study STUDY.yaml --dry-run
+    python -m audiostem.study report STUDY.yaml [--bootstrap N]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .grid import StudyError, expand, load_study
+from .runner import describe, is_finished, run_study, select, write_plan
+
+EPILOG = """examples:
+  python -m audiostem.study studies/smoke.yaml --jobs 2      train every unfinished cell
+  python -m audiostem.study studies/stem_study.yaml --plan cells.txt   one command per cell
+  parallel -j 4 < cells.txt                                 ... run them anywhere
+  python -m audiostem.study report studies/stem_study.yaml  report.md, results.csv, plots
+"""
+
+
+def _check_recipes(study, cells) -> None:
+    missing = sorted({c.recipe for c in cells if not Path(c.recipe).is_file()})
+    if missing:
+        raise StudyError(f"recipe file(s) not found: {', '.join(missing)} "
+                         f"(paths are relative to the current folder, {Path.cwd()})")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["report"]:
+        return report_main(argv[1:])
+    p = argparse.ArgumentParser(prog="python -m audiostem.study", epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                description="Train the cells of a stem study (datasets x stems x seeds), "
+                                            "or plan them for a batch system. "
+                                            "`python -m audiostem.study report STUDY.yaml` writes the report.")
+    p.add_argument("study", help="the study file (YAML)")
+    p.add_argument("--jobs", "-j", type=int, default=1, help="training runs in parallel (default 1)")
+    p.add_argument("--cells", nargs="+", metavar="GLOB", help="only cells whose name matches, e.g. 'folk/*'")
+    p.add_argument("--retries", type=int, default=1, help="re-runs of a failed cell in this invocation (default 1)")
+    p.add_argument("--plan", nargs="?", const="-", metavar="FILE",
+                   help="write one shell command per unfinished cell to FILE (default stdout) and exit")
+    p.add_argument("--raw", action="store_true", help="with --plan: bare train commands instead of runner calls")
+    p.add_argument("--all", action="store_true", help="with --plan: include finished cells")
+    p.add_argument("--dry-run", action="store_true", help="list every cell's status and command; run nothing")
+    args = p.parse_args(argv)
+    try:
+        study = load_study(args.study)
+        cells = select(expand(study), args.cells)
+        if args.dry_run:
+            describe(study, cells, sys.stdout)
+            return 0
+        _check_recipes(study, cells)
+        if args.plan is not None:
+            todo = cells if args.all else [c for c in cells if not is_finished(c)]
+            if args.plan == "-":
+                write_plan(study, Path(args.study), todo, sys.stdout, raw=args.raw)
+            else:
+                with open(args.plan, "w") as fh:
+                    n = write_plan(study, Path(args.study), todo, fh, raw=args.raw)
+                print(f"wrote {n} commands to {args.plan}", file=sys.stderr)
+            return 0
+        if args.jobs < 1:
+            raise StudyError(f"--jobs must be at least 1, got {args.jobs}")
+        result = run_study(study, cells, jobs=args.jobs, retries=args.retries)
+    except StudyError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    failed = result["failed"]
+    print(f"[study {study.name}] {result['finished']} trained, {result['skipped']} already finished, "
+          f"{len(failed)} failed{': ' + ', '.join(failed) if failed else ''}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def report_main(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m audiostem.study report",
+                                description="Aggregate the finished cells of a study into "
+                                            "OUT_DIR/report/: report.md, results.csv, plots.")
+    p.add_argument("study", help="the study file (YAML)")
+    p.add_argument("--out", help="report folder (default OUT_DIR/report)")
+    p.add_argument("--bootstrap", type=int, help="bootstrap replicates (default: the study's, 10000)")
+    args = p.parse_args(argv)
+    from .report import write_report
+    try:
+        study = load_study(args.study)
+        if args.bootstrap:
+            study.bootstrap = args.bootstrap
+        path = write_report(study, args.out)
+    except StudyError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,277 @@
+"""Study files and their grid: datasets x stem variants x seeds (x CV folds) -> cells.
+
+A study file is plain YAML, validated before anything runs::
+
+    name: stem_study
+    out_dir: runs/stem_study          # results folder (shared when cells run on several machines)
+    seeds: 5                          # or an explicit list [0, 1, 2, 3, 4]
+    baseline: deep3                   # the variant every other one is compared with
+    overrides: {train.max_epochs: 40} # recipe overrides for every cell
+    datasets:
+      - {name: folk, recipe: recipes/folk.yaml, overrides: {data.cv: 5}}
+      - {name: gm, recipe: recipes/gm_instruments.yaml, exclude: [octave]}
+    stems:
+      - deep3                                       # a preset
+      - {name: octave, datasets: [folk]}            # a preset on some datasets only
+      - {name: deep3, grid: {width: [8, 16, 64]}}   # -> deep3-width8, deep3-width16, deep3-width64
+      - {name: mine, stem: {layers: [...]}}         # an inline spec
+
+A *variant* is one stem entry with one value of each of its ``grid`` axes; a *cell* is one
+(dataset, variant, seed[, fold]) and is one ordinary training run in its own folder
+``OUT_DIR/runs/<dataset>/<variant>/seed<k>[/fold<f>]``. Relative paths are relative to the
+current working directory, like the train command's.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "function-after"}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class StudyError(ValueError):
+    """A study file that is missing, unreadable or invalid; the message names the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _check_name(value: str) -> str:
+    if not _NAME.match(value):
+        raise ValueError(f"{value!r} is not a valid name: use letters, digits, '.', '_', '-'")
+    return value
+
+
+class FoldAxis(_Strict):
+    """Run each cross-validation fold as its own cell (``key=value`` override per fold)."""
+    key: str
+    values: list[Any]
+
+
+class StemEntry(_Strict):
+    """One stem of the study, possibly expanded into several variants by ``grid``.
+
+    ``stem``: preset name or inline spec (default: ``name``); ``args``: stem overrides
+    (``model.stem_args.<key>``); ``overrides``: any other recipe overrides for this stem;
+    ``grid``: axes, ``{key: [values]}`` where a key without a dot is a stem argument;
+    ``datasets``: only these datasets (default all).
+    """
+    name: str
+    stem: Union[str, dict, None] = None
+    args: dict[str, Any] = {}
+    overrides: dict[str, Any] = {}
+    grid: dict[str, list[Any]] = {}
+    datasets: Optional[list[str]] = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return _check_name(v)
+
+    @field_validator("grid")
+    @classmethod
+    def _grid_not_empty(cls, grid: dict) -> dict:
+        for key, values in grid.items():
+            if not values:
+                raise ValueError(f"axis {key!r} has no values")
+        return grid
+
+
+class Dataset(_Strict):
+    """One dataset: a training recipe plus overrides; ``stems`` / ``exclude`` pick stem variants."""
+    name: str
+    recipe: str
+    overrides: dict[str, Any] = {}
+    stems: Optional[list[str]] = None
+    exclude: list[str] = []
+    folds: Optional[FoldAxis] = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return _check_name(v)
+
+
+class Study(_Strict):
+    """The whole study file (see the module docstring)."""
+    name: str
+    out_dir: str
+    seeds: Union[int, list[int]]
+    baseline: str = "deep3"
+    datasets: list[Dataset]
+    stems: list[StemEntry]
+    overrides: dict[str, Any] = {}
+    keep_checkpoints: Literal["one_per_variant", "all", "none"] = "one_per_variant"
+    train_command: Optional[list[str]] = None
+    alpha: float = 0.05
+    power: float = 0.8
+    bootstrap: int = 10000
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return _check_name(v)
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, seeds: Union[int, list[int]]) -> list[int]:
+        seeds = list(range(seeds)) if isinstance(seeds, int) else seeds
+        if not seeds or len(set(seeds)) != len(seeds):
+            raise ValueError(f"need at least one seed, all different; got {seeds}")
+        return seeds
+
+    @field_validator("stems", mode="before")
+    @classmethod
+    def _entries(cls, stems: Any) -> Any:
+        if not isinstance(stems, list) or not stems:
+            raise ValueError("a non-empty list of stem names or entries is required")
+        return [{"name": s} if isinstance(s, str) else s for s in stems]
+
+    @model_validator(mode="after")
+    def _references(self) -> "Study":
+        names = [d.name for d in self.datasets]
+        if len(set(names)) != len(names):
+            raise ValueError(f"datasets: names must be unique, got {names}")
+        entries = {e.name for e in self.stems}
+        for i, e in enumerate(self.stems):
+            for d in e.datasets or []:
+                if d not in names:
+                    raise ValueError(f"stems[{i}].datasets: unknown dataset {d!r}; datasets: {names}")
+        known = entries | {v.name for v in variants(self)}
+        for i, d in enumerate(self.datasets):
+            for key in ("stems", "exclude"):
+                for s in getattr(d, key) or []:
+                    if s not in known:
+                        raise ValueError(f"datasets[{i}].{key}: unknown stem {s!r}; stems: {sorted(known)}")
+        all_variants = [v.name for v in variants(self)]
+        dup = sorted({n for n in all_variants if all_variants.count(n) > 1})
+        if dup:
+            raise ValueError(f"stems: variant names {dup} occur twice; give the entries distinct names")
+        if self.baseline not in all_variants:
+            raise ValueError(f"baseline: {self.baseline!r} is not a stem variant; variants: {all_variants}")
+        return self
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One stem configuration: its name, the entry it comes from and its recipe overrides."""
+    name: str
+    entry: str
+    overrides: dict = field(default_factory=dict, hash=False, compare=False)
+    datasets: Optional[tuple] = None     # only these datasets (None: all)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One training run of the study."""
+    dataset: str
+    variant: str
+    seed: int
+    fold: Any = None
+    recipe: str = ""
+    overrides: tuple = ()          # ("key=value", ...) in order, without out_dir
+    out_dir: Path = Path()
+
+    @property
+    def name(self) -> str:
+        """Stable name, also the run folder below ``OUT_DIR/runs``: ``dataset/variant/seedK[/foldF]``."""
+        return "/".join([self.dataset, self.variant, f"seed{self.seed}"]
+                        + ([] if self.fold is None else [f"fold{_slug(self.fold)}"]))
+
+
+def _slug(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, separators=(",", ""))
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "x"
+
+
+def format_value(value: Any) -> str:
+    """A recipe value as the train CLI's ``key=value`` text (YAML scalars; JSON for containers)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return value if yaml.safe_load(value) == value and value.strip() == value else json.dumps(value)
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _override(key: str) -> str:
+    return key if "." in key else f"model.stem_args.{key}"
+
+
+def variants(study: Study) -> list[Variant]:
+    """Every stem variant of the study, in file order (grid axes expanded, last axis fastest)."""
+    out = []
+    for e in study.stems:
+        base = {"model.stem": e.stem if e.stem is not None else e.name,
+                **{_override(k): v for k, v in e.args.items()}, **e.overrides}
+        keys = list(e.grid)
+        for values in itertools.product(*(e.grid[k] for k in keys)):
+            suffix = "".join(f"-{k.split('.')[-1]}{_slug(v)}" for k, v in zip(keys, values))
+            extra = {_override(k): v for k, v in zip(keys, values)}
+            out.append(Variant(e.name + suffix, e.name, {**base, **extra},
+                               None if e.datasets is None else tuple(e.datasets)))
+    return out
+
+
+def dataset_variants(study: Study, dataset: Dataset) -> list[Variant]:
+    """The variants that run on one dataset (entry ``datasets`` and dataset ``stems``/``exclude``)."""
+    def picked(names: list[str], v: Variant) -> bool:
+        return v.name in names or v.entry in names
+    return [v for v in variants(study)
+            if (v.datasets is None or dataset.name in v.datasets)
+            and (dataset.stems is None or picked(dataset.stems, v))
+            and not picked(dataset.exclude, v)]
+
+
+def expand(study: Study) -> list[Cell]:
+    """All cells, dataset by dataset, variant by variant, seed by seed (then fold)."""
+    root = Path(study.out_dir) / "runs"
+    cells = []
+    for d in study.datasets:
+        for v in dataset_variants(study, d):
+            for seed in study.seeds:
+                for fold in (d.folds.values if d.folds else [None]):
+                    ov = {**study.overrides, **d.overrides, **v.overrides, "seed": seed}
+                    if d.folds:
+                        ov[d.folds.key] = fold
+                    cell = Cell(d.name, v.name, seed, fold, d.recipe,
+                                tuple(f"{k}={format_value(x)}" for k, x in ov.items()))
+                    cells.append(Cell(**{**cell.__dict__, "out_dir": root / cell.name}))
+    return cells
+
+
+def load_study(path: Union[str, Path]) -> Study:
+    """Read and validate a study file; raises :class:`StudyError` naming the file and field."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise StudyError(f"{path}: cannot read the study file ({err.strerror})") from None
+    except yaml.YAMLError as err:
+        raise StudyError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise StudyError(f"{path}: a study file is a mapping (name, out_dir, seeds, datasets, stems)")
+    try:
+        return Study.model_validate(data)
+    except ValidationError as err:
+        lines = []
+        for e in err.errors():
+            loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e["loc"]
+                          if isinstance(p, int) or p.split("[")[0] not in _TYPE_TAGS).lstrip(".")
+            msg = e["msg"].removeprefix("Value error, ")
+            if e["type"] == "extra_forbidden":
+                msg = "unknown field"
+            lines.append(f"{path}: {loc + ': ' if loc else ''}{msg}")
+        raise StudyError("\n".join(dict.fromkeys(lines))) from None

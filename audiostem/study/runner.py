@@ -1,0 +1,173 @@
+"""Run the cells of a study: each one an ordinary training run in its own folder.
+
+A cell is *finished* when its folder holds ``metrics.json`` (the train command writes it
+last). Running a study again skips finished cells and re-runs the others; a folder without
+``metrics.json`` resumes from its ``last.ckpt`` (the train command does that by itself).
+Output of every attempt is appended to ``OUT_DIR/logs/<dataset>__<variant>__seed<k>.log``.
+"""
+from __future__ import annotations
+
+import fnmatch
+import os
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Optional, Sequence, TextIO
+
+from .grid import Cell, Study, StudyError
+
+FINISHED_FILE = "metrics.json"
+
+
+def is_finished(cell: Cell) -> bool:
+    return (cell.out_dir / FINISHED_FILE).is_file()
+
+
+def status(cell: Cell) -> str:
+    """``finished``, ``partial`` (a run folder without metrics.json: it will resume) or ``pending``."""
+    if is_finished(cell):
+        return "finished"
+    return "partial" if cell.out_dir.exists() else "pending"
+
+
+def select(cells: list[Cell], patterns: Optional[Sequence[str]]) -> list[Cell]:
+    """Cells whose name matches any glob pattern (``folk/*``, ``*/deep3/seed0``); all if none given."""
+    if not patterns:
+        return cells
+    picked = [c for c in cells if any(fnmatch.fnmatchcase(c.name, p) for p in patterns)]
+    if not picked:
+        raise StudyError(f"no cell matches {list(patterns)}; cell names look like {cells[0].name!r}")
+    return picked
+
+
+def train_command(study: Study, cell: Cell, portable: bool = False) -> list[str]:
+    """The argv of one cell's training run: ``TRAIN RECIPE overrides... out_dir=CELL``.
+
+    ``portable`` spells the default train command ``python -m audiostem.train`` (for --plan)
+    instead of this interpreter's full path.
+    """
+    base = study.train_command or ["python" if portable else sys.executable, "-m", "audiostem.train"]
+    recipe = str(Path(cell.recipe).resolve())
+    return [*base, recipe, *cell.overrides, f"out_dir={cell.out_dir.resolve()}"]
+
+
+def log_path(study: Study, cell: Cell) -> Path:
+    return Path(study.out_dir) / "logs" / (cell.name.replace("/", "__") + ".log")
+
+
+def keep_checkpoint(study: Study, cell: Cell) -> bool:
+    """Whether a finished cell keeps ``best.ckpt``: ``all``, ``none``, or ``one_per_variant``
+    (the first seed's, and its first fold's, run: the one the filter figure shows)."""
+    if study.keep_checkpoints != "one_per_variant":
+        return study.keep_checkpoints == "all"
+    folds = next(d.folds for d in study.datasets if d.name == cell.dataset)
+    return cell.seed == study.seeds[0] and (folds is None or cell.fold == folds.values[0])
+
+
+def prune_checkpoints(study: Study, cell: Cell) -> int:
+    """Delete the checkpoints a finished cell no longer needs; returns bytes freed."""
+    freed = 0
+    if not is_finished(cell):
+        return 0
+    keep = keep_checkpoint(study, cell)
+    for ckpt in sorted((cell.out_dir / "checkpoints").glob("*.ckpt")):
+        if keep and ckpt.name == "best.ckpt":
+            continue
+        if keep and ckpt.name == "last.ckpt" and not (cell.out_dir / "checkpoints" / "best.ckpt").exists():
+            continue
+        freed += ckpt.stat().st_size
+        ckpt.unlink()
+    return freed
+
+
+def write_plan(study: Study, study_path: Path, cells: list[Cell], out: TextIO, raw: bool = False) -> int:
+    """One shell command per cell, one per line. By default each line runs the study runner on
+    one cell (skip if finished, resume, log, prune); ``raw`` writes the bare train commands."""
+    n = 0
+    for cell in cells:
+        if raw:
+            line = shlex.join(train_command(study, cell, portable=True))
+        else:
+            line = shlex.join(["python", "-m", "audiostem.study", str(study_path.resolve()),
+                               "--cells", cell.name])
+        out.write(line + "\n")
+        n += 1
+    return n
+
+
+def _env(jobs: int) -> dict:
+    env = dict(os.environ)
+    threads = str(max(1, (os.cpu_count() or 1) // jobs))
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env.setdefault(var, threads)
+    return env
+
+
+def run_cell(study: Study, cell: Cell, env: Optional[dict] = None) -> tuple[bool, float]:
+    """Run one cell's training in a subprocess, appending its output to the cell's log.
+    Returns ``(finished, seconds)``; finished means the run wrote ``metrics.json``."""
+    log = log_path(study, cell)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    argv = train_command(study, cell)
+    start = time.time()
+    with open(log, "a") as fh:
+        fh.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {status(cell)}: {shlex.join(argv)}\n")
+        fh.flush()
+        rc = subprocess.run(argv, stdout=fh, stderr=subprocess.STDOUT, env=env).returncode
+        fh.write(f"=== exit status {rc} after {time.time() - start:.0f} s\n")
+    return rc == 0 and is_finished(cell), time.time() - start
+
+
+def _fmt_s(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def run_study(study: Study, cells: list[Cell], jobs: int = 1, retries: int = 1,
+              echo: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)) -> dict:
+    """Run every unfinished cell (``jobs`` at a time), retrying a failed one up to ``retries``
+    more times. Prints a progress line per finished cell. Returns counts and failed cell names."""
+    todo = [c for c in cells if not is_finished(c)]
+    skipped = len(cells) - len(todo)
+    for c in cells:
+        prune_checkpoints(study, c)
+    echo(f"[study {study.name}] {len(cells)} cells: {skipped} finished, {len(todo)} to run, "
+         f"{jobs} at a time; logs in {Path(study.out_dir) / 'logs'}")
+    env, lock = _env(jobs), threading.Lock()
+    done, failed, durations = [], [], []
+
+    def work(cell: Cell) -> None:
+        for attempt in range(retries + 1):
+            ok, seconds = run_cell(study, cell, env)
+            if ok:
+                break
+        prune_checkpoints(study, cell)
+        with lock:
+            (done if ok else failed).append(cell.name)
+            durations.append(seconds)
+            left = len(todo) - len(done) - len(failed)
+            eta = sum(durations) / len(durations) * left / jobs
+            echo(f"[study {study.name}] {len(done) + len(failed)}/{len(todo)} "
+                 f"{'done' if ok else 'FAILED'} {cell.name} in {_fmt_s(seconds)}"
+                 f"{'' if ok else f' (see {log_path(study, cell)})'} | {len(failed)} failed, "
+                 f"{left} left, ~{_fmt_s(eta)} to go")
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        list(pool.map(work, todo))
+    return {"cells": len(cells), "skipped": skipped, "finished": len(done), "failed": failed}
+
+
+def describe(study: Study, cells: list[Cell], out: TextIO) -> None:
+    """The --dry-run listing: status and command of every cell, then totals."""
+    counts: dict[str, int] = {}
+    for cell in cells:
+        st = status(cell)
+        counts[st] = counts.get(st, 0) + 1
+        out.write(f"{st:9s} {cell.name}\n          {shlex.join(train_command(study, cell))}\n")
+    out.write(f"{len(cells)} cells: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + "\n")
+
