@@ -1,0 +1,153 @@
+"""The study report, from fabricated run folders that follow the train command's contract:
+the numbers in results.csv and report.md must be the right ones."""
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from scipy import stats as st
+
+from audiostem.study.__main__ import main
+from audiostem.study.plots import first_layer_filters
+
+CLASSES = ["x", "y"]
+
+
+def make_run(out: Path, ids, correct, seed, *, params=1000, stem_flops=5e6, fold=0, checkpoint=None):
+    """A finished run folder: metrics.json, predictions_test.csv, history.csv (+ best.ckpt)."""
+    out.mkdir(parents=True)
+    labels = [CLASSES[i % 2] for i in range(len(ids))]
+    preds = [lab if c else CLASSES[1 - CLASSES.index(lab)] for lab, c in zip(labels, correct)]
+    with open(out / "predictions_test.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["id", "label", "pred", "correct", "fold", "p_x", "p_y"])
+        for row in zip(ids, labels, preds, correct):
+            w.writerow([*row[:3], int(row[3]), fold, 0.5, 0.5])
+    (out / "history.csv").write_text("epoch,train_loss,val_loss,val_accuracy,val_macro_f1,lr,seconds\n" + "".join(
+        f"{e},1,1,{0.5 + 0.1 * e},0.5,0.001,2\n" for e in range(3)))
+    if checkpoint is not None:
+        (out / "checkpoints").mkdir()
+        torch.save({"state_dict": checkpoint, "epoch": 2}, out / "checkpoints" / "best.ckpt")
+    acc = float(np.mean(correct))
+    test = {"accuracy": acc, "balanced_accuracy": acc, "macro_f1": 0.0, "per_class": {}, "n_items": len(ids)}
+    (out / "metrics.json").write_text(json.dumps({
+        "test": test, "val": test, "best_epoch": 2, "epochs_run": 3, "train_seconds": 120.0,
+        "train_samples_per_second": 250.0, "params": params, "total_flops": 4 * stem_flops,
+        "classes": CLASSES, "seed": seed, "stem": {"params": params // 10, "flops": stem_flops,
+                                                   "receptive_field": [7, 7], "stride": [4, 4],
+                                                   "out_shape": [64, 32, 32]}}))
+    return labels, preds
+
+
+def macro_f1_by_hand(labels, preds):
+    f1 = []
+    for c in CLASSES:
+        tp = sum(l == c and p == c for l, p in zip(labels, preds))
+        f1.append(2 * tp / (labels.count(c) + preds.count(c)))
+    return sum(f1) / len(f1)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("report")
+    path = tmp / "study.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "r", "out_dir": str(tmp / "out"), "seeds": 3, "bootstrap": 400,
+        "datasets": [{"name": "a", "recipe": "r.yaml"},
+                     {"name": "b", "recipe": "r.yaml", "folds": {"key": "data.test_fold", "values": [0, 1]}}],
+        "stems": ["deep3", "wider", "same", "partial"]}))
+    runs = tmp / "out" / "runs"
+    ids = [f"clip{i:03d}" for i in range(200)]
+    f1 = {}
+    filters = {"model.stem.layers.0.conv.weight": torch.randn(8, 1, 3, 3),
+               "model.stem.layers.0.bn.weight": torch.ones(8),
+               "model.stem.layers.1.conv.weight": torch.randn(16, 8, 3, 3)}
+    for k in range(3):
+        base = [i < 120 + k for i in range(200)]                 # 60.0, 60.5, 61.0 %
+        wider = [i < 150 + k for i in range(200)]                # +15 points on every seed
+        f1[("deep3", k)] = macro_f1_by_hand(*make_run(runs / f"a/deep3/seed{k}", ids, base, k,
+                                                      checkpoint=filters if k == 0 else None))
+        make_run(runs / f"a/wider/seed{k}", ids, wider, k, params=4000, stem_flops=2e7)
+        make_run(runs / f"a/same/seed{k}", ids, base, k)
+        for fold in (0, 1):   # dataset b: two CV folds of 50 items per seed
+            fids = ids[100 * fold:100 * fold + 50]
+            make_run(runs / f"b/deep3/seed{k}/fold{fold}", fids, [i % 2 == 0 for i in range(50)], k, fold=fold)
+            if (k, fold) != (2, 1):
+                make_run(runs / f"b/wider/seed{k}/fold{fold}", fids, [i % 5 != 0 for i in range(50)], k, fold=fold)
+    make_run(runs / "a/partial/seed0", ids, base, 0)
+    (runs / "a/partial/seed1").mkdir(parents=True)           # started, not finished
+    assert main(["report", str(path)]) == 0
+    rows = {(r["dataset"], r["variant"]): r for r in csv.DictReader(open(tmp / "out/report/results.csv"))}
+    return {"rows": rows, "md": (tmp / "out/report/report.md").read_text(), "dir": tmp / "out/report", "f1": f1}
+
+
+def test_means_intervals_and_sizes(study):
+    r = study["rows"][("a", "deep3")]
+    accs = [0.600, 0.605, 0.610]
+    half = st.t.ppf(0.975, 2) * np.std(accs, ddof=1) / math.sqrt(3)
+    assert int(r["n_seeds"]) == 3 and int(r["n_items"]) == 200
+    assert float(r["acc_mean"]) == pytest.approx(0.605)
+    assert (float(r["acc_low"]), float(r["acc_high"])) == pytest.approx((0.605 - half, 0.605 + half))
+    assert float(r["acc_std"]) == pytest.approx(0.005)
+    assert float(r["f1_mean"]) == pytest.approx(np.mean([study["f1"][("deep3", k)] for k in range(3)]))
+    assert r["seed_accs"] == "0.6;0.605;0.61"
+    w = study["rows"][("a", "wider")]
+    assert (int(w["params"]), int(w["stem_params"]), float(w["stem_flops"]), float(w["total_flops"])) == \
+        (4000, 400, 2e7, 8e7)
+    assert (w["receptive_field"], w["stride"], float(w["samples_per_s"]), float(w["train_minutes"])) == \
+        ("7x7", "4x4", 250.0, 2.0)
+
+
+def test_paired_comparisons_and_verdicts(study):
+    w = study["rows"][("a", "wider")]
+    assert float(w["diff"]) == pytest.approx(0.15) and w["verdict"] == "better"
+    assert (int(w["n10"]), int(w["n01"]), int(w["paired_seeds"]), int(w["paired_items"])) == (90, 0, 3, 200)
+    assert float(w["p_mcnemar"]) == pytest.approx(st.binomtest(90, 90, 0.5).pvalue)
+    assert float(w["p_holm"]) >= float(w["p"]) and float(w["mde"]) < 0.15
+    same = study["rows"][("a", "same")]
+    assert float(same["diff"]) == 0 and float(same["p"]) == 1 and same["verdict"] == "indistinguishable"
+    part = study["rows"][("a", "partial")]
+    assert int(part["n_seeds"]) == 1 and int(part["paired_seeds"]) == 1
+    assert part["verdict"] == "indistinguishable"      # one seed is never enough to call a stem
+    assert study["rows"][("a", "deep3")]["verdict"] == ""
+
+
+def test_cv_folds_are_pooled_per_seed(study):
+    b, w = study["rows"][("b", "deep3")], study["rows"][("b", "wider")]
+    assert int(b["n_items"]) == 100 and float(b["acc_mean"]) == pytest.approx(0.5)
+    assert int(w["n_seeds"]) == 2                 # seed 2 lacks fold 1: not counted
+    assert float(w["acc_mean"]) == pytest.approx(0.8)
+    assert float(w["diff"]) == pytest.approx(0.3) and int(w["paired_items"]) == 100
+    assert float(w["train_minutes"]) == pytest.approx(4.0)   # both folds' training
+
+
+def test_report_markdown(study):
+    md = study["md"]
+    assert "## a" in md and "## b" in md
+    assert "| **deep3** | 3 | 60.5 [" in md
+    assert "| wider | 3 | 75.5 [74.3, 76.7] | 75.5 [" in md and "| 2 / 3 | +15.0 [" in md
+    assert "better: wider (+15.0)" in md and "indistinguishable: same (+0.0), partial (+1.0)" in md
+    assert "**Convergence:** 100% of the runs" in md
+    assert "a/partial/seed1" in md and "a/partial/seed2" in md
+    assert "**Power:** with 3 seeds x 200 test items" in md
+    for png in ("accuracy_vs_flops", "accuracy_per_stem", "validation_curves", "filters_a"):
+        assert (study["dir"] / f"{png}.png").stat().st_size > 1000
+        assert f"]({png}.png)" in md
+    assert not (study["dir"] / "filters_b.png").exists()   # no checkpoint kept there
+
+
+def test_first_layer_filters_finds_the_input_convs():
+    sd = {"model.stem.branches.0.0.weight": torch.randn(4, 2, 20, 3),   # tall branch (2 = coord channel)
+          "model.stem.branches.0.1.weight": torch.ones(4),
+          "model.stem.branches.1.0.weight": torch.randn(4, 2, 1, 20),   # wide branch
+          "model.stem.mix.weight": torch.randn(8, 8, 1, 1),
+          "model.body.0.weight": torch.randn(8, 2, 3, 3)}
+    kernels = first_layer_filters(sd)
+    assert sorted(k.shape for k in kernels) == [(1, 20)] * 4 + [(20, 3)] * 4
+    norms = [float(np.sum(k ** 2)) for k in kernels]
+    assert norms == sorted(norms, reverse=True)
+    assert first_layer_filters({"net.conv1.weight": torch.randn(2, 1, 7, 7)})[0].shape == (7, 7)
