@@ -4,6 +4,7 @@ Files and signals only, never models. See ``python -m data_prep --help``.
 """
 from .cache import CacheError, CacheWriter, FeatureCache, check_existing, open_cache
 from .config import AudioFeatures, PianoRollFeatures, config_diff, feature_config
+from .midi import piano_roll
 from .audio import BadInputError, load_audio
 from .prepare import extract_file, prepare
 
@@ -19,5 +20,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'data_prep' has no attribute {name!r}")
 
 __all__ = ["AudioFeatures", "CacheError", "CacheWriter", "FeatureCache", "PianoRollFeatures",
-           "check_existing", "config_diff", "feature_config", "open_cache",
+           "check_existing", "config_diff", "feature_config", "open_cache", "piano_roll",
            "BadInputError", "extract_file", "load_audio", "prepare", *_FEATURES]

@@ -153,9 +153,15 @@ class PianoRollFeatures:
         drums: ``drop`` drum tracks, ``keep`` them in the roll, or put them in their own ``channel``.
         per_family: one channel per General MIDI instrument family (16 families) instead of one
             channel for all instruments.
+        max_frames: longest roll kept, in frames (``None``: no limit). Longer files are cut
+            there, which bounds memory: a roll takes about ``frames * channels * bins * 5``
+            bytes while it is built (64 MB for 100,000 frames of one 128-bin channel).
         pretty_midi_compat: reproduce ``pretty_midi.PrettyMIDI(path).get_piano_roll(fs)`` exactly
-            (sum of raw velocities, pitch bends applied, no pedal); the options above that
-            pretty_midi lacks must be at their defaults.
+            (sum of raw velocities 0..127, pitch bends applied, sustain pedal applied as pretty_midi
+            does unless ``pedal`` is false, drums silent). ``overlap`` is then always ``sum``;
+            ``beat_resolution``, ``values='binary'``, ``onsets``, ``drums`` other than ``drop``
+            and ``per_family`` are not available. Files longer than ``max_frames`` are refused
+            rather than cut.
     """
 
     kind: str = "pianoroll"
@@ -168,6 +174,7 @@ class PianoRollFeatures:
     pedal: bool = True
     drums: str = "drop"
     per_family: bool = False
+    max_frames: Union[int, None] = 100_000
     pretty_midi_compat: bool = False
 
     def __post_init__(self) -> None:
@@ -183,6 +190,21 @@ class PianoRollFeatures:
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 _fail(name, f"must be one of {valid}, got {getattr(self, name)!r}")
+        if self.max_frames is not None and (
+                not isinstance(self.max_frames, int) or isinstance(self.max_frames, bool)
+                or self.max_frames <= 0):
+            _fail("max_frames", f"must be a positive integer or null, got {self.max_frames!r}")
+        if self.per_family and self.drums == "keep":
+            _fail("drums", "'keep' puts drum notes among pitched ones, which per_family cannot "
+                           "assign to a family; use 'channel' or 'drop'")
+        if self.pretty_midi_compat:
+            lacking = {"beat_resolution": None, "values": "velocity", "onsets": False,
+                       "drums": "drop", "per_family": False}
+            for name, default in lacking.items():
+                if getattr(self, name) != default:
+                    _fail(name, f"pretty_midi_compat needs {name}={default!r} "
+                                f"(pretty_midi has no such option), got {getattr(self, name)!r}")
+            object.__setattr__(self, "overlap", "sum")     # pretty_midi sums overlapping notes
 
     @property
     def bins(self) -> int:
