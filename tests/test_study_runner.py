@@ -32,14 +32,21 @@ def write_study(tmp_path, **changes):
 
 
 def test_grid_expansion_names_and_overrides(tmp_path):
-    study = load_study(write_study(tmp_path, overrides={"train.max_epochs": 3}))
+    path = write_study(tmp_path, overrides={"train.max_epochs": 3})
+    data = yaml.safe_load(path.read_text())
+    data["datasets"][1]["stem_args"] = {"deep3": {"n_freq": 64, "train.lr": 0.1}}
+    path.write_text(yaml.safe_dump(data))
+    study = load_study(path)
     cells = expand(study)
     names = [c.name for c in cells]
     assert len(cells) == (4 + 3) * 2
     assert names[:2] == ["one/deep3/seed0", "one/deep3/seed1"]
     assert "two/octave/seed0" not in names and "one/octave/seed1" in names
     w8 = next(c for c in cells if c.name == "two/deep3-width8/seed1")
-    assert w8.overrides == ("train.max_epochs=3", "model.stem=deep3", "model.stem_args.width=8", "seed=1")
+    assert w8.overrides == ("train.max_epochs=3", "model.stem=deep3", "model.stem_args.width=8",
+                            "model.stem_args.n_freq=64", "train.lr=0.1", "seed=1")
+    assert next(c for c in cells if c.name == "one/deep3/seed0").overrides == (
+        "train.max_epochs=3", "model.stem=deep3", "seed=0")
     assert w8.out_dir == tmp_path / "out" / "runs" / "two" / "deep3-width8" / "seed1"
     assert [c.name for c in expand(load_study(tmp_path / "study.yaml"))] == names   # stable
 
@@ -66,6 +73,7 @@ def test_folds_inline_specs_and_value_formatting(tmp_path):
     ({"datasets": [{"name": "a/b", "recipe": "r"}]}, "datasets[0].name"),
     ({"stems": ["deep3", "octave", "deep3"]}, "variant names ['deep3'] occur twice"),
     ({"datasets": [{"name": "one", "recipe": "r", "exclude": ["octav"]}]}, "datasets[0].exclude: unknown stem 'octav'"),
+    ({"datasets": [{"name": "one", "recipe": "r", "stem_args": {"tal": {}}}]}, "datasets[0].stem_args: unknown stem"),
 ])
 def test_bad_study_files_name_the_field(tmp_path, change, message):
     with pytest.raises(StudyError) as err:

@@ -87,10 +87,13 @@ class StemEntry(_Strict):
 
 
 class Dataset(_Strict):
-    """One dataset: a training recipe plus overrides; ``stems`` / ``exclude`` pick stem variants."""
+    """One dataset: a training recipe plus overrides; ``stems`` / ``exclude`` pick stem variants;
+    ``stem_args`` adds stem arguments (or dotted recipe keys) for some stem entries on this
+    dataset only, e.g. ``{tall: {n_freq: 64}}`` for a 64-bin input."""
     name: str
     recipe: str
     overrides: dict[str, Any] = {}
+    stem_args: dict[str, dict[str, Any]] = {}
     stems: Optional[list[str]] = None
     exclude: list[str] = []
     folds: Optional[FoldAxis] = None
@@ -148,6 +151,9 @@ class Study(_Strict):
                     raise ValueError(f"stems[{i}].datasets: unknown dataset {d!r}; datasets: {names}")
         known = entries | {v.name for v in variants(self)}
         for i, d in enumerate(self.datasets):
+            for s in d.stem_args:
+                if s not in entries:
+                    raise ValueError(f"datasets[{i}].stem_args: unknown stem entry {s!r}; stems: {sorted(entries)}")
             for key in ("stems", "exclude"):
                 for s in getattr(d, key) or []:
                     if s not in known:
@@ -243,7 +249,8 @@ def expand(study: Study) -> list[Cell]:
         for v in dataset_variants(study, d):
             for seed in study.seeds:
                 for fold in (d.folds.values if d.folds else [None]):
-                    ov = {**study.overrides, **d.overrides, **v.overrides, "seed": seed}
+                    extra = {_override(k): x for k, x in d.stem_args.get(v.entry, {}).items()}
+                    ov = {**study.overrides, **d.overrides, **v.overrides, **extra, "seed": seed}
                     if d.folds:
                         ov[d.folds.key] = fold
                     cell = Cell(d.name, v.name, seed, fold, d.recipe,
