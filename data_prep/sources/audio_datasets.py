@@ -1,0 +1,270 @@
+"""Adapters for public audio classification datasets, each in its published file layout.
+
+- ``gtzan``: ten genre folders; the fault-filtered split of Kereliuk & Sturm by default.
+- ``esc50``: ``meta/esc50.csv`` and ``audio/``; five folds.
+- ``urbansound8k``: ``metadata/UrbanSound8K.csv`` and ``audio/foldN/``; ten folds.
+- ``speechcommands``: v2, one folder per word, ``validation_list.txt`` / ``testing_list.txt``.
+- ``nsynth``: ``nsynth-{train,valid,test}/examples.json`` and ``audio/``; instrument family.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+from typing import Callable, Optional
+
+from ..download import Archive
+from . import Source, SourceItem, _rank, register_source, split_arguments
+from .generic import assign_splits, item_id
+
+GTZAN_GENRES = ("blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop",
+                "reggae", "rock")
+
+
+def find_root(root: Path, is_root: Callable[[Path], bool], what: str, depth: int = 2) -> Path:
+    """``root`` itself or the first folder below it (up to ``depth`` levels, sorted) that
+    ``is_root``; ``ValueError`` saying what was expected otherwise."""
+    level = [root]
+    for _ in range(depth + 1):
+        for folder in level:
+            if is_root(folder):
+                return folder
+        level = [p for folder in level if folder.is_dir()
+                 for p in sorted(folder.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+    raise ValueError(f"--root {root}: no {what} found in it or in its sub-folders")
+
+
+def _test_fold_argument(parser: argparse.ArgumentParser, n: int) -> None:
+    parser.add_argument("--test-fold", type=int, default=None, metavar="K",
+                        help=f"make fold K (1..{n}) the test split and the others train "
+                             f"(default: keep the {n} folds for cross-validation, no split)")
+
+
+# -- GTZAN ------------------------------------------------------------------------------------------
+def gtzan_filtered_split() -> dict[str, str]:
+    """``{"blues.00012": "test", ...}``: the 930 files of the fault-filtered GTZAN split
+    (Kereliuk, Sturm & Larsen 2015; the lists torchaudio's GTZAN loader ships), 443 train,
+    197 valid, 290 test. The 70 files left out are repetitions, distortions or mislabels."""
+    lists = json.loads((Path(__file__).with_name("gtzan_filtered.json")).read_text())
+    return {name: split for split in ("train", "valid", "test") for name in lists[split]}
+
+
+@register_source
+class Gtzan(Source):
+    name = "gtzan"
+    kind = "audio"
+    description = "GTZAN genres (10 x 100 30-s clips); fault-filtered split by default"
+    default_features = {"kind": "logmel", "sample_rate": 22050, "n_fft": 2048, "hop_length": 512,
+                        "n_mels": 128}
+    download = ("GTZAN has no stable public archive (its original host, opihi.cs.uvic.ca, is "
+                "gone). Copies are on Kaggle ('GTZAN Dataset - Music Genre Classification', folder "
+                "Data/genres_original) and on the Hugging Face Hub (marsyas/gtzan, genres.tar.gz). "
+                "Download one, extract it, and pass the folder as --root (the folder of the ten "
+                "genre folders, or any folder above it).")
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--split", choices=("filtered", "random"), default="filtered",
+                            help="filtered: the fault-filtered artist-conditional split of "
+                                 "Kereliuk & Sturm (443/197/290 files; the other 70 are left out); "
+                                 "random: all 1000 files, stratified and seeded (default filtered)")
+        split_arguments(parser)
+
+    def resolve_root(self, root: Path) -> Path:
+        return find_root(root, lambda p: all((p / g).is_dir() for g in GTZAN_GENRES),
+                         "folder of the ten GTZAN genre folders (blues/ ... rock/)")
+
+    def items(self, args: argparse.Namespace) -> list[SourceItem]:
+        root = self.resolve_root(Path(args.root))
+        found = {}
+        for genre in GTZAN_GENRES:
+            for path in sorted((root / genre).iterdir()):
+                if path.suffix.lower() in (".wav", ".au") and path.name.startswith(f"{genre}."):
+                    found.setdefault(path.name.rsplit(".", 1)[0], path)
+        if args.split == "random":
+            items = [SourceItem(path, name.split(".")[0], id=name) for name, path in sorted(found.items())]
+            return assign_splits(items, args)
+        items = []
+        for name, split in sorted(gtzan_filtered_split().items()):
+            genre = name.split(".")[0]
+            path = found.get(name, root / genre / f"{name}.wav")   # a missing file is reported
+            items.append(SourceItem(path, genre, split, id=name))
+        return items
+
+
+# -- ESC-50 -----------------------------------------------------------------------------------------
+@register_source
+class Esc50(Source):
+    name = "esc50"
+    kind = "audio"
+    description = "ESC-50 environmental sounds (2000 5-s clips, 50 classes, 5 folds)"
+    default_features = {"kind": "logmel", "sample_rate": 22050, "n_fft": 2048, "hop_length": 512,
+                        "n_mels": 128}
+    download = [Archive("https://github.com/karolpiczak/ESC-50/archive/master.zip",
+                        "ESC-50-master.zip", expect="ESC-50-master/meta/esc50.csv")]
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--esc10", action="store_true",
+                            help="only the ESC-10 subset (10 classes, 400 clips)")
+        _test_fold_argument(parser, 5)
+
+    def resolve_root(self, root: Path) -> Path:
+        return find_root(root, lambda p: (p / "meta" / "esc50.csv").is_file(), "meta/esc50.csv")
+
+    def items(self, args: argparse.Namespace) -> list[SourceItem]:
+        root = self.resolve_root(Path(args.root))
+        items = []
+        for row in _read_csv(root / "meta" / "esc50.csv", ("filename", "fold", "category")):
+            if args.esc10 and row.get("esc10", "").strip().lower() != "true":
+                continue
+            path = root / "audio" / row["filename"]
+            items.append(SourceItem(path, row["category"], "", int(row["fold"]),
+                                    row.get("src_file", ""), Path(row["filename"]).stem))
+        return assign_splits(items, args)
+
+
+def _read_csv(path: Path, required: tuple[str, ...]) -> list[dict]:
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in required if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path}: missing columns {missing} (has {reader.fieldnames})")
+        return list(reader)
+
+
+# -- UrbanSound8K -----------------------------------------------------------------------------------
+@register_source
+class UrbanSound8k(Source):
+    name = "urbansound8k"
+    kind = "audio"
+    description = "UrbanSound8K (8732 clips <= 4 s, 10 classes, 10 folds; mixed rates/channels)"
+    default_features = {"kind": "logmel", "sample_rate": 22050, "n_fft": 2048, "hop_length": 512,
+                        "n_mels": 128}
+    download = [Archive("https://zenodo.org/records/1203745/files/UrbanSound8K.tar.gz",
+                        "UrbanSound8K.tar.gz", md5="9aa69802bbf37fb986f71ec1483a196e",
+                        expect="UrbanSound8K/metadata/UrbanSound8K.csv")]
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        _test_fold_argument(parser, 10)
+
+    def resolve_root(self, root: Path) -> Path:
+        return find_root(root, lambda p: (p / "metadata" / "UrbanSound8K.csv").is_file(),
+                         "metadata/UrbanSound8K.csv")
+
+    def items(self, args: argparse.Namespace) -> list[SourceItem]:
+        root = self.resolve_root(Path(args.root))
+        items = []
+        for row in _read_csv(root / "metadata" / "UrbanSound8K.csv",
+                             ("slice_file_name", "fsID", "fold", "class")):
+            fold = int(row["fold"])
+            path = root / "audio" / f"fold{fold}" / row["slice_file_name"]
+            items.append(SourceItem(path, row["class"], "", fold, row["fsID"],
+                                    Path(row["slice_file_name"]).stem))
+        return assign_splits(items, args)
+
+
+# -- Speech Commands v2 -----------------------------------------------------------------------------
+@register_source
+class SpeechCommands(Source):
+    name = "speechcommands"
+    kind = "audio"
+    description = "Speech Commands v2 (105,829 1-s words, 35 classes; its validation/testing lists)"
+    default_features = {"kind": "logmel", "sample_rate": 16000, "n_fft": 512, "win_length": 400,
+                        "hop_length": 160, "n_mels": 64}
+    download = [Archive("http://download.tensorflow.org/data/speech_commands_v0.02.tar.gz",
+                        "speech_commands_v0.02.tar.gz",
+                        sha256="af14739ee7dc311471de98f5f9d2c9191b18aedfe957f4a6ff791c709868ff58",
+                        expect="validation_list.txt")]
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--words", default=None, metavar="W1,W2,...",
+                            help="keep only these words (default: all 35)")
+        parser.add_argument("--unknown", action="store_true",
+                            help="with --words: label the other words '_unknown_' instead of "
+                                 "dropping them (the classic 12-class task, without 'silence')")
+
+    def resolve_root(self, root: Path) -> Path:
+        return find_root(root, lambda p: (p / "validation_list.txt").is_file()
+                         and (p / "testing_list.txt").is_file(),
+                         "Speech Commands folder (validation_list.txt, testing_list.txt)")
+
+    def items(self, args: argparse.Namespace) -> list[SourceItem]:
+        root = self.resolve_root(Path(args.root))
+        splits = {}
+        for split, listing in (("valid", "validation_list.txt"), ("test", "testing_list.txt")):
+            for line in (root / listing).read_text().split():
+                splits[line.strip()] = split
+        words = set(args.words.split(",")) if args.words else None
+        items = []
+        for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+            if folder.name.startswith(("_", ".")):          # _background_noise_
+                continue
+            label = folder.name
+            if words is not None and label not in words:
+                if not args.unknown:
+                    continue
+                label = "_unknown_"
+            for path in sorted(folder.glob("*.wav")):
+                rel = f"{folder.name}/{path.name}"
+                speaker = path.name.split("_nohash_")[0]
+                items.append(SourceItem(path, label, splits.get(rel, "train"), None, speaker,
+                                        rel[:-4]))
+        if not items:
+            raise ValueError(f"{root}: no word folders with .wav files")
+        return items
+
+
+# -- NSynth -----------------------------------------------------------------------------------------
+_NSYNTH_LABELS = {"family": "instrument_family_str", "source": "instrument_source_str",
+                  "instrument": "instrument_str"}
+
+
+@register_source
+class NSynth(Source):
+    name = "nsynth"
+    kind = "audio"
+    description = "NSynth notes (4-s, 16 kHz; labels: instrument family by default)"
+    default_features = {"kind": "logmel", "sample_rate": 16000, "n_fft": 1024, "hop_length": 256,
+                        "n_mels": 128}
+    download = [Archive(f"http://download.magenta.tensorflow.org/datasets/nsynth/nsynth-{s}.jsonwav.tar.gz",
+                        f"nsynth-{s}.jsonwav.tar.gz", expect=f"nsynth-{s}/examples.json")
+                for s in ("valid", "test", "train")]
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--label", choices=sorted(_NSYNTH_LABELS), default="family",
+                            help="what to classify: instrument family (11 classes), source "
+                                 "(acoustic/electronic/synthetic) or instrument (default family)")
+        parser.add_argument("--max-per-class", type=int, default=None, metavar="N",
+                            help="keep at most N notes per class and split (a seeded, "
+                                 "deterministic subset; the train split has 289,205 notes)")
+        parser.add_argument("--seed", type=int, default=0, help="seed of --max-per-class (default 0)")
+
+    def _split_dirs(self, root: Path) -> list[tuple[str, Path]]:
+        named = {"train": "nsynth-train", "valid": "nsynth-valid", "test": "nsynth-test"}
+        if (root / "examples.json").is_file():      # pointed at one split's folder
+            split = next((s for s, n in named.items() if root.name == n), "")
+            return [(split, root)]
+        return [(s, root / n) for s, n in named.items() if (root / n / "examples.json").is_file()]
+
+    def resolve_root(self, root: Path) -> Path:
+        return find_root(root, lambda p: bool(self._split_dirs(p)),
+                         "nsynth-train/, nsynth-valid/ or nsynth-test/ folder with examples.json")
+
+    def items(self, args: argparse.Namespace) -> list[SourceItem]:
+        root = self.resolve_root(Path(args.root))
+        key = _NSYNTH_LABELS[args.label]
+        items = []
+        for split, folder in self._split_dirs(root):
+            examples = json.loads((folder / "examples.json").read_text())
+            chosen = sorted(examples)
+            if args.max_per_class:
+                by_class: dict[str, list[str]] = {}
+                for note in chosen:
+                    by_class.setdefault(examples[note][key], []).append(note)
+                chosen = sorted(n for notes in by_class.values()
+                                for n in sorted(notes, key=lambda n: _rank(n, args.seed))[:args.max_per_class])
+            for note in chosen:
+                meta = examples[note]
+                items.append(SourceItem(folder / "audio" / f"{note}.wav", meta[key], split, None,
+                                        meta.get("instrument_str", ""), item_id(folder / note, root)))
+        return items
