@@ -2,7 +2,7 @@
 (``RECIPE key=value ... out_dir=DIR``), same run-folder contract, no training.
 
 Items ``item000 ...`` (``items`` in the recipe, default 40) get deterministic predictions from the
-stem name and seed. ``fake.fail=always`` exits 1; ``fake.fail=once`` fails the first attempt
+stem name and seed. ``fake.cv=true`` adds a ``fold_1/checkpoints`` folder; ``fake.fail=always`` exits 1; ``fake.fail=once`` fails the first attempt
 (leaving a partial folder with ``checkpoints/last.ckpt``) and finishes when run again.
 """
 import hashlib
@@ -36,6 +36,10 @@ def main(argv):
     (out / "predictions_test.csv").write_text("id,label,pred,correct,fold,p_a,p_b\n" + "\n".join(rows) + "\n")
     (out / "history.csv").write_text("epoch,train_loss,val_loss,val_accuracy,val_macro_f1,lr,seconds\n"
                                      "0,1.0,1.0,0.5,0.5,0.001,1\n1,0.8,0.9,0.6,0.6,0.001,1\n")
+    if ov.get("fake.cv") == "true":       # cross-validation keeps fold folders with checkpoints
+        (out / "fold_1" / "checkpoints").mkdir(parents=True, exist_ok=True)
+        for name in ("best.ckpt", "last.ckpt"):
+            (out / "fold_1" / "checkpoints" / name).write_bytes(b"fold")
     (out / "checkpoints" / "best.ckpt").write_bytes(b"best")
     (out / "checkpoints" / "last.ckpt").write_bytes(b"last")
     acc = sum(r.split(",")[3] == "1" for r in rows) / n

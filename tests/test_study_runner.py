@@ -1,6 +1,6 @@
 """The study runner: grid expansion, the study file's errors, --plan, --dry-run, and the
 skip / resume / retry / prune logic (with a fake train command), plus one real smoke study."""
-import importlib.util
+import csv
 import json
 import shlex
 import subprocess
@@ -116,7 +116,7 @@ def test_run_skips_finished_retries_failed_and_prunes(tmp_path, capsys):
     path = write_study(tmp_path, datasets=[
         {"name": "one", "recipe": str(tmp_path / "recipe.yaml")},
         {"name": "two", "recipe": str(tmp_path / "recipe.yaml"), "overrides": {"fake.fail": "once"}}],
-        stems=["deep3", "resnet7"])
+        stems=["deep3", {"name": "resnet7", "overrides": {"fake.cv": True}}])
     runs = tmp_path / "out" / "runs"
     # --retries 0: the "two" cells fail once and stay partial; exit status 1
     assert main([str(path), "--jobs", "2", "--retries", "0"]) == 1
@@ -132,8 +132,8 @@ def test_run_skips_finished_retries_failed_and_prunes(tmp_path, capsys):
         calls = (cell / "calls.txt").read_text().splitlines()
         assert len(calls) == (2 if cell.parts[-3] == "two" else 1)
         # one model per variant (first seed) keeps best.ckpt; everything else is pruned
-        assert sorted(p.name for p in (cell / "checkpoints").iterdir()) == (
-            ["best.ckpt"] if cell.name == "seed0" else [])
+        assert sorted(str(p.relative_to(cell)) for p in cell.rglob("*.ckpt")) == (
+            ["checkpoints/best.ckpt"] if cell.name == "seed0" else [])
     log = (tmp_path / "out/logs/two__resnet7__seed1.log").read_text()
     assert log.count("=== exit status 1") == 1 and log.count("=== exit status 0") == 1
     assert "partial:" in log   # the second attempt saw the partial folder
@@ -153,8 +153,29 @@ def test_retry_within_one_invocation(tmp_path, capsys):
     assert len((tmp_path / "out/runs/x/deep3/seed0/calls.txt").read_text().splitlines()) == 3
 
 
-@pytest.mark.skipif(importlib.util.find_spec("audiostem.train") is None, reason="training not available yet")
-def test_smoke_study_end_to_end(tmp_path):
-    """studies/smoke.yaml on a tiny generated cache, with the real train command, then the report."""
-    from tests_study_smoke import build_smoke_cache  # noqa: F401  (see studies/smoke.yaml)
-    pytest.skip("wired once the train CLI lands")
+def test_smoke_study_end_to_end(tmp_path, capsys):
+    """studies/smoke.yaml with the real train command, on a generated cache, then the report."""
+    from fixtures import synthetic_cache
+    cache = synthetic_cache(tmp_path / "cache", per_class=10, bins=16, frames=(24, 40))
+    study = yaml.safe_load((REPO / "studies/smoke.yaml").read_text())
+    study["out_dir"] = str(tmp_path / "out")
+    study["bootstrap"] = 200
+    study["overrides"].update({"train.max_epochs": 2, "data.cache": str(cache.path), "data.prepare": None,
+                               "data.features": None, "data.crop_frames": 24, "data.batch_size": 8})
+    study["datasets"][0]["recipe"] = str(REPO / study["datasets"][0]["recipe"])
+    path = tmp_path / "smoke.yaml"
+    path.write_text(yaml.safe_dump(study))
+    # two cells (one training round with --jobs 2) keep the test short
+    assert main([str(path), "--jobs", "2", "--cells", "*/deep3/seed0", "*/patch4/seed0"]) == 0, capsys.readouterr().err
+    runs = tmp_path / "out" / "runs" / "espeak_digits"
+    metrics = json.loads((runs / "patch4/seed0/metrics.json").read_text())
+    assert metrics["seed"] == 0 and metrics["stem"]["stride"] == [4, 4]
+    assert sorted(str(p.relative_to(runs)) for p in runs.rglob("*.ckpt")) == [
+        "deep3/seed0/checkpoints/best.ckpt", "patch4/seed0/checkpoints/best.ckpt"]
+    assert main(["report", str(path)]) == 0
+    rows = {r["variant"]: r for r in csv.DictReader(open(tmp_path / "out/report/results.csv"))}
+    assert rows["deep3"]["n_seeds"] == "1" and rows["patch4"]["paired_seeds"] == "1"
+    assert rows["patch4"]["n_items"] == "6" and rows["resnet7"]["n_seeds"] == "0"
+    assert float(rows["patch4"]["acc_mean"]) == pytest.approx(metrics["test"]["accuracy"], abs=1e-5)
+    report = (tmp_path / "out/report")
+    assert (report / "filters_espeak_digits.png").exists() and (report / "validation_curves.png").exists()

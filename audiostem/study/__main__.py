@@ -12,8 +12,10 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from data_prep import CacheError
+
 from .grid import StudyError, expand, load_study
-from .runner import describe, is_finished, run_study, select, write_plan
+from .runner import describe, is_finished, prepare_caches, run_study, select, write_plan
 
 EPILOG = """examples:
   python -m audiostem.study studies/smoke.yaml --jobs 2      train every unfinished cell
@@ -48,6 +50,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--raw", action="store_true", help="with --plan: bare train commands instead of runner calls")
     p.add_argument("--all", action="store_true", help="with --plan: include finished cells")
     p.add_argument("--dry-run", action="store_true", help="list every cell's status and command; run nothing")
+    p.add_argument("--prepare", action="store_true",
+                   help="only build the feature caches the cells need (do this once before --plan jobs start)")
     args = p.parse_args(argv)
     try:
         study = load_study(args.study)
@@ -56,6 +60,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             describe(study, cells, sys.stdout)
             return 0
         _check_recipes(study, cells)
+        if args.prepare:
+            prepare_caches(study, cells, lambda m: print(m, file=sys.stderr))
+            return 0
         if args.plan is not None:
             todo = cells if args.all else [c for c in cells if not is_finished(c)]
             if args.plan == "-":
@@ -68,7 +75,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.jobs < 1:
             raise StudyError(f"--jobs must be at least 1, got {args.jobs}")
         result = run_study(study, cells, jobs=args.jobs, retries=args.retries)
-    except StudyError as err:
+    except (ValueError, CacheError) as err:    # StudyError, and the recipe's own errors
         print(f"error: {err}", file=sys.stderr)
         return 2
     failed = result["failed"]

@@ -21,6 +21,7 @@ from typing import Callable, Optional, Sequence, TextIO
 from .grid import Cell, Study, StudyError
 
 FINISHED_FILE = "metrics.json"
+USAGE_ERROR = 2      # the train command's exit status for a bad recipe, override or cache
 
 
 def is_finished(cell: Cell) -> bool:
@@ -69,19 +70,40 @@ def keep_checkpoint(study: Study, cell: Cell) -> bool:
 
 
 def prune_checkpoints(study: Study, cell: Cell) -> int:
-    """Delete the checkpoints a finished cell no longer needs; returns bytes freed."""
-    freed = 0
+    """Delete the checkpoints a finished cell no longer needs (also those of its CV fold
+    folders, ``fold_*/checkpoints``); a kept cell keeps ``checkpoints/best.ckpt`` (or ``last.ckpt``
+    when there is no best). Returns bytes freed."""
     if not is_finished(cell):
         return 0
-    keep = keep_checkpoint(study, cell)
-    for ckpt in sorted((cell.out_dir / "checkpoints").glob("*.ckpt")):
-        if keep and ckpt.name == "best.ckpt":
-            continue
-        if keep and ckpt.name == "last.ckpt" and not (cell.out_dir / "checkpoints" / "best.ckpt").exists():
-            continue
-        freed += ckpt.stat().st_size
-        ckpt.unlink()
+    top = cell.out_dir / "checkpoints"
+    kept = None
+    if keep_checkpoint(study, cell):
+        kept = next((p for p in (top / "best.ckpt", top / "last.ckpt") if p.is_file()), None)
+    freed = 0
+    for ckpt in sorted(cell.out_dir.glob("checkpoints/*.ckpt")) + sorted(cell.out_dir.glob("fold_*/checkpoints/*.ckpt")):
+        if ckpt != kept:
+            freed += ckpt.stat().st_size
+            ckpt.unlink()
     return freed
+
+
+def prepare_caches(study: Study, cells: list[Cell], echo: Callable[[str], None]) -> None:
+    """Build every missing feature cache the cells need, one at a time, before any cell runs:
+    parallel cells of one dataset must not all start building the same cache. Only for the
+    default train command (a custom one is on its own)."""
+    if study.train_command is not None:
+        return
+    from ..recipe import load_recipe
+    from ..train import ensure_cache
+    seen = set()
+    for cell in cells:
+        recipe = load_recipe(cell.recipe, list(cell.overrides))
+        if recipe.data.cache in seen:
+            continue
+        seen.add(recipe.data.cache)
+        if not (Path(recipe.data.cache) / "meta.json").exists():
+            echo(f"[study {study.name}] building the feature cache {recipe.data.cache} for {cell.dataset}")
+            ensure_cache(recipe)
 
 
 def write_plan(study: Study, study_path: Path, cells: list[Cell], out: TextIO, raw: bool = False) -> int:
@@ -109,7 +131,7 @@ def _env(jobs: int) -> dict:
 
 def run_cell(study: Study, cell: Cell, env: Optional[dict] = None) -> tuple[bool, float]:
     """Run one cell's training in a subprocess, appending its output to the cell's log.
-    Returns ``(finished, seconds)``; finished means the run wrote ``metrics.json``."""
+    Returns ``(finished, seconds, exit status)``; finished means the run wrote ``metrics.json``."""
     log = log_path(study, cell)
     log.parent.mkdir(parents=True, exist_ok=True)
     argv = train_command(study, cell)
@@ -119,7 +141,7 @@ def run_cell(study: Study, cell: Cell, env: Optional[dict] = None) -> tuple[bool
         fh.flush()
         rc = subprocess.run(argv, stdout=fh, stderr=subprocess.STDOUT, env=env).returncode
         fh.write(f"=== exit status {rc} after {time.time() - start:.0f} s\n")
-    return rc == 0 and is_finished(cell), time.time() - start
+    return rc == 0 and is_finished(cell), time.time() - start, rc
 
 
 def _fmt_s(seconds: float) -> str:
@@ -138,13 +160,14 @@ def run_study(study: Study, cells: list[Cell], jobs: int = 1, retries: int = 1,
         prune_checkpoints(study, c)
     echo(f"[study {study.name}] {len(cells)} cells: {skipped} finished, {len(todo)} to run, "
          f"{jobs} at a time; logs in {Path(study.out_dir) / 'logs'}")
+    prepare_caches(study, todo, echo)
     env, lock = _env(jobs), threading.Lock()
     done, failed, durations = [], [], []
 
     def work(cell: Cell) -> None:
         for attempt in range(retries + 1):
-            ok, seconds = run_cell(study, cell, env)
-            if ok:
+            ok, seconds, rc = run_cell(study, cell, env)
+            if ok or rc == USAGE_ERROR:    # a bad recipe or override fails the same way again
                 break
         prune_checkpoints(study, cell)
         with lock:
