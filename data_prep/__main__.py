@@ -120,8 +120,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
                            description=f"{src.description}. Default features: {defaults}.")
         subparsers[name] = p
         common = p.add_argument_group("where")
-        common.add_argument("--root", required=True, type=Path,
-                            help="the dataset folder (created by --download when missing)")
+        default_root = getattr(src, "default_root", None)      # folk: built there on first use
+        common.add_argument("--root", required=default_root is None, default=default_root, type=Path,
+                            help="the dataset folder (created by --download when missing)"
+                                 + (f"; default {default_root}" if default_root else ""))
         common.add_argument("--out", required=True, type=Path, help="the cache folder to write")
         run = p.add_argument_group("how")
         run.add_argument("--workers", type=int, default=None,

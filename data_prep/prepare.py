@@ -110,9 +110,10 @@ def _init_worker(config: FeatureConfig) -> None:
     for fresh zeroed pages on every file."""
     global _CONFIG
     _CONFIG = config
-    import torch
+    if config.kind in AUDIO_KINDS:       # piano rolls never touch torch: don't pay its import
+        import torch
 
-    torch.set_num_threads(1)
+        torch.set_num_threads(1)
     try:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-4, 0)              # M_MMAP_MAX: no mmap'd chunks
@@ -133,6 +134,9 @@ def _pool(workers: int, config: FeatureConfig) -> ProcessPoolExecutor:
 def _one_torch_thread():
     """Per-file tensors are small: torch's thread pool costs more than it gives (on a busy
     2-core machine a 20x16 matmul took 7 ms with 2 threads, 9 us with one)."""
+    if "torch" not in sys.modules:       # piano rolls never import torch: don't pay for it
+        yield
+        return
     import torch
 
     before = torch.get_num_threads()
@@ -285,7 +289,7 @@ def prepare(source: Union[str, Source], root: Union[str, Path], out: Union[str, 
     started = time.perf_counter()
     src = get_source(source) if isinstance(source, str) else source
     root = Path(root).expanduser()
-    if not root.exists():
+    if not root.exists() and not getattr(src, "creates_root", False):   # folk builds its root
         raise ValueError(f"--root {root}: no such file or folder")
     root = src.resolve_root(root)
     out = Path(out).expanduser()
