@@ -193,6 +193,11 @@ BAD_SPECS = [
     ({"layers": [{"branches": [[{"kernel": 3, "channels": 8}], [{"kernel": 3, "channels": 8, "dilation": -1}]]}]},
      "stem.layers[0].branches[1][0].dilation: must be positive ints"),
     ({"layers": []}, "stem.layers: must be a non-empty list"),
+    ({"layers": [{"kernel": 3, "channels": 8, "padding": "valid"}]},
+     "stem.layers[0].padding: must be 'same', an int or a pair of ints, got 'valid'"),
+    ({"layers": [{"kernel": 3, "channels": 8, "pool": {"type": "max"}}]}, "stem.layers[0].pool.kernel: required"),
+    ({"layers": [{"kernel": 3, "channels": 8, "pool": {"type": "lp", "kernel": 2}}]},
+     "stem.layers[0].pool.type: must be one of max, avg, got 'lp'"),
     ({"layers": [{"kernel": 3, "channels": 8}], "coord": "yes"}, "stem.coord: must be true or false"),
 ]
 

@@ -132,8 +132,8 @@ def describe_stem(stem: nn.Module | str | dict, input_shape: tuple[int, int, int
     """
     if not isinstance(stem, nn.Module):
         stem = build_stem(stem, in_channels=input_shape[0])
-    param = next(stem.parameters(), None)
-    x = torch.zeros(1, *input_shape, device=param.device if param is not None else "cpu")
+    param = next(stem.parameters(), torch.zeros(()))
+    x = torch.zeros(1, *input_shape, device=param.device, dtype=param.dtype)
     was_training = stem.training
     stem.eval()
     try:

@@ -14,14 +14,15 @@ A spec is plain data (what a YAML file holds). Example, the ``resnet7`` preset::
         padding: same     # 'same' = dilation * (k - 1) // 2 per axis, or int / [pf, pt]
         norm: batch       # batch | layer (over channels, ConvNeXt style) | none
         activation: relu  # relu | gelu | silu | none
-        pool: {type: max, kernel: 3, stride: 2}   # optional; padding default (k - 1) // 2
+        pool: {type: max, kernel: 3, stride: 2}   # optional; type default max, stride default
+                                                  # kernel, padding default (kernel - 1) // 2
 
 A layer may instead hold parallel branches, each a list of layers; the branch outputs are
 concatenated on channels (all branches must have the same total stride)::
 
       - branches:
           - [{kernel: [90, 7], channels: 16, stride: 2}]
-          - [{kernel: [1, 32], channels: 16, stride: 2}]
+          - [{kernel: [1, 32], channels: 16, stride: [1, 2], pool: {kernel: [2, 1]}}]
         pool: {type: max, kernel: 3, stride: 2}   # optional, applied after the concatenation
 
 Order inside a layer: conv -> norm -> activation -> pool. The conv has a bias only when
@@ -78,7 +79,9 @@ def _check_keys(d: Any, path: str, allowed: tuple[str, ...]) -> None:
 
 def _pool(p: Any, path: str) -> dict:
     _check_keys(p, path, POOL_KEYS)
-    kernel = _pair(p.get("kernel", 2), f"{path}.kernel", 1)
+    if "kernel" not in p:
+        raise ValueError(f"{path}.kernel: required key missing")
+    kernel = _pair(p["kernel"], f"{path}.kernel", 1)
     stride = _pair(p.get("stride", kernel), f"{path}.stride", 1)
     padding = _pair(p.get("padding", [(k - 1) // 2 for k in kernel]), f"{path}.padding", 0)
     if any(2 * pad > k for pad, k in zip(padding, kernel)):
@@ -108,6 +111,8 @@ def _layer(layer: Any, path: str, in_ch: int) -> tuple[dict, int]:
         "norm": _choice(layer.get("norm", "batch"), f"{path}.norm", NORMS),
         "activation": _choice(layer.get("activation", "relu"), f"{path}.activation", ACTIVATIONS),
     }
+    if isinstance(out["padding"], str) and out["padding"] != "same":
+        _fail(f"{path}.padding", "must be 'same', an int or a pair of ints", out["padding"])
     if out["padding"] != "same":
         out["padding"] = _pair(out["padding"], f"{path}.padding", 0)
     if layer.get("pool") is not None:
