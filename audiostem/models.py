@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
@@ -150,3 +151,23 @@ def build_model(stem: str | dict | nn.Module = "deep3", body: str | dict = "narr
     else:
         raise ValueError(f"body: must be one of {', '.join(BODIES)} or a dict with keys widths, depths; got {body!r}")
     return AudioResNet(stem, widths, depths, num_classes, head, dropout, zero_init_last)
+
+
+def step_time(model: nn.Module, input_shape: tuple[int, int, int] = (1, 128, 256), batch: int = 32,
+              steps: int = 5) -> float:
+    """Seconds of one SGD training step (forward, cross-entropy, backward, update) on a batch
+    of ``batch`` random inputs of ``input_shape = (C, F, T)``: the fastest of ``steps`` steps
+    after one warm-up step (the fastest, because a shared machine only ever adds time)."""
+    x = torch.randn(batch, *input_shape)
+    y = torch.randint(0, model.fc.out_features, (batch,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    model.train()
+    times = []
+    for _ in range(steps + 1):
+        start = time.perf_counter()
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        times.append(time.perf_counter() - start)
+    return min(times[1:])
+
