@@ -11,7 +11,7 @@ import yaml
 from torch import nn
 
 from audiostem import build_stem, describe_stem, list_stems, register_stem
-from audiostem.stems import normalize_spec, stem_overrides
+from audiostem.stems import normalize_spec, registry, stem_overrides
 
 REQUIRED = ["resnet7", "deep3", "wide5", "tall", "temporal", "pons", "octave", "patch4"]
 
@@ -236,7 +236,16 @@ def test_override_values_reach_the_layers():
         build_stem("deep3", depth=0)
 
 
-def test_register_stem_forms():
+@pytest.fixture
+def scratch_registry():
+    """Forget the stems a test registers, so other tests see only the presets."""
+    before = dict(registry._REGISTRY)
+    yield
+    registry._REGISTRY.clear()
+    registry._REGISTRY.update(before)
+
+
+def test_register_stem_forms(scratch_registry):
     @register_stem(name="test_tiny")
     def tiny(kernel_size: int = 3, out_channels: int = 64) -> dict:
         return {"layers": [{"kernel": kernel_size, "channels": out_channels, "stride": 4}]}
