@@ -1,0 +1,429 @@
+"""Render a MIDI dataset to audio: the same music as a spectrogram and as a piano roll.
+
+``python -m data_prep render --root MIDI_DATASET --out AUDIO_DATASET [options]`` reads a MIDI
+dataset -- a folder with ``manifest.csv`` (``path,label[,split][,group|tune_id]``, as the folk
+dataset has) or one sub-folder per class -- and writes::
+
+    AUDIO_DATASET/<label>/<name>.wav     mono 16-bit WAV, peak at -1 dBFS
+    AUDIO_DATASET/manifest.csv           path,label,split,group,origin,origin_label,program,
+                                         instrument,seconds
+    AUDIO_DATASET/render.json            the settings, and the files that failed and why
+
+Labels stay those of the MIDI dataset, unless several ``--programs`` are given: then every file
+is rendered once per General MIDI program and labelled by instrument (instrument
+classification), with the tune as its ``group`` and its original split kept, so one melody
+never straddles splits. Train on it with ``python -m data_prep csv --root OUT/manifest.csv``.
+
+The synthesizer is rustysynth (a SoundFont synthesizer in Rust, from the ``midirenderer``
+wheel on PyPI: no system library), rendering at 48 kHz, resampled with soxr; the soundfont
+defaults to ``TimGM6mb.sf2``, which ships inside ``pretty_midi``. ``--synth fluidsynth`` uses
+FluidSynth through ``pyfluidsynth`` when that and the FluidSynth library are installed.
+(symusic's own synthesizer is not used: in symusic 0.6.0 it cannot return its buffer, and in
+0.5.9 it plays SF2 soundfonts at wrong pitches -- TimGM6mb's piano two octaves up, its violin
+one -- being right only with MuseScore's SF3.) Rendering is deterministic, parallel over files,
+skips files that fail (recorded with the reason), and resumes: outputs that exist are kept, so
+an interrupted run continues where it stopped. Settings different from those of an existing
+``OUT`` are refused (``--force`` starts over).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import multiprocessing
+import os
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+
+PEAK = 10 ** (-1 / 20)                 # -1 dBFS
+TAIL_SECONDS = 1.0                     # rendered after the last note, for its release
+FORMAT = 1
+MANIFEST_FIELDS = ("path", "label", "split", "group", "origin", "origin_label", "program",
+                   "instrument", "seconds")
+
+
+def default_soundfont() -> Path:
+    """``TimGM6mb.sf2``, the General MIDI soundfont shipped inside the ``pretty_midi`` package."""
+    import pretty_midi
+
+    path = Path(pretty_midi.__file__).parent / "TimGM6mb.sf2"
+    if not path.is_file():
+        raise ValueError(f"pretty_midi's soundfont is missing ({path}); give one with --soundfont")
+    return path
+
+
+def instrument_name(program: int) -> str:
+    """The General MIDI name of ``program`` as a label: 40 -> ``violin``, 0 -> ``acoustic_grand_piano``."""
+    import pretty_midi
+
+    return re.sub(r"[^a-z0-9]+", "_", pretty_midi.program_to_instrument_name(program).lower()).strip("_")
+
+
+def parse_programs(text: str) -> list[int]:
+    """``"0,40,violin,flute"`` -> General MIDI program numbers (names as :func:`instrument_name`
+    gives them; a unique part of a name is enough: ``nylon`` -> 24)."""
+    names = {instrument_name(p): p for p in range(128)}
+    programs = []
+    for part in (p.strip().lower() for p in text.split(",") if p.strip()):
+        if part.isdigit() and 0 <= int(part) <= 127:
+            programs.append(int(part))
+        elif part in names:
+            programs.append(names[part])
+        else:
+            found = [n for n in names if part.replace(" ", "_") in n]
+            if len(found) != 1:
+                raise ValueError(f"program {part!r}: give 0-127 or a General MIDI name "
+                                 f"({'matches ' + ', '.join(found) if found else 'e.g. violin, flute, trumpet, acoustic_grand_piano'})")
+            programs.append(names[found[0]])
+    if len(set(programs)) != len(programs):
+        raise ValueError(f"programs {text!r} name one instrument twice")
+    return programs
+
+
+def render_midi(midi, soundfont: Union[str, os.PathLike, None] = None, sample_rate: int = 22050, *,
+                program: Optional[int] = None, max_seconds: Optional[float] = None,
+                synth: str = "rustysynth") -> np.ndarray:
+    """Render one MIDI file (path, bytes or ``symusic.Score``) to mono float32 audio, peak -1 dBFS.
+
+    Args:
+        soundfont: an SF2/SF3 file (default :func:`default_soundfont`).
+        program: play every pitched track with this General MIDI program (drums stay drums).
+        max_seconds: render only the first seconds of the music (otherwise the whole file and
+            ``TAIL_SECONDS`` after it, for the last release).
+        synth: ``rustysynth`` (the ``midirenderer`` package) or ``fluidsynth`` (needs
+            ``pip install pyfluidsynth`` and the FluidSynth library).
+
+    Returns ``(samples,)`` float32; raises ``ValueError`` for unreadable or silent files.
+    """
+    import symusic
+
+    from .midi import read_score
+
+    score = read_score(midi).copy()
+    if program is not None:
+        for track in score.tracks:
+            if not track.is_drum:
+                track.program = program
+    timed = score.to("second")
+    if max_seconds is not None:                # notes that start in time; the audio is cut below
+        timed = timed.clip(0, max_seconds, False)
+    # a marker after the last note, or the synthesizer stops at the last note-off, cutting releases
+    timed.markers.append(symusic.TextMeta(timed.end() + TAIL_SECONDS, "end", ttype="second"))
+    score = timed.to("tick")
+    if score.note_num() == 0:
+        raise ValueError("no notes to render" + (f" in the first {max_seconds:g} s" if max_seconds else ""))
+    audio = _synthesizer(soundfont, sample_rate, synth)(score)
+    if max_seconds is not None:
+        audio = audio[:int(round(max_seconds * sample_rate))]
+    peak = float(np.abs(audio).max()) if len(audio) else 0.0
+    if not np.isfinite(peak) or peak < 1e-6:
+        raise ValueError("renders to silence (no sound for these programs in the soundfont?)")
+    return (audio * (PEAK / peak)).astype(np.float32)
+
+
+_SYNTHS: dict = {}
+SYNTHS = ("rustysynth", "fluidsynth")
+
+
+def _synthesizer(soundfont, sample_rate: int, synth: str):
+    """A function score -> mono float32 audio at ``sample_rate``, cached per process."""
+    soundfont = Path(soundfont) if soundfont else default_soundfont()
+    key = (str(soundfont), sample_rate, synth)
+    if key in _SYNTHS:
+        return _SYNTHS[key]
+    if not soundfont.is_file():
+        raise ValueError(f"--soundfont {soundfont}: no such file")
+    if synth == "rustysynth":
+        try:
+            import midirenderer
+        except ImportError:
+            raise ValueError("rendering needs the midirenderer package (rustysynth): "
+                             "pip install midirenderer") from None
+        import soundfile as sf
+        import soxr
+
+        font = soundfont.read_bytes()
+
+        def render(score):
+            wav = midirenderer.render_wave_from(font, score.dumps_midi())
+            audio, rate = sf.read(io.BytesIO(wav), dtype="float32", always_2d=True)
+            audio = audio.mean(axis=1)
+            if rate != sample_rate:
+                audio = soxr.resample(audio, rate, sample_rate, quality="HQ")
+            return np.asarray(audio, np.float32)
+    elif synth == "fluidsynth":
+        try:
+            import fluidsynth  # noqa: F401
+            import pretty_midi
+        except (ImportError, OSError) as e:
+            raise ValueError(f"--synth fluidsynth needs pyfluidsynth and the FluidSynth library "
+                             f"({e}); pip install pyfluidsynth, or use --synth rustysynth") from None
+
+        def render(score):
+            pm = pretty_midi.PrettyMIDI(io.BytesIO(score.dumps_midi()))
+            return pm.fluidsynth(fs=sample_rate, synthesizer=str(soundfont)).astype(np.float32)
+    else:
+        raise ValueError(f"--synth must be one of {SYNTHS}, got {synth!r}")
+    _SYNTHS[key] = render
+    return render
+
+
+# -- datasets ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Job:
+    source: str               # the MIDI file, relative to the dataset root
+    label: str
+    split: str
+    group: str
+    origin_label: str
+    program: Optional[int]
+    out: str                  # the WAV file, relative to OUT
+
+
+def list_midi_dataset(root: Path) -> list[tuple[str, str, str, str]]:
+    """``(path relative to root, label, split, group)`` of every MIDI file of a dataset: the
+    rows of ``root/manifest.csv``, or the files of one sub-folder per class."""
+    from .sources import MIDI_EXTENSIONS
+    from .sources.generic import list_files, normalise_split
+
+    manifest = root / "manifest.csv"
+    if manifest.is_file():
+        with open(manifest, newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+        if rows and not {"path", "label"} <= set(rows[0]):
+            raise ValueError(f"{manifest}: needs columns path and label, has {list(rows[0])}")
+        return [(r["path"], r["label"], normalise_split(r.get("split") or "", f"{manifest}: "),
+                 r.get("group") or r.get("tune_id") or Path(r["path"]).with_suffix("").as_posix())
+                for r in rows]
+    if not root.is_dir():
+        raise ValueError(f"--root {root}: no such folder")
+    items = []
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for path in list_files(class_dir, MIDI_EXTENSIONS):
+            rel = path.relative_to(root).as_posix()
+            items.append((rel, class_dir.name, "", Path(rel).with_suffix("").as_posix()))
+    if not items:
+        raise ValueError(f"--root {root}: no manifest.csv and no MIDI files in class sub-folders")
+    return items
+
+
+def plan_jobs(items, programs: Sequence[Optional[int]]) -> list[Job]:
+    """One job per file and program, with its output name and label."""
+    jobs = []
+    by_instrument = len(programs) > 1
+    for rel, label, split, group in items:
+        stem = Path(rel).with_suffix("").as_posix()
+        if stem.startswith(label + "/"):
+            stem = stem[len(label) + 1:]
+        name = stem.replace("/", "__")
+        for program in programs:
+            if by_instrument:
+                out_label = instrument_name(program)
+                out = f"{out_label}/{label}__{name}.wav"
+            else:
+                out_label, out = label, f"{label}/{name}.wav"
+            jobs.append(Job(rel, out_label, split, group, label, program, out))
+    seen: dict[str, str] = {}
+    for job in jobs:
+        if seen.setdefault(job.out, job.source) != job.source:
+            raise ValueError(f"{job.source} and {seen[job.out]} would both be written to {job.out}")
+    return jobs
+
+
+_WORKER: dict = {}
+
+
+def _init(settings: dict) -> None:
+    _WORKER.update(settings)
+
+
+def _render_job(job: Job) -> tuple[str, Union[float, str]]:
+    """Worker: render and write one job; ``("ok", seconds)`` or ``("fail", reason)``."""
+    import soundfile as sf
+
+    s = _WORKER
+    try:
+        audio = render_midi(s["root"] / job.source, s["soundfont"], s["sample_rate"],
+                            program=job.program, max_seconds=s["max_seconds"], synth=s["synth"])
+        out = s["out"] / job.out
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        sf.write(tmp, audio, s["sample_rate"], subtype="PCM_16", format="WAV")
+        os.replace(tmp, out)
+        return "ok", len(audio) / s["sample_rate"]
+    except Exception as e:      # one bad file is a recorded failure, never the end of the run
+        text = " ".join(str(e).split()) or type(e).__name__
+        return "fail", text if isinstance(e, ValueError) else f"{type(e).__name__}: {text}"
+
+
+def render_dataset(root: Union[str, os.PathLike], out: Union[str, os.PathLike], *,
+                   soundfont: Union[str, os.PathLike, None] = None,
+                   programs: Optional[Sequence[int]] = None, sample_rate: int = 22050,
+                   max_seconds: Optional[float] = None, synth: str = "rustysynth",
+                   workers: Optional[int] = None, force: bool = False, progress: bool = True) -> dict:
+    """Render every file of the MIDI dataset ``root`` into the audio dataset ``out`` (see the
+    module docstring). Returns the summary also written to ``out/render.json``."""
+    root, out = Path(root).expanduser(), Path(out).expanduser()
+    soundfont = Path(soundfont).expanduser() if soundfont else default_soundfont()
+    if not soundfont.is_file():
+        raise ValueError(f"--soundfont {soundfont}: no such file")
+    if sample_rate < 8000 or sample_rate > 96000:
+        raise ValueError(f"--sample-rate must be in 8000..96000, got {sample_rate}")
+    if max_seconds is not None and max_seconds <= 0:
+        raise ValueError(f"--max-seconds must be positive, got {max_seconds}")
+    programs = list(programs) if programs else [None]
+    settings = {"format": FORMAT, "soundfont": soundfont.name, "soundfont_bytes": soundfont.stat().st_size,
+                "programs": programs, "sample_rate": sample_rate, "max_seconds": max_seconds,
+                "synth": synth, "peak_dbfs": -1.0}
+    _check_out(out, settings, force)
+    jobs = plan_jobs(list_midi_dataset(root), programs)
+    _synthesizer(soundfont, sample_rate, synth)             # fail early on a bad synth or soundfont
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "render.json").write_text(json.dumps({"settings": settings}, indent=1) + "\n")
+    todo = [j for j in jobs if not (out / j.out).exists()]
+    say = (lambda text: print(text, file=sys.stderr, flush=True)) if progress else (lambda text: None)
+    if len(todo) < len(jobs):
+        say(f"resuming {out}: {len(jobs) - len(todo)} of {len(jobs)} files are already rendered")
+    started = time.perf_counter()
+    state = {"root": root, "out": out, "soundfont": soundfont, "sample_rate": sample_rate,
+             "max_seconds": max_seconds, "synth": synth}
+    results = dict(zip(todo, _run(todo, state, workers, progress)))
+    rows, failures = [], []
+    import soundfile as sf
+
+    for job in jobs:
+        status, value = results.get(job, ("ok", None))
+        if status == "fail":
+            failures.append({"source": job.source, "program": job.program, "reason": value})
+            continue
+        seconds = value if value is not None else sf.info(str(out / job.out)).duration
+        rows.append({"path": job.out, "label": job.label, "split": job.split, "group": job.group,
+                     "origin": job.source, "origin_label": job.origin_label,
+                     "program": "" if job.program is None else job.program,
+                     "instrument": "" if job.program is None else instrument_name(job.program),
+                     "seconds": round(seconds, 3)})
+    if not rows:
+        raise ValueError(f"no file could be rendered ({len(failures)} failed, e.g. "
+                         f"{failures[0]['source']}: {failures[0]['reason']})" if failures else "no files")
+    rows.sort(key=lambda r: r["path"])
+    text = io.StringIO()
+    writer = csv.DictWriter(text, MANIFEST_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    (out / "manifest.csv").write_text(text.getvalue(), encoding="utf-8")
+    summary = {"settings": settings, "rendered": len(rows), "this_run": len(todo) - len(failures),
+               "failed": failures, "audio_hours": round(sum(r["seconds"] for r in rows) / 3600, 4)}
+    (out / "render.json").write_text(json.dumps(summary, indent=1) + "\n")
+    elapsed = time.perf_counter() - started
+    say(f"rendered {out}: {len(rows)} files in {len({r['label'] for r in rows})} classes, "
+        f"{summary['audio_hours']:.2f} h of audio, {len(failures)} failed"
+        + "".join(f"\n  {f['source']}: {f['reason']}" for f in failures[:10])
+        + f"\n{len(todo)} files in {elapsed:.1f} s")
+    return summary
+
+
+def _check_out(out: Path, settings: dict, force: bool) -> None:
+    marker = out / "render.json"
+    if out.exists() and any(out.iterdir()):
+        if not marker.exists():
+            raise ValueError(f"--out {out} is not empty and was not written by render; "
+                             f"choose a new folder")
+        old = json.loads(marker.read_text()).get("settings")
+        if old != settings:
+            if not force:
+                diff = [f"{k}: {old.get(k)!r} != {settings[k]!r}" for k in settings
+                        if not old or old.get(k) != settings[k]]
+                raise ValueError(f"{out} was rendered with other settings ({'; '.join(diff)}); "
+                                 f"use --force to start over or choose another --out")
+        if force:
+            shutil.rmtree(out)
+
+
+def _run(jobs: list[Job], state: dict, workers: Optional[int], progress: bool):
+    """Results of :func:`_render_job` in order, in ``workers`` processes."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(jobs), desc="render", unit="file", disable=not progress, file=sys.stderr,
+               dynamic_ncols=True, mininterval=0.5)
+    n = max(1, min(workers or _cpu_count(), len(jobs)))
+    try:
+        if n == 1:
+            _init(state)
+            for job in jobs:
+                yield _render_job(job)
+                bar.update(1)
+            return
+        methods = multiprocessing.get_all_start_methods()
+        context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+        with context.Pool(n, initializer=_init, initargs=(state,)) as pool:
+            for result in pool.imap(_render_job, jobs, chunksize=4):
+                yield result
+                bar.update(1)
+    finally:
+        bar.close()
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m data_prep render ...`` (see the module docstring)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m data_prep render", description=__doc__.split("\n\n")[0],
+        epilog="examples:\n"
+               "  python -m data_prep render --root ~/.cache/audiostem/data/folk_midi --out folk_audio\n"
+               "  python -m data_prep render --root ~/.cache/audiostem/data/folk_midi --out instruments \\\n"
+               "      --programs acoustic_grand_piano,violin,flute,trumpet --max-seconds 10\n"
+               "  python -m data_prep csv --root instruments/manifest.csv --out caches/instruments",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", required=True, type=Path,
+                        help="the MIDI dataset: a folder with manifest.csv, or one sub-folder per class")
+    parser.add_argument("--out", required=True, type=Path, help="the audio dataset folder to write")
+    parser.add_argument("--soundfont", type=Path, default=None,
+                        help="an SF2/SF3 soundfont (default: TimGM6mb.sf2 from pretty_midi)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--program", default=None, metavar="N",
+                       help="play every pitched track with this General MIDI program (number or name)")
+    which.add_argument("--programs", default=None, metavar="A,B,...",
+                       help="render every file once per program; labels become instrument names")
+    parser.add_argument("--sample-rate", type=int, default=22050, help="Hz (default 22050)")
+    parser.add_argument("--max-seconds", type=float, default=None,
+                        help="render only the first S seconds of each file")
+    parser.add_argument("--synth", choices=SYNTHS, default="rustysynth",
+                        help="synthesizer (default rustysynth, from the midirenderer package; "
+                             "fluidsynth needs pyfluidsynth and the FluidSynth library)")
+    parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    parser.add_argument("--force", action="store_true", help="start over if OUT has other settings")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    args = parser.parse_args(argv)
+    try:
+        programs = parse_programs(args.programs or args.program) if (args.programs or args.program) else None
+        if args.program and len(programs) != 1:
+            parser.error("--program takes one program; use --programs for several")
+        render_dataset(args.root, args.out, soundfont=args.soundfont, programs=programs,
+                       sample_rate=args.sample_rate, max_seconds=args.max_seconds, synth=args.synth,
+                       workers=args.workers, force=args.force, progress=not args.quiet)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: run the same command again to resume {args.out}", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
