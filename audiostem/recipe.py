@@ -1,0 +1,394 @@
+"""Training recipes: a typed schema, YAML loading, dotted ``key=value`` overrides.
+
+A recipe is plain data (a YAML file) that names a feature cache, a model and a schedule::
+
+    seed: 0
+    out_dir: runs/folk
+    data:
+      cache: ${AUDIOSTEM_CACHE:-~/.cache/audiostem/caches}/folk_roll
+      prepare: {source: folk, root: ~/.cache/audiostem-data/folk_midi}
+      crop_frames: 128
+    model: {stem: deep3, body: narrow}
+    train: {max_epochs: 20, lr: 0.003}
+
+:func:`load_recipe` reads it with ``yaml.safe_load`` (no object tags), applies overrides such
+as ``model.stem=resnet7 train.max_epochs=5`` (values parsed as YAML, so ``[1, 2]`` is a list
+and ``{cv: 5}`` a mapping) and validates the result. Every error names the field path and
+what would be right. Paths take ``~``, ``$VAR`` and ``${VAR:-default}``.
+
+The full key reference is in ``docs/training.md``.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+METRICS = ("val_accuracy", "val_balanced_accuracy", "val_macro_f1", "val_loss")
+# Trainer arguments the run itself sets; a recipe cannot pass them through.
+MANAGED_TRAINER_KEYS = ("max_epochs", "logger", "callbacks", "default_root_dir", "enable_checkpointing",
+                        "use_distributed_sampler", "num_sanity_val_steps")
+# lightning.Trainer arguments a recipe may pass through (kept here, not read from lightning, so that
+# checking a recipe does not import it; tests/test_recipe.py checks the list against lightning).
+TRAINER_KEYS = ("accelerator", "strategy", "devices", "num_nodes", "precision", "fast_dev_run", "min_epochs",
+                "max_steps", "min_steps", "max_time", "limit_train_batches", "limit_val_batches",
+                "limit_test_batches", "limit_predict_batches", "overfit_batches", "val_check_interval",
+                "check_val_every_n_epoch", "log_every_n_steps", "enable_progress_bar", "enable_model_summary",
+                "accumulate_grad_batches", "gradient_clip_val", "gradient_clip_algorithm", "deterministic",
+                "benchmark", "inference_mode", "profiler", "detect_anomaly", "barebones", "plugins",
+                "sync_batchnorm", "reload_dataloaders_every_n_epochs", "enable_autolog_hparams",
+                "model_registry")
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used; the message names the file, the field and the fix."""
+
+
+def expand_path(value: str) -> str:
+    """Expand ``${VAR:-default}``, ``$VAR`` / ``${VAR}`` and a leading ``~`` in a path."""
+    value = re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: os.environ.get(m.group(1)) or m.group(2), value)
+    value = os.path.expandvars(value)
+    left = re.search(r"\$\{?\w+", value)
+    if left:
+        raise ValueError(f"environment variable {left.group(0).lstrip('${')} is not set in {value!r} "
+                         "(set it, or give a default: ${VAR:-default})")
+    return os.path.expanduser(value)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Toggle(_Strict):
+    """An augmentation that is off or on; ``true``/``false`` alone is short for ``{enabled: ...}``."""
+
+    enabled: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_bool(cls, value: Any) -> Any:
+        return {"enabled": value} if isinstance(value, bool) else value
+
+
+# --- data -------------------------------------------------------------------------------------
+class Prepare(_Strict):
+    """How to build the cache when it is missing: ``data_prep.prepare(source, root, cache, ...)``."""
+
+    source: str
+    root: Optional[str] = None
+    options: dict[str, Any] = Field(default_factory=dict)
+    workers: Optional[int] = Field(None, ge=1)
+
+    @field_validator("root")
+    @classmethod
+    def _expand(cls, v: Optional[str]) -> Optional[str]:
+        return None if v is None else expand_path(v)
+
+
+class CrossValidation(_Strict):
+    """k-fold cross-validation: each test fold once, trained on the others."""
+
+    cv: int = Field(ge=2, description="number of folds; the cache's own folds when it has them")
+    test: Optional[list[int]] = Field(None, description="the folds to run as test folds (default: all)")
+    val: Literal["next", "none"] = "next"
+
+
+class Data(_Strict):
+    cache: str
+    prepare: Optional[Prepare] = None
+    features: Optional[dict[str, Any]] = None
+    normalize: Literal["per_bin", "global", "none"] = "per_bin"
+    crop_frames: int = Field(128, ge=1)
+    eval_hop: Optional[int] = Field(None, ge=1)
+    batch_size: int = Field(32, ge=1)
+    num_workers: int = Field(0, ge=0)
+    train_split: str = "train"
+    val_split: Optional[str] = "valid"
+    test_split: Optional[str] = "test"
+    folds: Optional[Union[list[int], CrossValidation]] = None
+
+    @field_validator("cache")
+    @classmethod
+    def _expand(cls, v: str) -> str:
+        return expand_path(v)
+
+    @field_validator("features")
+    @classmethod
+    def _features(cls, v: Optional[dict]) -> Optional[dict]:
+        if v is None:
+            return None
+        from data_prep.config import feature_config
+        return feature_config(v).to_dict()   # fills defaults; raises "features.<field>: ..."
+
+
+# --- model ------------------------------------------------------------------------------------
+class Model(_Strict):
+    stem: Union[str, dict[str, Any]] = "deep3"
+    stem_args: dict[str, Any] = Field(default_factory=dict)
+    body: Union[str, dict[str, Any]] = "narrow"
+    head: str = "avg"
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    channels_last: bool = False
+
+
+# --- training ---------------------------------------------------------------------------------
+class EarlyStopping(_Toggle):
+    metric: Literal[METRICS] = "val_accuracy"
+    patience: int = Field(10, ge=1)
+
+
+class Train(_Strict):
+    max_epochs: int = Field(30, ge=1)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    schedule: Literal["onecycle", "cosine", "none"] = "onecycle"
+    warmup: float = Field(0.1, ge=0, lt=1)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
+
+
+class SpecAugment(_Toggle):
+    freq_masks: int = Field(2, ge=0)
+    freq_width: int = Field(8, ge=1)
+    time_masks: int = Field(2, ge=0)
+    time_width: int = Field(16, ge=1)
+
+
+class PitchShift(_Toggle):
+    max_semitones: int = Field(3, ge=1)
+
+
+class Gain(_Toggle):
+    max_db: float = Field(6.0, gt=0)
+
+
+class TimeShift(_Toggle):
+    max_frames: Optional[int] = Field(None, ge=1)
+
+
+class Mixup(_Toggle):
+    alpha: float = Field(0.2, gt=0)
+
+
+class Augment(_Strict):
+    specaugment: SpecAugment = Field(default_factory=SpecAugment)
+    pitch_shift: PitchShift = Field(default_factory=PitchShift)
+    gain: Gain = Field(default_factory=Gain)
+    time_shift: TimeShift = Field(default_factory=TimeShift)
+    mixup: Mixup = Field(default_factory=Mixup)
+
+
+class Recipe(_Strict):
+    seed: int = 0
+    out_dir: Optional[str] = None
+    data: Data
+    model: Model = Field(default_factory=Model)
+    train: Train = Field(default_factory=Train)
+    augment: Augment = Field(default_factory=Augment)
+    trainer: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("out_dir")
+    @classmethod
+    def _expand(cls, v: Optional[str]) -> Optional[str]:
+        return None if v is None else expand_path(v)
+
+    @field_validator("trainer")
+    @classmethod
+    def _trainer(cls, v: dict) -> dict:
+        for key in v:
+            if key in MANAGED_TRAINER_KEYS:
+                raise ValueError(f"trainer.{key}: set by audiostem itself, not by a recipe"
+                                 + (" (use train.max_epochs)" if key == "max_epochs" else ""))
+            if key not in TRAINER_KEYS:
+                raise ValueError(f"trainer.{key}: not a lightning.Trainer argument; valid: {', '.join(TRAINER_KEYS)}")
+        return v
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved recipe as plain data (what ``recipe.yaml`` in a run folder holds)."""
+        return self.model_dump(mode="json")
+
+
+# --- loading ----------------------------------------------------------------------------------
+def parse_overrides(overrides: list[str]) -> list[tuple[list[str], Any]]:
+    """``["a.b=1", "c=[1, 2]"]`` -> ``[(["a", "b"], 1), (["c"], [1, 2])]`` (values as YAML)."""
+    out = []
+    for text in overrides:
+        key, sep, value = text.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", key.strip()):
+            raise RecipeError(f"override {text!r}: expected dotted.key=value, e.g. train.max_epochs=5")
+        try:
+            parsed = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError as e:
+            raise RecipeError(f"override {text!r}: the value is not valid YAML ({e.problem})") from None
+        out.append((key.strip().split("."), parsed))
+    return out
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Set each ``dotted.key=value`` in a copy of ``data``, creating mappings on the way."""
+    import copy
+    data = copy.deepcopy(data)
+    for keys, value in parse_overrides(overrides):
+        node = data
+        for i, key in enumerate(keys[:-1]):
+            child = node.get(key)
+            if child is None:
+                child = node[key] = {}
+            if not isinstance(child, dict):
+                raise RecipeError(f"override {'.'.join(keys)}: {'.'.join(keys[:i + 1])} is "
+                                  f"{child!r}, not a mapping")
+            node = child
+        node[keys[-1]] = value
+    return data
+
+
+def _format_errors(error: ValidationError, data: dict) -> list[str]:
+    lines = []
+    for e in error.errors():
+        loc = [str(p) for p in e["loc"]]
+        # Union members add their type name to the location ("str", "list[int]", ...): drop it.
+        loc = [p for p in loc if not re.fullmatch(r"(str|int|float|bool|dict\[.*\]|list\[.*\]|[A-Z]\w*)", p)
+               or p.isdigit()]
+        path = ".".join(loc)
+        if e["type"] == "extra_forbidden":
+            parent = _schema_at(loc[:-1])
+            valid = f"; valid keys: {', '.join(parent.model_fields)}" if parent else ""
+            lines.append(f"{path}: unknown key{valid}")
+        elif e["type"] == "missing":
+            lines.append(f"{path}: required key missing")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            if e["type"] == "value_error" and re.match(rf"{re.escape(path)}[.:]", msg):
+                lines.append(msg)            # the validator named a deeper field itself
+            elif path.endswith(".features") and msg.startswith("features."):
+                lines.append(f"{path.removesuffix('features')}{msg}")
+            else:
+                shown = "" if e["type"] == "value_error" else f", got {e.get('input')!r}"
+                lines.append(f"{path}: {msg}{shown}")
+    return list(dict.fromkeys(lines))
+
+
+def _schema_at(path: list[str]) -> Optional[type[BaseModel]]:
+    """The pydantic model class at a dotted path of :class:`Recipe`, if there is one."""
+    cls: Any = Recipe
+    for key in path:
+        field = cls.model_fields.get(key) if isinstance(cls, type) and issubclass(cls, BaseModel) else None
+        if field is None:
+            return None
+        ann = field.annotation
+        candidates = getattr(ann, "__args__", (ann,))
+        cls = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if cls is None:
+            return None
+    return cls
+
+
+def validate_recipe(data: Any, source: str = "recipe", out_name: str = "recipe") -> Recipe:
+    """Validate plain data against the schema and check the model builds. Raises
+    :class:`RecipeError` listing every problem as ``source: field.path: message``."""
+    if not isinstance(data, dict):
+        raise RecipeError(f"{source}: a recipe must be a mapping of keys, got {type(data).__name__}")
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as e:
+        raise RecipeError("\n".join(f"{source}: {line}" for line in _format_errors(e, data))) from None
+    if recipe.out_dir is None:
+        recipe.out_dir = os.path.join("runs", out_name)
+    check_model(recipe, source)
+    return recipe
+
+
+def check_model(recipe: Recipe, source: str = "recipe") -> None:
+    """Build the recipe's model once (tiny, on CPU) so a bad stem, override, body or head is
+    reported before any data is touched."""
+    from . import build_model, list_stems
+    m = recipe.model
+    if isinstance(m.stem, str) and m.stem not in list_stems():
+        raise RecipeError(f"{source}: model.stem: unknown stem {m.stem!r}; valid stems: "
+                          f"{', '.join(list_stems())}, or an inline spec (a mapping with 'layers')")
+    try:
+        build_model(stem=m.stem, body=m.body, num_classes=2, in_channels=1, head=m.head,
+                    stem_overrides=dict(m.stem_args), dropout=m.dropout)
+    except (ValueError, TypeError) as e:
+        msg = str(e)
+        field = ("model.stem_args" if "override" in msg else "model.body" if msg.startswith("body")
+                 else "model.head" if msg.startswith("head") else "model.stem")
+        msg = msg.removeprefix("body: ").removeprefix("head: ")
+        raise RecipeError(f"{source}: {field}: {msg}") from None
+
+
+def find_recipe(path: Union[str, Path]) -> Path:
+    """A recipe file: the path itself, or ``recipes/NAME.yaml`` of this repository for a bare name."""
+    p = Path(path)
+    if p.exists():
+        return p
+    shipped = RECIPES_DIR / f"{p.name}.yaml" if not p.suffix else None
+    if shipped is not None and shipped.exists():
+        return shipped
+    names = sorted(f.stem for f in RECIPES_DIR.glob("*.yaml")) if RECIPES_DIR.exists() else []
+    hint = f"; shipped recipes: {', '.join(names)}" if names else ""
+    raise RecipeError(f"{path}: no such recipe file{hint}")
+
+
+def load_recipe(path: Union[str, Path], overrides: Optional[list[str]] = None) -> Recipe:
+    """Load a YAML recipe (``yaml.safe_load``), apply ``dotted.key=value`` overrides and validate.
+
+    Args:
+        path: a recipe file, or the name of a shipped recipe (``folk`` -> ``recipes/folk.yaml``).
+        overrides: e.g. ``["model.stem=resnet7", "train.max_epochs=5", "data.folds=[1]"]``.
+
+    Raises:
+        RecipeError: naming the file, the field path and the valid choices.
+    """
+    path = find_recipe(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{path}: not valid YAML: {e}") from None
+    return validate_recipe(apply_overrides(data or {}, list(overrides or [])), str(path), path.stem)
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    """The resolved recipe as YAML text."""
+    return yaml.safe_dump(recipe.to_dict(), sort_keys=False, default_flow_style=None)
+
+
+def check_data(recipe: Recipe) -> Optional[dict]:
+    """Check the recipe's cache before training; return its ``meta.json`` (``None`` when the
+    cache is missing and ``data.prepare`` says how to build it).
+
+    Raises :class:`RecipeError` when the cache is missing and no ``data.prepare`` section
+    exists (saying which command builds it), or when ``data.features`` differs from the
+    feature config the cache was built with (naming the differing fields).
+    """
+    import json
+
+    from data_prep.config import config_diff
+    cache = Path(recipe.data.cache)
+    meta_path = cache / "meta.json"
+    if not meta_path.exists():
+        if recipe.data.prepare is not None:
+            return None
+        partial = cache.with_name(cache.name + ".partial")
+        what = "an interrupted build is at " + str(partial) if partial.exists() else "it does not exist"
+        raise RecipeError(
+            f"data.cache: no feature cache at {cache} ({what}). Build it with\n"
+            f"  python -m data_prep SOURCE --root DATASET_FOLDER --out {cache}\n"
+            "(`python -m data_prep --help` lists the sources), or add a data.prepare section "
+            "(source, root, options) so that training builds it.")
+    meta = json.loads(meta_path.read_text())
+    if recipe.data.features is not None:
+        diff = config_diff(meta["features"], recipe.data.features)
+        if diff:
+            raise RecipeError(
+                f"data.features: the cache {cache} was built with another feature config "
+                f"(cache != recipe: {'; '.join(diff)}). Rebuild the cache with these features "
+                "(python -m data_prep ... --force, or another data.cache), or remove data.features.")
+    return meta

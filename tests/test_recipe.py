@@ -1,0 +1,194 @@
+"""Recipes: the shipped ones validate; overrides; every kind of bad recipe gives a field-named error."""
+import inspect
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from audiostem import list_stems
+from audiostem.recipe import (MANAGED_TRAINER_KEYS, RECIPES_DIR, TRAINER_KEYS, RecipeError, apply_overrides,
+                              check_data, dump_recipe, expand_path, load_recipe, validate_recipe)
+from fixtures import synthetic_cache
+
+SHIPPED = sorted(RECIPES_DIR.glob("*.yaml"))
+
+
+def write(tmp_path, data, name="r.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def minimal(tmp_path, **extra):
+    return {"data": {"cache": str(tmp_path / "cache")}, **extra}
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_every_shipped_recipe_loads_and_validates(path, monkeypatch, tmp_path):
+    monkeypatch.setenv("AUDIOSTEM_CACHE", str(tmp_path / "caches"))
+    recipe = load_recipe(path)
+    assert check_data(recipe) is None          # no cache yet: the recipe says how to build it
+    assert recipe.data.prepare is not None and recipe.data.cache.startswith(str(tmp_path))
+    again = validate_recipe(yaml.safe_load(dump_recipe(recipe)))       # the resolved form round-trips
+    assert again.to_dict() == recipe.to_dict()
+
+
+def test_the_default_and_the_documented_recipes_are_shipped():
+    names = {p.stem for p in SHIPPED}
+    assert {"folk", "folk_audio", "gtzan", "esc50", "urbansound8k", "speechcommands", "maestro_composer",
+            "lakh_genre", "folder"} <= names
+
+
+def test_overrides_set_nested_values_parsed_as_yaml(tmp_path):
+    path = write(tmp_path, minimal(tmp_path))
+    r = load_recipe(path, ["model.stem=resnet7", "train.max_epochs=5", "seed=3", "train.lr=3e-4",
+                           "model.stem_args.kernel_size=5", "data.folds=[1, 2]", "augment.mixup=true",
+                           "augment.specaugment.time_width=4", "trainer.devices=2",
+                           "data.prepare={source: folder, root: /x}"])
+    assert (r.model.stem, r.train.max_epochs, r.seed, r.train.lr) == ("resnet7", 5, 3, 3e-4)
+    assert r.model.stem_args == {"kernel_size": 5} and r.data.folds == [1, 2]
+    assert r.augment.mixup.enabled and r.augment.specaugment.time_width == 4 and not r.augment.specaugment.enabled
+    assert r.trainer == {"devices": 2} and r.data.prepare.source == "folder"
+    assert r.out_dir == os.path.join("runs", "r")          # default: runs/<recipe name>
+    r = load_recipe(path, ["data.folds={cv: 5, test: [2]}", "model.stem={layers: [{kernel: 3, channels: 8}]}"])
+    assert r.data.folds.cv == 5 and r.data.folds.test == [2] and r.model.stem["layers"][0]["channels"] == 8
+
+
+def test_apply_overrides_does_not_touch_the_input():
+    data = {"a": {"b": 1}}
+    assert apply_overrides(data, ["a.c.d=x"]) == {"a": {"b": 1, "c": {"d": "x"}}}
+    assert data == {"a": {"b": 1}}
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["data.crop_frame=3"], r"data\.crop_frame: unknown key; valid keys: cache, prepare, .*crop_frames"),
+    (["train.max_epochs=many"], r"train\.max_epochs: .*valid integer.*'many'"),
+    (["train.optimizer=adam"], r"train\.optimizer: .*'adamw' or 'sgd'"),
+    (["train.schedule=step"], r"train\.schedule: .*'onecycle', 'cosine' or 'none'"),
+    (["train.early_stopping.metric=acc"], r"train\.early_stopping\.metric: .*'val_accuracy'"),
+    (["model.stem=deeper"], r"model\.stem: unknown stem 'deeper'; valid stems: " + ", ".join(list_stems())),
+    (["model.stem_args.width=8", "model.stem=resnet7"], r"model\.stem_args: .*unknown override 'width'.*kernel_size"),
+    (["model.stem={layers: [{kernel: -3, channels: 4}]}"], r"model\.stem: stem\.layers\[0\]\.kernel"),
+    (["model.body=wide"], r"model\.body: unknown body 'wide'; valid bodies: .*narrow"),
+    (["model.head=max"], r"model\.head: must be one of avg, freq_time"),
+    (["trainer.gpus=1"], r"trainer\.gpus: not a lightning\.Trainer argument; valid: accelerator"),
+    (["trainer.max_epochs=3"], r"trainer\.max_epochs: set by audiostem.*train\.max_epochs"),
+    (["data.features={kind: logmel, n_mel: 3}"], r"data\.features\.n_mel: unknown field"),
+    (["data.features={kind: logmel, n_mels: -3}"], r"data\.features\.n_mels: must be a positive integer"),
+    (["data.batch_size=0"], r"data\.batch_size: .*greater than or equal to 1"),
+    (["augment.mixup.alpha=-1"], r"augment\.mixup\.alpha: .*greater than 0"),
+    (["data.cache=${AUDIOSTEM_TEST_UNSET}/x"], r"data\.cache: environment variable AUDIOSTEM_TEST_UNSET is not set"),
+])
+def test_bad_recipes_name_the_field(tmp_path, overrides, expected):
+    path = write(tmp_path, minimal(tmp_path))
+    with pytest.raises(RecipeError, match=expected) as info:
+        load_recipe(path, overrides)
+    assert str(info.value).startswith(str(path))
+
+
+def test_several_errors_are_reported_together(tmp_path):
+    path = write(tmp_path, {"data": {"crop_frames": "x"}, "seeds": 1})
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path)
+    message = str(info.value)
+    assert "data.cache: required key missing" in message and "data.crop_frames:" in message
+    assert "seeds: unknown key; valid keys: seed, out_dir" in message
+
+
+@pytest.mark.parametrize("bad, expected", [
+    ("model.stem", "expected dotted.key=value"),
+    ("model..stem=3", "expected dotted.key=value"),
+    ("model.stem.kernel=3", "model.stem is 'deep3', not a mapping"),
+    ("seed=[1", "not valid YAML"),
+])
+def test_bad_overrides(tmp_path, bad, expected):
+    path = write(tmp_path, minimal(tmp_path, model={"stem": "deep3"}))
+    with pytest.raises(RecipeError, match=expected):
+        load_recipe(path, [bad])
+
+
+def test_yaml_is_loaded_safely(tmp_path):
+    path = tmp_path / "evil.yaml"
+    path.write_text("data: !!python/object/apply:os.system ['echo hacked']\n")
+    with pytest.raises(RecipeError, match="not valid YAML"):
+        load_recipe(path)
+
+
+def test_paths_expand_home_and_variables(tmp_path, monkeypatch):
+    monkeypatch.setenv("AUDIOSTEM_T", "/data")
+    monkeypatch.delenv("AUDIOSTEM_UNSET_X", raising=False)
+    assert expand_path("${AUDIOSTEM_T}/a") == "/data/a"
+    assert expand_path("${AUDIOSTEM_UNSET_X:-~/c}/a") == os.path.expanduser("~/c/a")
+    assert expand_path("${AUDIOSTEM_T:-/no}/a") == "/data/a"
+
+
+def test_missing_cache_without_prepare_says_how_to_build_it(tmp_path):
+    recipe = load_recipe(write(tmp_path, minimal(tmp_path)))
+    with pytest.raises(RecipeError, match=r"(?s)data\.cache: no feature cache at .*python -m data_prep SOURCE "
+                                          r"--root DATASET_FOLDER --out .*data\.prepare"):
+        check_data(recipe)
+
+
+def test_a_different_feature_config_is_refused_with_the_fields(tmp_path):
+    synthetic_cache(tmp_path / "cache", per_class=2)
+    ok = load_recipe(write(tmp_path, minimal(tmp_path)))
+    assert check_data(ok)["classes"] == ["a", "b", "c"]
+    same = load_recipe(write(tmp_path, minimal(tmp_path)), [
+        "data.features={kind: logmel, sample_rate: 8000, n_fft: 256, hop_length: 128, n_mels: 16}"])
+    assert check_data(same) is not None
+    other = load_recipe(write(tmp_path, minimal(tmp_path)), [
+        "data.features={kind: logmel, sample_rate: 8000, n_fft: 256, hop_length: 128, n_mels: 32}"])
+    with pytest.raises(RecipeError, match=r"data\.features: .*another feature config.*n_mels: 16 != 32"):
+        check_data(other)
+
+
+def test_trainer_keys_match_lightning():
+    from lightning.pytorch import Trainer
+    params = set(inspect.signature(Trainer.__init__).parameters) - {"self"}
+    assert set(TRAINER_KEYS) | set(MANAGED_TRAINER_KEYS) == params
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "audiostem.train", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd)
+
+
+def test_cli_print_and_errors(tmp_path):
+    path = write(tmp_path, minimal(tmp_path, data={"cache": str(tmp_path / "c"),
+                                                    "prepare": {"source": "folder", "root": "/x"}}))
+    done = run_cli(path, "--print", "model.stem=pons", "train.max_epochs=2")
+    assert done.returncode == 0, done.stderr
+    printed = yaml.safe_load(done.stdout)
+    assert printed["model"]["stem"] == "pons" and printed["train"]["max_epochs"] == 2
+    assert "will be built from source 'folder'" in done.stdout
+    bad = run_cli(path, "--print", "model.stem=nope")
+    assert bad.returncode == 2 and "model.stem: unknown stem 'nope'" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    helped = run_cli("--help")
+    assert helped.returncode == 0 and "key=value" in helped.stdout and "--print" in helped.stdout
+
+
+def test_a_shipped_recipe_is_found_by_name(monkeypatch, tmp_path):
+    monkeypatch.setenv("AUDIOSTEM_CACHE", str(tmp_path))
+    assert load_recipe("folk").data.prepare.source == "folk"
+    with pytest.raises(RecipeError, match="no such recipe file; shipped recipes: .*folk"):
+        load_recipe("no_such_recipe")
+
+
+def test_recipe_reference_documents_every_key():
+    """docs/training.md names every key of the schema."""
+    from audiostem.recipe import Recipe
+    doc = (Path(__file__).parent.parent / "docs" / "training.md").read_text()
+
+    def keys(model, prefix=""):
+        for name, field in model.model_fields.items():
+            yield prefix + name
+            for sub in getattr(field.annotation, "__args__", (field.annotation,)):
+                if isinstance(sub, type) and hasattr(sub, "model_fields"):
+                    yield from keys(sub, prefix + name + ".")
+
+    missing = [k for k in keys(Recipe) if f"`{k}`" not in doc]
+    assert not missing, f"docs/training.md lacks {missing}"
