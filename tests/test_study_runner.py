@@ -180,3 +180,15 @@ def test_smoke_study_end_to_end(tmp_path, capsys):
     assert float(rows["patch4"]["acc_mean"]) == pytest.approx(metrics["test"]["accuracy"], abs=1e-5)
     report = (tmp_path / "out/report")
     assert (report / "filters_espeak_digits.png").exists() and (report / "validation_curves.png").exists()
+
+
+def test_dry_run_checks_every_cell_recipe(tmp_path, capsys):
+    path = write_study(tmp_path, train_command=None, seeds=1,
+                       datasets=[{"name": "digits", "recipe": str(REPO / "recipes/espeak_digits.yaml"),
+                                  "stem_args": {"tall": {"n_freq": 64}}}],
+                       stems=["deep3", "tall", {"name": "bad", "stem": "deep3", "args": {"bogus": 1}}])
+    assert main([str(path), "--dry-run"]) == 1
+    out = capsys.readouterr().out
+    assert "pending   digits/tall/seed0" in out and "model.stem_args.n_freq=64" in out
+    assert "INVALID   digits/bad/seed0" in out and "bogus" in out
+    assert "3 cells: 1 INVALID, 2 pending" in out

@@ -49,7 +49,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="write one shell command per unfinished cell to FILE (default stdout) and exit")
     p.add_argument("--raw", action="store_true", help="with --plan: bare train commands instead of runner calls")
     p.add_argument("--all", action="store_true", help="with --plan: include finished cells")
-    p.add_argument("--dry-run", action="store_true", help="list every cell's status and command; run nothing")
+    p.add_argument("--dry-run", action="store_true", help="list every cell's status and command, checking each cell's recipe; run nothing")
     p.add_argument("--prepare", action="store_true",
                    help="only build the feature caches the cells need (do this once before --plan jobs start)")
     args = p.parse_args(argv)
@@ -57,8 +57,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         study = load_study(args.study)
         cells = select(expand(study), args.cells)
         if args.dry_run:
-            describe(study, cells, sys.stdout)
-            return 0
+            return 1 if describe(study, cells, sys.stdout) else 0
         _check_recipes(study, cells)
         if args.prepare:
             prepare_caches(study, cells, lambda m: print(m, file=sys.stderr))

@@ -185,12 +185,28 @@ def run_study(study: Study, cells: list[Cell], jobs: int = 1, retries: int = 1,
     return {"cells": len(cells), "skipped": skipped, "finished": len(done), "failed": failed}
 
 
-def describe(study: Study, cells: list[Cell], out: TextIO) -> None:
-    """The --dry-run listing: status and command of every cell, then totals."""
+def check_cell(study: Study, cell: Cell) -> Optional[str]:
+    """The recipe error of a cell (its recipe with its overrides, validated and its model built
+    once, as the train command would), or None. Custom train commands are not checked."""
+    if study.train_command is not None:
+        return None
+    from ..recipe import load_recipe
+    try:
+        load_recipe(cell.recipe, list(cell.overrides))
+    except ValueError as err:
+        return str(err)
+    return None
+
+
+def describe(study: Study, cells: list[Cell], out: TextIO) -> int:
+    """The --dry-run listing: status and command of every cell (recipes checked), then totals.
+    Returns the number of invalid cells."""
     counts: dict[str, int] = {}
     for cell in cells:
-        st = status(cell)
+        error = None if is_finished(cell) else check_cell(study, cell)
+        st = "INVALID" if error else status(cell)
         counts[st] = counts.get(st, 0) + 1
-        out.write(f"{st:9s} {cell.name}\n          {shlex.join(train_command(study, cell))}\n")
+        out.write(f"{st:9s} {cell.name}\n          {error or shlex.join(train_command(study, cell))}\n")
     out.write(f"{len(cells)} cells: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + "\n")
+    return counts.get("INVALID", 0)
 
