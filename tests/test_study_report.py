@@ -151,3 +151,13 @@ def test_first_layer_filters_finds_the_input_convs():
     norms = [float(np.sum(k ** 2)) for k in kernels]
     assert norms == sorted(norms, reverse=True)
     assert first_layer_filters({"net.conv1.weight": torch.randn(2, 1, 7, 7)})[0].shape == (7, 7)
+
+
+def test_report_before_any_cell_finished(tmp_path):
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({"name": "empty", "out_dir": str(tmp_path / "out"), "seeds": 2,
+                                    "datasets": [{"name": "a", "recipe": "r.yaml"}], "stems": ["deep3", "tall"]}))
+    assert main(["report", str(path)]) == 0
+    md = (tmp_path / "out/report/report.md").read_text()
+    assert "4 cells not finished" in md and "No paired comparison yet on a" in md
+    assert len(list(csv.DictReader(open(tmp_path / "out/report/results.csv")))) == 2

@@ -59,8 +59,10 @@ def test_folds_inline_specs_and_value_formatting(tmp_path):
     assert [c.name for c in cells][-2:] == ["one/mine/seed7/fold0", "one/mine/seed7/fold1"]
     assert cells[-1].overrides[1:] == ("model.stem_args.coord=true", "seed=7", "data.test_fold=1")
     assert yaml.safe_load(cells[-1].overrides[0].split("=", 1)[1]) == spec
-    assert [format_value(v) for v in (True, None, 3, 0.5, "deep3", "yes", "a b")] == \
-        ["true", "null", "3", "0.5", "deep3", '"yes"', "a b"]
+    values = (True, None, 3, 0.5, 1e-05, 2.5e-07, float("inf"), "deep3", "yes", "a b", [1, 2])
+    assert [format_value(v) for v in values] == \
+        ["true", "null", "3", "0.5", "1.0e-05", "2.5e-07", ".inf", "deep3", '"yes"', "a b", "[1,2]"]
+    assert [yaml.safe_load(format_value(v)) for v in values] == list(values)
 
 
 @pytest.mark.parametrize("change, message", [

@@ -205,8 +205,13 @@ def format_value(value: Any) -> str:
         return "true" if value else "false"
     if value is None:
         return "null"
-    if isinstance(value, (int, float)):
+    if isinstance(value, int):
         return repr(value)
+    if isinstance(value, float):     # spelled so that YAML 1.1 reads a float back (1.0e-05, .inf)
+        if value != value or value in (float("inf"), float("-inf")):
+            return {"nan": ".nan", "inf": ".inf", "-inf": "-.inf"}[repr(value)]
+        text = repr(value)
+        return text.replace("e", ".0e") if "e" in text and "." not in text else text
     if isinstance(value, str):
         return value if yaml.safe_load(value) == value and value.strip() == value else json.dumps(value)
     return json.dumps(value, separators=(",", ":"))
