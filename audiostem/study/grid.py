@@ -8,8 +8,8 @@ A study file is plain YAML, validated before anything runs::
     baseline: deep3                   # the variant every other one is compared with
     overrides: {train.max_epochs: 40} # recipe overrides for every cell
     datasets:
-      - {name: folk, recipe: recipes/folk.yaml, overrides: {data.cv: 5}}
-      - {name: gm, recipe: recipes/gm_instruments.yaml, exclude: [octave]}
+      - {name: folk, recipe: recipes/folk.yaml, overrides: {data.folds: {cv: 5}}}
+      - {name: gm, recipe: recipes/gm_instruments.yaml, stem_args: {tall: {n_freq: 64}}}
     stems:
       - deep3                                       # a preset
       - {name: octave, datasets: [folk]}            # a preset on some datasets only
@@ -23,6 +23,7 @@ current working directory, like the train command's.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import re
@@ -260,7 +261,7 @@ def expand(study: Study) -> list[Cell]:
                         ov[d.folds.key] = fold
                     cell = Cell(d.name, v.name, seed, fold, d.recipe,
                                 tuple(f"{k}={format_value(x)}" for k, x in ov.items()))
-                    cells.append(Cell(**{**cell.__dict__, "out_dir": root / cell.name}))
+                    cells.append(dataclasses.replace(cell, out_dir=root / cell.name))
     return cells
 
 

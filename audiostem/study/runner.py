@@ -123,7 +123,8 @@ def write_plan(study: Study, study_path: Path, cells: list[Cell], out: TextIO, r
 
 def _env(jobs: int) -> dict:
     env = dict(os.environ)
-    threads = str(max(1, (os.cpu_count() or 1) // jobs))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = str(max(1, cores // jobs))      # the cores this process may use (SLURM, taskset)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         env.setdefault(var, threads)
     return env
