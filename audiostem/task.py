@@ -1,0 +1,248 @@
+"""The classification task: model, loss, optimiser, schedule and clip-level metrics.
+
+Training sees random crops; validation and test see every window of a clip and average the
+window logits per clip (``clip_logits``), then score clips with torchmetrics. Under DDP each
+rank sums the logits of its share of the windows and the sums are all-reduced, so the clip
+scores are exact whatever the number of ranks.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+import torch
+import torch.nn.functional as F
+
+from . import augment as aug
+from .data import _seed
+from .models import build_model
+from .report import classification_metrics
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on conv and linear weights only, not on norms and biases."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim > 1 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def warmup_cosine(step: int, total: int, warmup: float) -> float:
+    """Learning-rate factor: linear warm-up over ``warmup * total`` steps, then cosine to 0."""
+    w = int(warmup * total)
+    if step < w:
+        return (step + 1) / w
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - w) / max(1, total - w))))
+
+
+class ClassifierTask(pl.LightningModule):
+    """A stem + body + head classifier trained with a recipe's ``model.*`` and ``train.*``.
+
+    Args:
+        recipe: the resolved recipe as plain data (``Recipe.to_dict()``).
+        classes: class names, in label-index order.
+        in_channels, bins: input channels and frequency/pitch bins of ``(batch, C, F, T)``.
+        info: plain data stored in every checkpoint under ``"audiostem"`` (feature config,
+            normalisation statistics, crop size ...) so that ``predict`` can rebuild the input.
+
+    Attributes after a validation/test epoch: ``results[stage]`` = ``{"logits": (clips, classes),
+    "target": (clips,), "metrics": classification_metrics(...)}``.
+    """
+
+    def __init__(self, recipe: dict, classes: list[str], in_channels: int, bins: int, info: Optional[dict] = None):
+        super().__init__()
+        self.recipe, self.classes, self.info = recipe, list(classes), dict(info or {})
+        m, t = recipe["model"], recipe["train"]
+        self.model = build_model(stem=m["stem"], body=m["body"], num_classes=len(classes),
+                                 in_channels=in_channels, head=m["head"],
+                                 stem_overrides=dict(m["stem_args"]), dropout=m["dropout"])
+        if m["channels_last"]:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.train_cfg, self.mixup_cfg = t, recipe["augment"]["mixup"]
+        self.seed = recipe["seed"]
+        self.input_shape = (in_channels, bins, recipe["data"]["crop_frames"])
+        self.results: dict[str, dict] = {}
+        self._sums: Optional[torch.Tensor] = None
+        self._counts: Optional[torch.Tensor] = None
+        self._loss_sum = self._loss_n = 0.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(batch, C, F, T) -> (batch, num_classes)`` logits."""
+        if self.recipe["model"]["channels_last"]:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.model(x)
+
+    # -- training ------------------------------------------------------------------------------
+    def on_train_epoch_start(self) -> None:
+        self._loss_sum = self._loss_n = 0.0
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # Every random draw of a step (mixup, dropout) follows from (seed, step, rank), so a
+        # resumed run repeats an uninterrupted one.
+        torch.manual_seed(_seed(self.seed, self.global_step, self.global_rank))
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        smoothing = self.train_cfg["label_smoothing"]
+        if self.mixup_cfg["enabled"]:
+            n = len(self.classes)
+            target = F.one_hot(y, n).float() * (1 - smoothing) + smoothing / n
+            alpha = self.mixup_cfg["alpha"]
+            lam = float(torch.distributions.Beta(alpha, alpha).sample())
+            x, target = aug.mixup(x, target, lam, torch.randperm(len(x), device=x.device))
+            loss = torch.sum(-target * F.log_softmax(self(x).float(), dim=1), dim=1).mean()
+        else:
+            loss = F.cross_entropy(self(x).float(), y, label_smoothing=smoothing)
+        self._loss_sum += float(loss.detach()) * len(x)
+        self._loss_n += len(x)
+        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(x))
+        return loss
+
+    @property
+    def epoch_train_loss(self) -> float:
+        """Mean training loss over this rank's examples of the current epoch."""
+        return self._loss_sum / max(self._loss_n, 1)
+
+    def configure_optimizers(self) -> Any:
+        t = self.train_cfg
+        groups = param_groups(self.model, t["weight_decay"])
+        if t["optimizer"] == "sgd":
+            opt = torch.optim.SGD(groups, lr=t["lr"], momentum=t["momentum"], nesterov=True)
+        else:
+            opt = torch.optim.AdamW(groups, lr=t["lr"])
+        if t["schedule"] == "none":
+            return opt
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        if t["schedule"] == "onecycle":
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=t["lr"], total_steps=total,
+                                                        pct_start=max(t["warmup"], 1e-3))
+        else:
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, t["warmup"]))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # -- clip-level evaluation -----------------------------------------------------------------
+    def _start_eval(self, dataloaders: Any) -> None:
+        loader = dataloaders[0] if isinstance(dataloaders, (list, tuple)) else dataloaders
+        ds = loader.dataset
+        self._sums = torch.zeros(ds.n_clips, len(self.classes), device=self.device)
+        self._counts = torch.zeros(ds.n_clips, device=self.device)
+        self._targets = torch.tensor([ds.cache.label_index(i) for i in ds.indices], dtype=torch.long)
+
+    def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> None:
+        x, y, clip = batch
+        self._sums.index_add_(0, clip, self(x).float())
+        self._counts.index_add_(0, clip, torch.ones_like(clip, dtype=torch.float))
+
+    def _end_eval(self, stage: str) -> dict[str, Any]:
+        sums = self.trainer.strategy.reduce(self._sums, reduce_op="sum")
+        counts = self.trainer.strategy.reduce(self._counts, reduce_op="sum")
+        logits = (sums / counts.clamp(min=1).unsqueeze(1)).cpu()
+        metrics = classification_metrics(logits, self._targets, self.classes)
+        self.results[stage] = {"logits": logits, "target": self._targets, "metrics": metrics}
+        prefix = "val" if stage == "val" else "test"
+        for key in ("accuracy", "balanced_accuracy", "macro_f1", "loss"):
+            self.log(f"{prefix}_{key}", metrics[key], prog_bar=key == "accuracy", sync_dist=True)
+        return metrics
+
+    def on_validation_epoch_start(self) -> None:
+        self._start_eval(self.trainer.val_dataloaders)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._end_eval("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._start_eval(self.trainer.test_dataloaders)
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._end_eval("test")
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["audiostem"] = {"recipe": self.recipe, "classes": self.classes,
+                                   "input_shape": list(self.input_shape), **self.info}
+
+
+# --- the epoch history ---------------------------------------------------------------------------
+HISTORY_FIELDS = ("epoch", "train_loss", "val_loss", "val_accuracy", "val_macro_f1", "lr", "seconds",
+                  "val_balanced_accuracy")
+
+
+class History(Callback):
+    """Writes ``history.csv`` (one row per epoch) and measures training time and throughput.
+    Its state travels in the checkpoints, so a resumed run keeps the rows of earlier epochs."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.rows: list[dict] = []
+        self.train_seconds = 0.0      # time in the training part of epochs (loading included)
+        self.fit_seconds = 0.0        # wall time of whole epochs, validation included
+        self.samples = 0
+
+    def state_dict(self) -> dict:
+        return {"rows": self.rows, "train_seconds": self.train_seconds, "fit_seconds": self.fit_seconds,
+                "samples": self.samples}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rows = list(state["rows"])
+        self.train_seconds, self.fit_seconds, self.samples = (state["train_seconds"], state["fit_seconds"],
+                                                              state["samples"])
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self._t0 = time.perf_counter()
+        self._val_seconds = 0.0
+        self._samples = 0
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        self._samples += len(batch[0]) * trainer.world_size
+
+    def on_validation_epoch_start(self, trainer, module) -> None:
+        self._tv = time.perf_counter()
+
+    def on_validation_epoch_end(self, trainer, module) -> None:
+        if hasattr(self, "_t0"):
+            self._val_seconds += time.perf_counter() - self._tv
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: ClassifierTask) -> None:
+        seconds = time.perf_counter() - self._t0
+        self.fit_seconds += seconds
+        self.train_seconds += seconds - self._val_seconds
+        self.samples += self._samples
+        loss = float(trainer.strategy.reduce(torch.tensor(module.epoch_train_loss, device=module.device)))
+        val = module.results.get("val", {}).get("metrics", {}) if self._val_seconds else {}
+        self.rows.append({
+            "epoch": trainer.current_epoch + 1, "train_loss": round(loss, 6),
+            "val_loss": _round(val.get("loss")), "val_accuracy": _round(val.get("accuracy")),
+            "val_macro_f1": _round(val.get("macro_f1")),
+            "lr": trainer.optimizers[0].param_groups[0]["lr"], "seconds": round(seconds, 3),
+            "val_balanced_accuracy": _round(val.get("balanced_accuracy")),
+        })
+        if trainer.is_global_zero:
+            write_history(self.path, self.rows)
+
+
+def _round(x: Optional[float]) -> Any:
+    return "" if x is None else round(float(x), 6)
+
+
+def write_history(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, HISTORY_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+

@@ -1,0 +1,189 @@
+"""Training from recipes: the run folder, reproducibility, resume, cross-validation and DDP."""
+import contextlib
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from lightning.pytorch.callbacks import Callback
+
+from audiostem.recipe import RecipeError, load_recipe
+from audiostem.train import main, train
+from fixtures import synthetic_cache
+
+TINY = {
+    "seed": 3,
+    "model": {"stem": "deep3", "stem_args": {"width": 8, "out_channels": 16},
+              "body": {"widths": [16, 32], "depths": [1, 1]}},
+    "train": {"max_epochs": 3, "lr": 0.01},
+    "trainer": {"accelerator": "cpu", "enable_progress_bar": False, "enable_model_summary": False},
+}
+
+
+def tiny_recipe(tmp: Path, cache: Path, name: str = "r", **data) -> Path:
+    recipe = {**TINY, "out_dir": str(tmp / name),
+              "data": {"cache": str(cache), "crop_frames": 16, "batch_size": 8, "eval_hop": 8, **data}}
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def run_main(*argv) -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main([str(a) for a in argv]) == 0
+    return out.getvalue()
+
+
+def read_csv(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """One finished 3-epoch run on a synthetic cache, shared by the tests that read it."""
+    tmp = tmp_path_factory.mktemp("train")
+    cache = synthetic_cache(tmp / "cache", per_class=10)
+    recipe = tiny_recipe(tmp, tmp / "cache")
+    printed = run_main(recipe)
+    return {"tmp": tmp, "cache": tmp / "cache", "recipe": recipe, "out": tmp / "r", "printed": printed,
+            "n_test": len(cache.indices("test")), "classes": cache.classes}
+
+
+def test_the_run_folder_holds_the_contract(base):
+    out = base["out"]
+    for name in ("recipe.yaml", "checkpoints/best.ckpt", "checkpoints/last.ckpt", "logs/metrics.csv",
+                 "history.csv", "predictions_test.csv", "metrics.json", "confusion_matrix.png", "per_class.txt"):
+        assert (out / name).exists(), name
+    assert list((out / "logs").glob("events.out.tfevents.*"))
+    assert yaml.safe_load((out / "recipe.yaml").read_text())["model"]["stem"] == "deep3"
+    history = read_csv(out / "history.csv")
+    assert [int(r["epoch"]) for r in history] == [1, 2, 3]
+    assert list(history[0])[:7] == ["epoch", "train_loss", "val_loss", "val_accuracy", "val_macro_f1", "lr", "seconds"]
+    preds = read_csv(out / "predictions_test.csv")
+    assert len(preds) == base["n_test"] and len({r["id"] for r in preds}) == base["n_test"]
+    assert list(preds[0]) == ["id", "label", "pred", "correct", "fold"] + [f"p_{c}" for c in base["classes"]]
+    assert all(r["correct"] == str(int(r["label"] == r["pred"])) for r in preds)
+    assert all(abs(sum(float(r[f"p_{c}"]) for c in base["classes"]) - 1) < 1e-4 for r in preds)
+    m = json.loads((out / "metrics.json").read_text())
+    for split in ("test", "val"):
+        assert {"accuracy", "balanced_accuracy", "macro_f1", "per_class", "n_items"} <= set(m[split])
+        assert set(m[split]["per_class"]) == set(base["classes"])
+        assert set(m[split]["per_class"]["a"]) >= {"precision", "recall", "f1", "support"}
+    assert m["test"]["n_items"] == base["n_test"]
+    assert m["test"]["accuracy"] == pytest.approx(sum(r["correct"] == "1" for r in preds) / len(preds))
+    assert m["epochs_run"] == 3 and 1 <= m["best_epoch"] <= 3
+    assert m["params"] > 0 and m["total_flops"] > m["stem"]["flops"] > 0
+    assert m["stem"]["stride"] == [4, 4] and m["classes"] == base["classes"] and m["seed"] == 3
+    assert m["train_seconds"] > 0 and m["train_samples_per_second"] > 0
+    assert m["test"]["accuracy"] >= 0.5            # the synthetic classes are easy
+    printed = base["printed"]
+    assert "test accuracy" in printed and "macro-F1" in printed
+    assert f"run folder: {out}" in printed and f"confusion matrix: {out / 'confusion_matrix.png'}" in printed
+
+
+def test_checkpoints_load_without_pickled_code(base):
+    ckpt = torch.load(base["out"] / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    info = ckpt["audiostem"]
+    assert info["classes"] == base["classes"] and info["recipe"]["model"]["stem"] == "deep3"
+    assert info["features"]["kind"] == "logmel" and len(info["stats"]["mean"][0]) == 16
+    assert info["crop_frames"] == 16 and info["input_shape"] == [1, 16, 16]
+
+
+def test_a_seeded_run_repeats_exactly(base):
+    again = train(load_recipe(base["recipe"], [f"out_dir={base['tmp'] / 'again'}"]))
+    first = json.loads((base["out"] / "metrics.json").read_text())
+    for split in ("test", "val"):
+        assert again[split] == first[split]
+    losses = lambda d: [r["train_loss"] for r in read_csv(d / "history.csv")]
+    assert losses(base["tmp"] / "again") == losses(base["out"])
+
+
+class Crash(Exception):
+    pass
+
+
+class CrashAtEpoch(Callback):
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, module):
+        if trainer.current_epoch == self.epoch:
+            raise Crash(f"simulated crash at the start of epoch {self.epoch}")
+
+
+def test_resume_after_an_interruption_ends_like_an_uninterrupted_run(base, capsys):
+    recipe = load_recipe(base["recipe"], [f"out_dir={base['tmp'] / 'crashed'}"])
+    with pytest.raises(Crash):
+        train(recipe, callbacks=[CrashAtEpoch(2)])
+    out = base["tmp"] / "crashed"
+    assert (out / "checkpoints" / "last.ckpt").exists() and not (out / "metrics.json").exists()
+    assert len(read_csv(out / "history.csv")) == 2
+    resumed = train(recipe)                                       # finds last.ckpt by itself
+    assert "resuming" in capsys.readouterr().err
+    first = json.loads((base["out"] / "metrics.json").read_text())
+    for split in ("test", "val"):
+        assert resumed[split] == first[split]
+    assert [r["train_loss"] for r in read_csv(out / "history.csv")] == \
+           [r["train_loss"] for r in read_csv(base["out"] / "history.csv")]
+    assert resumed["epochs_run"] == 3
+    logged = read_csv(out / "logs" / "metrics.csv")                 # the logs of epochs 1-2 are kept
+    assert {r["epoch"] for r in logged if r["val_accuracy"]} >= {"0", "1", "2"}
+
+
+def test_a_finished_run_is_kept_and_another_recipe_is_refused(base, capsys):
+    before = (base["out"] / "metrics.json").read_text()
+    assert train(load_recipe(base["recipe"])) == json.loads(before)
+    assert "already finished" in capsys.readouterr().err
+    with pytest.raises(RecipeError, match=r"out_dir: .* holds a run of a different recipe \(train\.lr: 0\.01 -> 0\.02"):
+        train(load_recipe(base["recipe"], ["train.lr=0.02"]))
+    assert (base["out"] / "metrics.json").read_text() == before
+
+
+def test_options_sgd_cosine_mixup_specaugment_early_stopping_no_test(base):
+    recipe = load_recipe(base["recipe"], [
+        f"out_dir={base['tmp'] / 'options'}", "train.optimizer=sgd", "train.schedule=cosine",
+        "train.label_smoothing=0.1", "augment.mixup=true", "augment.specaugment={enabled: true, freq_width: 4, time_width: 4}",
+        "augment.gain=true", "augment.time_shift=true", "train.early_stopping={enabled: true, patience: 1, metric: val_loss}",
+        "train.max_epochs=4", "data.test_split=null", "model.head=freq_time", "model.channels_last=true"])
+    m = train(recipe)
+    assert m["test"] is None and m["val"]["n_items"] > 0 and m["epochs_run"] <= 4
+    assert (base["tmp"] / "options" / "confusion_matrix.png").exists()
+
+
+def test_cross_validation_reports_the_mean_over_folds(tmp_path):
+    cache = synthetic_cache(tmp_path / "cache", per_class=9, folds=3)
+    recipe = load_recipe(tiny_recipe(tmp_path, tmp_path / "cache", folds={"cv": 3}), ["train.max_epochs=1"])
+    m = train(recipe)
+    out = tmp_path / "r"
+    assert [f["fold"] for f in m["folds"]] == [1, 2, 3]
+    assert m["test"]["accuracy"] == pytest.approx(sum(f["accuracy"] for f in m["folds"]) / 3)
+    assert "accuracy_std" in m["test"] and m["test"]["n_items"] == len(cache)
+    preds = read_csv(out / "predictions_test.csv")
+    assert sorted(r["id"] for r in preds) == sorted(it["id"] for it in cache.items)
+    assert {r["fold"] for r in preds} == {"1", "2", "3"}
+    for k in (1, 2, 3):
+        assert json.loads((out / f"fold_{k}" / "metrics.json").read_text())["fold"] == k
+    assert (out / "checkpoints" / "best.ckpt").exists() and len(read_csv(out / "history.csv")) == 1
+    assert (out / "confusion_matrix.png").exists()
+
+
+def test_ddp_with_two_cpu_processes(tmp_path):
+    cache = synthetic_cache(tmp_path / "cache", per_class=10)
+    recipe = tiny_recipe(tmp_path, tmp_path / "cache", name="ddp")
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "audiostem.train", str(recipe), "train.max_epochs=2",
+                           "trainer.strategy=ddp", "trainer.devices=2", "trainer.accelerator=cpu"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    m = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert m["test"]["n_items"] == len(cache.indices("test"))        # every clip once, across both ranks
+    assert m["epochs_run"] == 2 and done.stdout.count("test accuracy") == 1
+    assert len(read_csv(tmp_path / "ddp" / "predictions_test.csv")) == len(cache.indices("test"))
