@@ -1,0 +1,80 @@
+"""Trained classifiers outside training: load a checkpoint, score whole clips.
+
+A checkpoint written by ``audiostem.train`` holds, besides the weights, plain data under
+``"audiostem"``: the resolved recipe, the class list, the feature config of the cache, the
+normalisation statistics and the crop/window sizes. That is everything needed to turn a new
+file into the model's input exactly as in training, so nothing else is read.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Union
+
+import torch
+
+from .models import build_model
+
+
+class CheckpointError(ValueError):
+    """A path that is not a usable audiostem checkpoint or run folder."""
+
+
+def find_checkpoint(path: Union[str, Path]) -> Path:
+    """A checkpoint file, or ``RUN/checkpoints/best.ckpt`` for a run folder."""
+    p = Path(path)
+    if p.is_dir():
+        best = p / "checkpoints" / "best.ckpt"
+        if not best.exists():
+            raise CheckpointError(f"{p}: a run folder without checkpoints/best.ckpt (not trained yet, or "
+                                  "not a run folder)")
+        return best
+    if not p.exists():
+        raise CheckpointError(f"{p}: no such checkpoint file or run folder")
+    return p
+
+
+def load_classifier(path: Union[str, Path], device: Union[str, torch.device] = "cpu") -> tuple[torch.nn.Module, dict]:
+    """Rebuild a trained model from a checkpoint, loaded with ``weights_only=True`` (no pickled
+    code runs). Returns ``(model in eval mode on device, info)`` where ``info`` holds ``recipe``,
+    ``classes``, ``features``, ``stats`` (``mean``/``std``/``pad``, each ``(C, F)``),
+    ``crop_frames``, ``eval_hop``, ``input_shape``, ``fold``, ``cache``."""
+    path = find_checkpoint(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:                       # noqa: BLE001 - any unreadable file
+        raise CheckpointError(f"{path}: cannot be read as a checkpoint ({type(e).__name__}: {e})") from None
+    info = ckpt.get("audiostem") if isinstance(ckpt, dict) else None
+    if info is None:
+        raise CheckpointError(f"{path}: not an audiostem checkpoint (no 'audiostem' entry); "
+                              "train one with python -m audiostem.train")
+    m = info["recipe"]["model"]
+    model = build_model(stem=m["stem"], body=m["body"], num_classes=len(info["classes"]),
+                        in_channels=info["input_shape"][0], head=m["head"],
+                        stem_overrides=dict(m["stem_args"]), dropout=m["dropout"])
+    state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    model.load_state_dict(state)
+    return model.to(device).eval(), info
+
+
+def stats_of(info: dict) -> dict[str, torch.Tensor]:
+    """The ``(C, F)`` normalisation/padding tensors stored in a checkpoint's info."""
+    return {k: torch.tensor(v, dtype=torch.float32) for k, v in info["stats"].items()}
+
+
+@torch.no_grad()
+def clip_logits(model: torch.nn.Module, batches: Iterable, n_clips: int,
+                device: Union[str, torch.device] = "cpu") -> torch.Tensor:
+    """Mean window logits per clip, ``(n_clips, num_classes)``, from batches of
+    ``(x (batch, C, F, T), clip (batch,))`` (extra leading items such as labels are ignored:
+    the last element is the clip index)."""
+    sums, counts = None, torch.zeros(n_clips)
+    for batch in batches:
+        x, clip = batch[0], batch[-1]
+        logits = model(x.to(device)).float().cpu()
+        if sums is None:
+            sums = torch.zeros(n_clips, logits.shape[1])
+        sums.index_add_(0, clip, logits)
+        counts.index_add_(0, clip, torch.ones(len(clip)))
+    if sums is None:
+        raise ValueError("clip_logits: no windows to score")
+    return sums / counts.clamp(min=1).unsqueeze(1)

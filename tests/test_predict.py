@@ -1,0 +1,96 @@
+"""Prediction on new audio and MIDI files, and re-evaluation of a run from the command line."""
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from audiostem.evaluate import main as evaluate_main
+from audiostem.predict import main as predict_main, predict_files
+from audiostem.train import train
+from audiostem.recipe import load_recipe
+from fixtures import AUDIO_FEATURES, write_midi, write_wav
+
+TINY = {"model": {"stem": "resnet7", "stem_args": {"out_channels": 16}, "body": {"widths": [16], "depths": [1]}},
+        "train": {"max_epochs": 4, "lr": 0.01},
+        "trainer": {"accelerator": "cpu", "enable_progress_bar": False, "enable_model_summary": False}}
+
+
+def train_on_folder(tmp, root, features, crop):
+    recipe = {**TINY, "out_dir": str(tmp / "run"),
+              "data": {"cache": str(tmp / "cache"), "prepare": {"source": "folder", "root": str(root), "workers": 1},
+                       "features": features, "crop_frames": crop, "batch_size": 4}}
+    (tmp / "r.yaml").write_text(yaml.safe_dump(recipe))
+    train(load_recipe(tmp / "r.yaml"))
+    return tmp / "run"
+
+
+@pytest.fixture(scope="module")
+def audio_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("audio")
+    for n in range(10):
+        write_wav(tmp / "data" / "low" / f"l{n}.wav", 200 + 10 * n, seconds=0.6)
+        write_wav(tmp / "data" / "high" / f"h{n}.wav", 2000 + 50 * n, seconds=0.6)
+    return train_on_folder(tmp, tmp / "data", AUDIO_FEATURES, 16)
+
+
+@pytest.fixture(scope="module")
+def midi_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("midi")
+    for n in range(10):
+        # the classes differ in rhythm as well as register: a CNN with global pooling is
+        # (almost) blind to where a pattern sits on the pitch axis
+        write_midi(tmp / "data" / "low" / f"l{n}.mid", 36 + n % 4, seconds=3, step=0.5)
+        write_midi(tmp / "data" / "high" / f"h{n}.mid", 76 + n % 4, seconds=3, step=0.125)
+    return train_on_folder(tmp, tmp / "data", {"kind": "pianoroll", "fs": 8.0, "pitch_range": "piano"}, 16)
+
+
+def test_predict_an_audio_file(audio_run, tmp_path, capsys):
+    low = write_wav(tmp_path / "new_low.wav", 230, seconds=1.5)
+    high = write_wav(tmp_path / "new_high.wav", 2100, seconds=0.2)
+    (result_low, result_high) = predict_files(audio_run, [low, high], top_k=2)
+    assert result_low["top"][0]["label"] == "low" and result_high["top"][0]["label"] == "high"
+    assert result_low["windows"] > 1 and result_high["windows"] == 1        # a long file is windowed
+    assert sum(result_low["probabilities"].values()) == pytest.approx(1, abs=1e-4)
+    assert predict_main([str(audio_run / "checkpoints" / "best.ckpt"), str(low), "--top-k", "1"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"{low}: low ") and "high" not in line
+
+
+def test_predict_a_midi_file_and_json_output(midi_run, tmp_path, capsys):
+    high = write_midi(tmp_path / "tune.mid", 78, seconds=5, step=0.125)
+    assert predict_main([str(midi_run), str(high), "--json"]) == 0
+    (result,) = json.loads(capsys.readouterr().out)
+    assert result["top"][0]["label"] == "high" and set(result["probabilities"]) == {"high", "low"}
+
+
+def test_unreadable_and_wrong_kind_files_are_reported(midi_run, tmp_path, capsys):
+    wav = write_wav(tmp_path / "a.wav", 440)
+    broken = tmp_path / "broken.mid"
+    broken.write_bytes(b"MThd garbage")
+    good = write_midi(tmp_path / "ok.mid", 40, step=0.5)
+    assert predict_main([str(midi_run), str(wav), str(broken), str(good)]) == 1
+    captured = capsys.readouterr()
+    assert f"{wav}: error:" in captured.err and "this model reads MIDI files" in captured.err
+    assert f"{broken}: error:" in captured.err and f"{good}: low" in captured.out
+    assert predict_main([str(tmp_path / "nowhere"), str(good)]) == 2
+    assert "no such checkpoint file or run folder" in capsys.readouterr().err
+
+
+def test_evaluate_reproduces_the_run_metrics(audio_run, tmp_path, capsys):
+    stored = json.loads((audio_run / "metrics.json").read_text())
+    assert evaluate_main([str(audio_run), "--split", "test", "--json", "--out", str(tmp_path / "ev")]) == 0
+    metrics = json.loads(capsys.readouterr().out.split("\nwrote ")[0])
+    assert metrics["accuracy"] == pytest.approx(stored["test"]["accuracy"])
+    assert metrics["n_items"] == stored["test"]["n_items"]
+    assert (tmp_path / "ev" / "predictions_test.csv").exists() and (tmp_path / "ev" / "confusion_matrix_test.png").exists()
+    assert evaluate_main([str(audio_run), "--split", "nosuch"]) == 2
+    assert "--split nosuch: no items" in capsys.readouterr().err
+
+
+def test_evaluate_cli(audio_run):
+    done = subprocess.run([sys.executable, "-m", "audiostem.evaluate", str(audio_run), "--split", "val"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "precision" in done.stdout and "macro F1" in done.stdout and ": val" in done.stdout
