@@ -288,6 +288,8 @@ def render_dataset(root: Union[str, os.PathLike], out: Union[str, os.PathLike], 
     jobs = plan_jobs(list_midi_dataset(root), programs)
     _synthesizer(soundfont, sample_rate, synth)             # fail early on a bad synth or soundfont
     out.mkdir(parents=True, exist_ok=True)
+    for stale in out.rglob("*.wav.tmp"):                  # left by a run that was killed
+        stale.unlink()
     (out / "render.json").write_text(json.dumps({"settings": settings}, indent=1) + "\n")
     todo = [j for j in jobs if not (out / j.out).exists()]
     say = (lambda text: print(text, file=sys.stderr, flush=True)) if progress else (lambda text: None)
