@@ -194,3 +194,14 @@ def test_dry_run_checks_every_cell_recipe(tmp_path, capsys):
     assert "pending   digits/tall/seed0" in out and "model.stem_args.n_freq=64" in out
     assert "INVALID   digits/bad/seed0" in out and "bogus" in out
     assert "3 cells: 1 INVALID, 2 pending" in out
+
+
+def test_a_dataset_whose_cache_cannot_be_built_does_not_stop_the_others(tmp_path, capsys, monkeypatch):
+    from audiostem.study import runner
+    path = write_study(tmp_path, seeds=1, stems=["deep3"],
+                       datasets=[{"name": n, "recipe": str(tmp_path / "recipe.yaml")} for n in ("one", "two")])
+    monkeypatch.setattr(runner, "prepare_caches", lambda study, cells, echo: {"two": "no audio at /x"})
+    assert main([str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "1 trained, 0 already finished, 1 failed: two/deep3/seed0" in err
+    assert (tmp_path / "out/runs/one/deep3/seed0/metrics.json").exists()

@@ -60,8 +60,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 1 if describe(study, cells, sys.stdout) else 0
         _check_recipes(study, cells)
         if args.prepare:
-            prepare_caches(study, cells, lambda m: print(m, file=sys.stderr))
-            return 0
+            return 1 if prepare_caches(study, cells, lambda m: print(m, file=sys.stderr)) else 0
         if args.plan is not None:
             todo = cells if args.all else [c for c in cells if not is_finished(c)]
             if args.plan == "-":

@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 
 COLORS = {"better": "tab:green", "worse": "tab:red", "indistinguishable": "tab:gray", None: "black"}
@@ -31,9 +32,12 @@ def _by_dataset(rows: list[dict]) -> dict[str, list[dict]]:
     return out
 
 
-def _half(r: dict, key: str = "acc") -> float:
-    h = r[f"{key}_high"] - r[f"{key}_mean"]
-    return 0.0 if math.isnan(h) else 100 * h
+def _err(r: dict, key: str = "acc") -> list:
+    """Error bar lengths (below, above) in points of the 95% CI, clipped to [0, 100] %."""
+    m, lo, hi = r[f"{key}_mean"], r[f"{key}_low"], r[f"{key}_high"]
+    if math.isnan(lo):
+        return [[0.0], [0.0]]
+    return [[100 * (m - max(lo, 0.0))], [100 * (min(hi, 1.0) - m)]]
 
 
 def accuracy_vs_flops(rows: list[dict], path: Path) -> Optional[Path]:
@@ -45,14 +49,14 @@ def accuracy_vs_flops(rows: list[dict], path: Path) -> Optional[Path]:
     for ax, (name, rs) in zip(axes, data.items()):
         for r in rs:
             x = r["total_flops"] or r["stem_flops"] or math.nan
-            ax.errorbar(x, 100 * r["acc_mean"], yerr=_half(r), fmt="o", capsize=3,
+            ax.errorbar(x, 100 * r["acc_mean"], yerr=_err(r), fmt="o", capsize=3,
                         color=COLORS[r.get("verdict")])
             ax.annotate(r["variant"], (x, 100 * r["acc_mean"]), fontsize=7, xytext=(4, 3),
                         textcoords="offset points")
         ax.set_xscale("log")
         ax.set(title=name, xlabel="FLOPs per input (model)", ylabel="test accuracy (%)")
         ax.grid(alpha=0.3)
-    fig.suptitle("Accuracy vs compute (mean, 95% CI over seeds; green/red: better/worse than baseline)")
+    fig.suptitle("Accuracy vs compute\n(mean, 95% CI over seeds; green/red: better/worse than the baseline)", fontsize=9)
     return _save(fig, path)
 
 
@@ -65,7 +69,7 @@ def accuracy_per_stem(rows: list[dict], path: Path) -> Optional[Path]:
     for ax, (name, rs) in zip(axes, data.items()):
         y = np.arange(len(rs))[::-1]
         for yi, r in zip(y, rs):
-            ax.errorbar(100 * r["acc_mean"], yi, xerr=_half(r), fmt="o", capsize=3,
+            ax.errorbar(100 * r["acc_mean"], yi, xerr=_err(r), fmt="o", capsize=3,
                         color=COLORS[r.get("verdict")])
             ax.plot(100 * np.array(r.get("seed_accs", [])), [yi] * len(r.get("seed_accs", [])),
                     "x", color="tab:blue", alpha=0.5, ms=4)
@@ -75,7 +79,7 @@ def accuracy_per_stem(rows: list[dict], path: Path) -> Optional[Path]:
         ax.set_yticks(y, [r["variant"] for r in rs], fontsize=8)
         ax.set(title=name, xlabel="test accuracy (%)")
         ax.grid(axis="x", alpha=0.3)
-    fig.suptitle("Test accuracy per stem (o: mean, 95% CI; x: single seeds; dashed: baseline)")
+    fig.suptitle("Test accuracy per stem\n(o: mean, 95% CI; x: single seeds; dashed: baseline)", fontsize=9)
     return _save(fig, path)
 
 
@@ -97,9 +101,10 @@ def validation_curves(results: dict, datasets: list[str], path: Path) -> Optiona
             epochs = sorted(curves)
             ax.plot(epochs, [100 * np.mean(curves[e]) for e in epochs], label=variant, lw=1.2)
         ax.set(title=name, xlabel="epoch", ylabel="validation accuracy (%)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
-    fig.suptitle("Validation curves (mean over seeds)")
+    fig.suptitle("Validation curves (mean over seeds)", fontsize=9)
     return _save(fig, path)
 
 

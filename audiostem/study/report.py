@@ -31,9 +31,12 @@ def _pct(x: Optional[float], digits: int = 1, sign: bool = False) -> str:
 
 
 def _ci(mean: float, low: float, high: float, sign: bool = False) -> str:
+    """``mean [low, high]`` in points; the bounds clipped to what the quantity can take
+    (0..100 % for a score, -100..+100 for a difference)."""
     if math.isnan(low):
         return _pct(mean, sign=sign)
-    return f"{_pct(mean, sign=sign)} [{_pct(low, sign=sign)}, {_pct(high, sign=sign)}]"
+    floor = -1.0 if sign else 0.0
+    return f"{_pct(mean, sign=sign)} [{_pct(max(low, floor), sign=sign)}, {_pct(min(high, 1.0), sign=sign)}]"
 
 
 def _p(p: Optional[float]) -> str:

@@ -87,23 +87,33 @@ def prune_checkpoints(study: Study, cell: Cell) -> int:
     return freed
 
 
-def prepare_caches(study: Study, cells: list[Cell], echo: Callable[[str], None]) -> None:
+def prepare_caches(study: Study, cells: list[Cell], echo: Callable[[str], None]) -> dict[str, str]:
     """Build every missing feature cache the cells need, one at a time, before any cell runs:
     parallel cells of one dataset must not all start building the same cache. Only for the
-    default train command (a custom one is on its own)."""
+    default train command (a custom one is on its own). Returns ``{dataset: error}`` for the
+    datasets whose recipe or cache failed (their cells cannot run; the others can)."""
     if study.train_command is not None:
-        return
+        return {}
+    from data_prep import CacheError
+
     from ..recipe import load_recipe
     from ..train import ensure_cache
-    seen = set()
+    seen, failed = set(), {}
     for cell in cells:
-        recipe = load_recipe(cell.recipe, list(cell.overrides))
-        if recipe.data.cache in seen:
+        if cell.dataset in failed:
             continue
-        seen.add(recipe.data.cache)
-        if not (Path(recipe.data.cache) / "meta.json").exists():
-            echo(f"[study {study.name}] building the feature cache {recipe.data.cache} for {cell.dataset}")
-            ensure_cache(recipe)
+        try:
+            recipe = load_recipe(cell.recipe, list(cell.overrides))
+            if recipe.data.cache in seen:
+                continue
+            seen.add(recipe.data.cache)
+            if not (Path(recipe.data.cache) / "meta.json").exists():
+                echo(f"[study {study.name}] building the feature cache {recipe.data.cache} for {cell.dataset}")
+                ensure_cache(recipe)
+        except (ValueError, CacheError) as err:
+            failed[cell.dataset] = str(err)
+            echo(f"[study {study.name}] {cell.dataset}: its cells cannot run: {err}")
+    return failed
 
 
 def write_plan(study: Study, study_path: Path, cells: list[Cell], out: TextIO, raw: bool = False) -> int:
@@ -161,7 +171,9 @@ def run_study(study: Study, cells: list[Cell], jobs: int = 1, retries: int = 1,
         prune_checkpoints(study, c)
     echo(f"[study {study.name}] {len(cells)} cells: {skipped} finished, {len(todo)} to run, "
          f"{jobs} at a time; logs in {Path(study.out_dir) / 'logs'}")
-    prepare_caches(study, todo, echo)
+    broken = prepare_caches(study, todo, echo)
+    unrunnable = [c.name for c in todo if c.dataset in broken]
+    todo = [c for c in todo if c.dataset not in broken]
     env, lock = _env(jobs), threading.Lock()
     done, failed, durations = [], [], []
 
@@ -183,7 +195,7 @@ def run_study(study: Study, cells: list[Cell], jobs: int = 1, retries: int = 1,
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         list(pool.map(work, todo))
-    return {"cells": len(cells), "skipped": skipped, "finished": len(done), "failed": failed}
+    return {"cells": len(cells), "skipped": skipped, "finished": len(done), "failed": unrunnable + failed}
 
 
 def check_cell(study: Study, cell: Cell) -> Optional[str]:
