@@ -73,7 +73,9 @@ def decode(data: Union[bytes, str, Path], name: str = "") -> tuple[np.ndarray, i
     if scale is not None:
         x = x.astype(np.float32)
         x *= np.float32(scale)
-    return np.ascontiguousarray(x.T), int(rate)
+    # reshape gives canonical strides: a (1, n) transpose of (n, 1) keeps stride 4 on its first
+    # axis, which numpy calls contiguous but which sends torch down slow paths (a pad took 25x)
+    return np.ascontiguousarray(x.T).reshape(x.shape[1], -1), int(rate)
 
 
 def _short(e: Exception) -> str:
@@ -112,7 +114,7 @@ def resample(samples: np.ndarray, orig_sr: int, target_sr: int, quality: str = "
     flat = samples.reshape(-1, samples.shape[-1])
     out = soxr.resample(np.ascontiguousarray(flat.T), orig_sr, target_sr, quality=quality)
     out = np.asarray(out, dtype=samples.dtype).reshape(-1, flat.shape[0]).T
-    return np.ascontiguousarray(out).reshape(*lead, -1)
+    return np.ascontiguousarray(out).reshape(*lead, -1)    # canonical strides, as above
 
 
 def check_signal(samples: np.ndarray, name: str = "") -> None:

@@ -57,6 +57,14 @@ def test_mel_logmel_mfcc_cqt_match_librosa(librosa, clip):
     assert ours.shape == ref.shape and np.abs(ours - ref).max() < 1e-3
 
 
+@pytest.mark.parametrize("window", ["hann", "hamming", "blackman", "boxcar", "bartlett"])
+def test_windows_are_scipy_periodic_windows(window):
+    from scipy.signal import get_window
+
+    padded = F._window(window, 400, 512).numpy()
+    assert np.allclose(padded[56:456], get_window(window, 400, fftbins=True)) and not padded[:56].any()
+
+
 def test_dct_matrix_is_scipy_orthonormal_dct():
     from scipy.fft import dct
 
