@@ -15,7 +15,8 @@ interleaved ``--repeats`` times; librosa's numba functions are warmed before B i
 audio-seconds per second for both, the ratio of the medians, and peak memory (the main process
 and the largest worker) of A at each of ``--memory-files``, to show it does not grow with the
 dataset. ``--hot-path`` first times the candidate single-clip implementations on one thread
-(how the hot path was chosen). Runs vary by about 15%; compare figures from one run only.
+(how the hot path was chosen), in a child with one thread and glibc told to keep freed pages.
+Runs vary by about 15%; compare figures from one run only.
 """
 from __future__ import annotations
 
@@ -117,6 +118,9 @@ def child_main(args: argparse.Namespace) -> None:
 
 
 ONE_THREAD = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+# glibc otherwise maps every block over 32 MB afresh (and pays for zeroed pages each time):
+# what a batch of eight 30-s clips needs; the workers of data_prep set the same with mallopt
+GLIBC_KEEP_PAGES = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 34)}
 
 
 def child(which: str, root: Path, out: Path = Path(), workers: int = 1, files: int = 0,
@@ -172,7 +176,8 @@ def hot_path(repeats: int = 20) -> None:
                   ("torch.stft + dense mel matmul", torch_stft_dense, 1),
                   ("torch.stft + dense matmul, batch of 8", torch_stft_dense_batched, 8),
                   ("data_prep: rfft of frames + blocked mel", ours, 1)]
-    print(f"single-clip log-mel, one thread, {SECONDS:.0f}-s clip at {SR} Hz (median of {repeats}):")
+    print(f"single-clip log-mel, one thread (torch, BLAS, OpenMP), {SECONDS:.0f}-s clip at {SR} Hz, "
+          f"median of {repeats}:")
     for name, fn, per_call in candidates:
         fn()
         times = []
@@ -210,7 +215,9 @@ def main() -> None:
         clips = work / "clips"
         child("clips", clips, files=n_all)
         if args.hot_path:
-            print(child("hot-path", clips), end="")
+            print(child("hot-path", clips, env={**ONE_THREAD, **GLIBC_KEEP_PAGES}), end="")
+        if not args.repeats:
+            return
         timed = subset(clips, args.files, work / "timed")
         print(f"\nend to end on {args.files} clips ({args.files * SECONDS / 3600:.2f} h of audio), "
               f"{os.cpu_count()} CPUs, data_prep with {args.workers} workers:")

@@ -171,7 +171,6 @@ def _results(paths: list[str], config: FeatureConfig, workers: int) -> Iterator[
     """Results of ``_extract`` for ``paths``, in order, from at most ``2 * workers + 2``
     files in flight. If a worker dies (a crash in a native decoder) the file in question is
     retried alone and recorded as failed if it crashes again; the others are resubmitted."""
-    _preload(config)
     if workers <= 1:
         with _one_torch_thread():
             for path in paths:
@@ -322,6 +321,7 @@ def prepare(source: Union[str, Source], root: Union[str, Path], out: Union[str, 
         say(f"resuming {out}: {resumed} of {len(items)} items were already done")
 
     written, skipped, seconds = 0, [], 0.0
+    _preload(config)                         # before the bar starts, so its ETA is about files
     bar = _progress(len(items), resumed, src.name, progress)
     try:
         for (item, key), result in zip(todo, _results([str(it.path) for it, _ in todo], config, n_workers)):

@@ -147,3 +147,25 @@ def test_render_subcommand_dispatches(monkeypatch):
     monkeypatch.setattr(data_prep, "render", fake, raising=False)
     assert main(["render", "--root", "x", "--out", "y"]) == 0
     assert calls == [["--root", "x", "--out", "y"]]
+
+
+def test_folder_lists_midi_for_piano_rolls_and_hints_at_the_kind(tmp_path):
+    from data_prep.prepare import resolve_features, source_arguments
+    from data_prep.sources import get_source
+
+    root = tmp_path / "tunes"
+    for cls in ("jig", "reel"):
+        (root / cls).mkdir(parents=True)
+        (root / cls / "a.mid").write_bytes(b"MThd")
+        (root / cls / "b.MIDI").write_bytes(b"MThd")
+        sf.write(root / cls / "c.wav", tone(440), SR)
+    folder = get_source("folder")
+    args = source_arguments(folder)
+    args.root, args.features = root, resolve_features(folder, {"kind": "pianoroll"})
+    assert sorted(it.path.name for it in folder.items(args)) == ["a.mid", "a.mid", "b.MIDI", "b.MIDI"]
+    args.features = resolve_features(folder, None)
+    assert {it.path.suffix for it in folder.items(args)} == {".wav"}
+    for cls in ("jig", "reel"):
+        (root / cls / "c.wav").unlink()
+    with pytest.raises(ValueError, match="add --kind pianoroll"):
+        folder.items(args)

@@ -79,6 +79,8 @@ class Source:
             :func:`data_prep.config.feature_config`).
         download: a :class:`data_prep.download.Archive` list, or a message string saying where
             to get the data, or ``None``.
+        default_root: the ``--root`` used when none is given (``None``: ``--root`` is required).
+        creates_root: ``items`` builds the dataset at ``root`` when it is missing (``folk``).
     """
 
     name: str = ""
@@ -86,6 +88,8 @@ class Source:
     description: str = ""
     default_features: dict = {"kind": "logmel"}
     download: Union[list, str, None] = None
+    default_root: Optional[Path] = None
+    creates_root: bool = False
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """Add this source's options (never required ones) to ``parser``."""
