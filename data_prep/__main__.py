@@ -40,9 +40,9 @@ def _field_help(cls: type) -> dict[str, str]:
     return {k: v.replace("``", "").replace("%", "%%") for k, v in helps.items()}
 
 
-def _parser_type(annotation, default):
-    """An argparse ``type`` for a config field: its base type, accepting ``none`` for Optionals."""
-    hint = annotation if not isinstance(annotation, str) else eval(annotation, vars(typing))  # noqa: S307
+def _parser_type(hint, default):
+    """An argparse ``type`` for a config field (``hint`` from ``typing.get_type_hints``): its
+    base type, accepting ``none`` for optional fields."""
     args = typing.get_args(hint)
     optional = type(None) in args or default is None
     base = next((a for a in args if a is not type(None)), hint if not args else str)
