@@ -147,6 +147,11 @@ class CsvSource(Source):
                                  "to its folder")
         parser.add_argument("--path-column", default="path", help="column of file paths (default path)")
         parser.add_argument("--label-column", default="label", help="column of labels (default label)")
+        parser.add_argument("--split-column", default="split",
+                            help="column of splits (default split), e.g. split_xsf of gm_instruments")
+        parser.add_argument("--other-splits", default="", metavar="A,B",
+                            help="split values kept as they are besides train/valid/test, e.g. "
+                                 "real,unused: their items are cached but not trained on")
         split_arguments(parser, group_help=(
             "column whose value groups items that must stay in one split (default: the 'group' "
             "column when present), e.g. speaker or recording id"))
@@ -164,7 +169,10 @@ class CsvSource(Source):
             reader = csv.DictReader(fh)
             header = reader.fieldnames or []
             rows = list(reader)
-        for column in (args.path_column, args.label_column):
+        others = set(args.other_splits.split(",") if isinstance(args.other_splits, str)
+                     else args.other_splits) - {""}
+        for column in (args.path_column, args.label_column) + (
+                (args.split_column,) if args.split_column != "split" else ()):
             if column not in header:
                 raise ValueError(f"{manifest}: no column {column!r} (columns: {header}); "
                                  f"see --path-column / --label-column")
@@ -184,7 +192,9 @@ class CsvSource(Source):
                 fold_value = int(fold) if fold else None
             except ValueError:
                 raise ValueError(f"{where}fold must be an integer, got {fold!r}") from None
-            items.append(SourceItem(path, label, normalise_split(row.get("split") or "", where),
+            split = (row.get(args.split_column) or "").strip()
+            split = split if split in others else normalise_split(split, where)
+            items.append(SourceItem(path, label, split,
                                     fold_value, (row.get(group_col) or "").strip() if group_col else "",
                                     item_id(path, base)))
         if not items:
