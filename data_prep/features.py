@@ -92,18 +92,31 @@ def _window(window: str, win_length: int, n_fft: int) -> torch.Tensor:
     return torch.from_numpy(w)
 
 
-def _spectrum(x: torch.Tensor, n_fft: int, hop_length: int, win_length: Union[int, None],
-              window: str, center: bool) -> torch.Tensor:
-    """Complex STFT frames-first: ``(..., samples) -> (..., frames, n_fft // 2 + 1)``.
+FRAMES_PER_BLOCK = 4096   # long signals are analysed this many frames at a time
 
-    A signal shorter than one window is zero-padded to one frame (librosa raises instead).
+
+def _spectral_frames(x: torch.Tensor, n_fft: int, hop_length: int, win_length: Union[int, None],
+                     window: str, center: bool, reduce: Callable[[torch.Tensor], torch.Tensor]
+                     ) -> torch.Tensor:
+    """``reduce`` of the complex STFT, frames first: ``(..., samples) -> (..., frames, k)``.
+
+    ``reduce`` maps a complex block ``(..., frames, n_fft // 2 + 1)`` to ``(..., frames, k)``
+    (a magnitude, a mel filterbank...). Signals longer than :data:`FRAMES_PER_BLOCK` frames are
+    analysed block by block, so the frame and spectrum temporaries stay near 70 MB however long
+    the file is. A signal shorter than one window is zero-padded to one frame (librosa raises).
     """
     if center:
         x = torch.nn.functional.pad(x, (n_fft // 2, n_fft // 2))
     if x.shape[-1] < n_fft:
         x = torch.nn.functional.pad(x, (0, n_fft - x.shape[-1]))
     w = _window(window, win_length or n_fft, n_fft).to(x.device, x.dtype)
-    return torch.fft.rfft(x.unfold(-1, n_fft, hop_length) * w)
+    n_frames = 1 + (x.shape[-1] - n_fft) // hop_length
+    blocks = []
+    for start in range(0, n_frames, FRAMES_PER_BLOCK):
+        stop = min(n_frames, start + FRAMES_PER_BLOCK)
+        part = x[..., start * hop_length:(stop - 1) * hop_length + n_fft]
+        blocks.append(reduce(torch.fft.rfft(part.unfold(-1, n_fft, hop_length) * w)))
+    return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=-2)
 
 
 def _magnitude(spec: torch.Tensor, power: float, inplace: bool = False) -> torch.Tensor:
@@ -127,7 +140,8 @@ def stft_magnitude(waveform: Array, n_fft: int = 2048, hop_length: int = 512,
     Frames: ``1 + samples // hop_length`` when ``center``.
     """
     x, was_numpy = _tensor(waveform)
-    mag = _magnitude(_spectrum(x, n_fft, hop_length, win_length, window, center), power, inplace=True)
+    mag = _spectral_frames(x, n_fft, hop_length, win_length, window, center,
+                           lambda spec: _magnitude(spec, power, inplace=True))
     return _out(mag.transpose(-1, -2), was_numpy)
 
 
@@ -217,10 +231,10 @@ def _mel_filterbank_blocks(sample_rate: int, n_fft: int, n_mels: int, fmin: floa
 def _mel_frames(x: torch.Tensor, sample_rate: int, n_fft: int, hop_length: int,
                 win_length: Union[int, None], window: str, center: bool, n_mels: int, fmin: float,
                 fmax: Union[float, None], power: float, htk: bool, norm: Union[str, None]) -> torch.Tensor:
-    spec = _magnitude(_spectrum(x, n_fft, hop_length, win_length, window, center), power, inplace=True)
     fb = _mel_filterbank_blocks(sample_rate, n_fft, n_mels, float(fmin),
                                 None if fmax is None else float(fmax), htk, norm)
-    return fb(spec)
+    return _spectral_frames(x, n_fft, hop_length, win_length, window, center,
+                            lambda spec: fb(_magnitude(spec, power, inplace=True)))
 
 
 def mel_spectrogram(waveform: Array, sample_rate: int = 22050, n_fft: int = 2048,
@@ -400,8 +414,8 @@ def compute_features(waveform: Array, config: AudioFeatures) -> np.ndarray:
         out = cqt(x, c.sample_rate, c.hop_length, c.fmin or None, c.n_bins, c.bins_per_octave,
                   c.window, True, "max", math.sqrt(c.amin), c.top_db).transpose(-1, -2)
     elif c.kind == "stft":
-        spec = _spectrum(x, c.n_fft, c.hop_length, c.win_length, c.window, c.center)
-        out = _magnitude(spec, 1.0)
+        out = _spectral_frames(x, c.n_fft, c.hop_length, c.win_length, c.window, c.center,
+                               lambda spec: _magnitude(spec, 1.0))
     else:
         mel = _mel_frames(x, c.sample_rate, c.n_fft, c.hop_length, c.win_length, c.window,
                           c.center, c.n_mels, c.fmin, c.fmax, c.power, c.htk, c.mel_norm)

@@ -113,6 +113,13 @@ def test_compute_features_equals_public_functions(clip):
     assert np.array_equal(ours, ref)
 
 
+def test_long_signals_are_analysed_in_blocks_with_the_same_result(clip, monkeypatch):
+    whole = F.logmel(clip, SR, n_fft=512, hop_length=128)
+    monkeypatch.setattr(F, "FRAMES_PER_BLOCK", 7)
+    assert np.allclose(F.logmel(clip, SR, n_fft=512, hop_length=128), whole, atol=1e-4)
+    assert F.stft_magnitude(clip, center=False).shape == (1025, 1 + (clip.size - 2048) // 512)
+
+
 def test_shorter_than_one_window_gives_one_frame():
     tiny = np.ones(100, np.float32) * 0.1
     assert F.compute_features(tiny, AudioFeatures(center=False)).shape == (1, 128)
