@@ -97,7 +97,7 @@ KILLABLE = textwrap.dedent("""
     P = importlib.import_module("data_prep.prepare")
     real = P._extract
     def slow(path, config=None):
-        time.sleep(0.15)
+        time.sleep(0.3)     # slow enough to be caught in the middle, even on a busy machine
         return real(path, config)
     P._extract = slow
     P.prepare("folder", sys.argv[1], sys.argv[2], %r, workers=2, progress=False, shard_items=2)
