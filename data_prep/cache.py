@@ -242,27 +242,36 @@ def _train_stats(shard_dir: Path, rows: list[dict], shape: tuple[int, ...]) -> t
     return mean, std
 
 
-def check_existing(out: Union[str, Path], config: FeatureConfig, force: bool = False) -> Optional[str]:
+def check_existing(out: Union[str, Path], config: FeatureConfig, force: bool = False,
+                   source: Optional[dict] = None) -> Optional[str]:
     """Decide what to do about an existing cache at ``out`` before building it.
 
-    Returns ``"up to date"`` when a complete cache with the same feature config exists, and
-    ``None`` when a build should go ahead (no cache, or ``force`` removed the old one).
-    Raises :class:`CacheError` naming the differing fields when the config differs and
-    ``force`` is false.
+    Returns ``"up to date"`` when a complete cache with the same feature config (and, when
+    ``source`` is given, the same source name and options) exists, and ``None`` when a build
+    should go ahead (no cache, or ``force`` removed the old one). Raises :class:`CacheError`
+    naming the differing fields when they differ and ``force`` is false. The dataset's root
+    folder is not compared, so a cache stays valid when its dataset moves.
     """
     out = Path(out)
     if not (out / "meta.json").exists():
         return None
     meta = json.loads((out / "meta.json").read_text())
     diff = config_diff(meta["features"], config)
+    if source is not None:
+        old = meta.get("source", {})
+        if old.get("name") != source.get("name"):
+            diff.append(f"source: {old.get('name')!r} != {source.get('name')!r}")
+        old_opts, new_opts = old.get("options", {}), source.get("options", {})
+        diff += [f"--{k.replace('_', '-')}: {old_opts.get(k)!r} != {new_opts.get(k)!r}"
+                 for k in sorted(set(old_opts) | set(new_opts)) if old_opts.get(k) != new_opts.get(k)]
     if not diff:
         if force:
             shutil.rmtree(out)
             return None
         return "up to date"
     if not force:
-        raise CacheError(f"{out} was built with another feature config ({'; '.join(diff)}); "
-                         f"use --force to rebuild it or choose another --out")
+        raise CacheError(f"{out} was built with another feature config or source "
+                         f"({'; '.join(diff)}); use --force to rebuild it or choose another --out")
     shutil.rmtree(out)
     return None
 

@@ -295,13 +295,14 @@ def prepare(source: Union[str, Source], root: Union[str, Path], out: Union[str, 
     config = resolve_features(src, features)
     say = (lambda text: print(text, file=sys.stderr, flush=True)) if progress else (lambda text: None)
 
-    if not force and check_existing(out, config) == "up to date":
+    args = source_arguments(src, **source_options)
+    args.root, args.features = root, config
+    described = _describe(src, root, args)
+    if not force and check_existing(out, config, source=described) == "up to date":
         cache = open_cache(out)
         say(f"{out} is up to date ({len(cache)} items, {config.kind}); nothing to do "
             f"(use --force to rebuild)")
         return cache
-    args = source_arguments(src, **source_options)
-    args.root, args.features = root, config
     items = src.items(args)
     items = [it if it.id else _with_id(it, root) for it in items]
     _check_items(items, src)
@@ -312,7 +313,7 @@ def prepare(source: Union[str, Source], root: Union[str, Path], out: Union[str, 
             shutil.rmtree(partial)
 
     writer_options = {"shard_items": shard_items} if shard_items else {}
-    writer = CacheWriter(out, config, _describe(src, root, args), **writer_options)
+    writer = CacheWriter(out, config, described, **writer_options)
     keys = [_source_key(it.path, root) for it in items]
     todo = [(it, key) for it, key in zip(items, keys) if not writer.is_done(key)]
     resumed = len(items) - len(todo)

@@ -102,3 +102,13 @@ def test_feature_config_errors():
     roll = PianoRollFeatures(pitch_range="piano", per_family=True, drums="channel")
     assert roll.feature_shape == (17, 88)
     json.dumps(roll.to_dict())
+
+
+def test_check_existing_compares_source_options(tmp_path):
+    _build(tmp_path / "c")
+    same = {"name": "test"}
+    assert check_existing(tmp_path / "c", CFG, source=same) == "up to date"
+    with pytest.raises(CacheError, match=r"--split: None != 'random'"):
+        check_existing(tmp_path / "c", CFG, source={"name": "test", "options": {"split": "random"}})
+    with pytest.raises(CacheError, match=r"source: 'test' != 'gtzan'"):
+        check_existing(tmp_path / "c", CFG, source={"name": "gtzan"})
