@@ -43,6 +43,7 @@ SUSTAIN = 64                        # the sustain pedal controller; value >= 64 
 MAX_FILE_BYTES = 64 * 2**20         # real MIDI files are kilobytes; the largest known, a few MB
 COMPAT_MAX_BYTES = 2**30            # pretty_midi holds one float64 roll per instrument at once
 _CHUNK_CELLS = 4 * 2**20            # notes are painted in chunks of this many (frame, pitch) cells
+FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 MidiInput = Union[str, os.PathLike, bytes, bytearray, Any]
 
@@ -87,13 +88,19 @@ def piano_roll(midi: MidiInput, fs: float = 100.0, *, beat_resolution: Union[int
     return _roll(midi, config)[0]
 
 
-def pianoroll_file(path: Union[str, os.PathLike], config: PianoRollFeatures) -> np.ndarray:
+def pianoroll_file(path: Union[str, os.PathLike], config: PianoRollFeatures,
+                   dtype: Any = np.float32) -> np.ndarray:
     """The ``pianoroll`` features of one file for the cache: ``(frames, *config.feature_shape)``.
+
+    ``dtype=np.float16`` gives the values the cache stores (``float16(float32 roll)``), painted
+    directly in float16 when the roll is a maximum of notes: NumPy's float32 -> float16
+    conversion of a 4-minute roll took longer than reading and painting it.
 
     Raises ``ValueError`` naming the reason when the file gives no usable roll (unreadable, no
     notes, only drums that ``config.drums`` drops ...), so the pipeline can skip and record it.
     """
-    roll, info = _roll(path, config)
+    float16 = np.dtype(dtype) == np.float16
+    roll, info = _roll(path, config, float16)
     if len(roll) == 0 or not (info["notes"] or config.drums != "drop"):
         if info.get("drum_notes") and config.drums == "drop":
             raise ValueError(f"only drum notes ({info['drum_notes']}), which drums='drop' removes")
@@ -104,7 +111,13 @@ def pianoroll_file(path: Union[str, os.PathLike], config: PianoRollFeatures) -> 
     if info.get("cut"):
         warnings.warn(f"{path}: piano roll cut at max_frames={config.max_frames} "
                       f"(the file would give {info['cut']} frames)", stacklevel=2)
-    return np.asarray(roll, dtype=np.float32).reshape(len(roll), *config.feature_shape)
+    if float16 and roll.dtype != np.float16:
+        roll = np.asarray(roll, np.float32)
+        peak = float(np.abs(roll).max())
+        if peak > FLOAT16_MAX:
+            raise ValueError(f"piano-roll values up to {peak:.3g} overflow the float16 cache "
+                             f"(max {FLOAT16_MAX:.0f}): too many notes sum up; use overlap='max'")
+    return np.asarray(roll, dtype=dtype).reshape(len(roll), *config.feature_shape)
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -161,12 +174,14 @@ def read_score(midi: MidiInput):
 
 # -- the default implementation ---------------------------------------------------------------
 
-def _roll(midi: MidiInput, config: PianoRollFeatures) -> tuple[np.ndarray, dict]:
+def _roll(midi: MidiInput, config: PianoRollFeatures, float16: bool = False) -> tuple[np.ndarray, dict]:
+    """The roll and what was found (``notes``, ``drum_notes``, ``cut``); float32 (float64 in
+    compat mode), or float16 when asked and it can be painted so."""
     if config.pretty_midi_compat:
         return _compat_roll(midi, config)
     score = read_score(midi)
     notes, info = _note_table(score, config)
-    return _paint(notes, config), info
+    return _paint(notes, config, float16), info
 
 
 def _tick_to_seconds(ticks: np.ndarray, score) -> np.ndarray:
@@ -267,35 +282,50 @@ def _note_table(score, config: PianoRollFeatures) -> tuple[dict, dict]:
             "velocity": velocity, "frames": n_frames}, info
 
 
-def _paint(notes: dict, config: PianoRollFeatures) -> np.ndarray:
-    """Paint the note table into a ``(frames, channels, bins)`` roll, squeezed to one channel."""
+def _paint(notes: dict, config: PianoRollFeatures, float16: bool = False) -> np.ndarray:
+    """Paint the note table into a ``(frames, channels, bins)`` roll, squeezed to one channel.
+
+    Float32, or with ``float16`` (unless notes add up) float16 painted directly: each note
+    paints the bit pattern of its float16 value, and the loudest still wins because positive
+    float16 numbers are ordered like their bit patterns.
+    """
     channels, bins = config.channels, config.bins
     start, end = notes["start"], notes["end"]
     n_frames = notes["frames"]
     velocity = config.values == "velocity"
     value = notes["velocity"] if velocity else np.ones_like(notes["velocity"])
     summing = velocity and config.overlap == "sum"
+    scale = np.float32(1 / 127) if velocity else np.float32(1)
+    float16 = float16 and not summing
+    cell = np.int32 if summing else np.uint16 if float16 else np.uint8
+    if float16:                                 # the float16 bits of float32(value) * scale
+        value = (np.arange(256, dtype=np.float32) * scale).astype(np.float16).view(np.uint16)[value]
     row = notes["channel"] * bins + notes["pitch"]          # offset of (channel, pitch) in a frame
     n_cells = n_frames * channels * bins
-    n_levels = 1 if summing or not velocity else int(np.count_nonzero(np.bincount(value, minlength=128)))
+    n_levels = 1 if summing or not velocity else int(np.count_nonzero(np.bincount(value)))
     # Painting note by note costs ~7 ns per (note, frame); by levels ~20 ns per (level, cell).
     # Take the cheaper, so that notes piled on notes (a million-note file) stay bounded by the roll.
     if int((end - start).sum()) <= 2 * n_levels * n_cells + _CHUNK_CELLS:
-        grid = _paint_notes(start, end, row, value, n_cells, channels * bins, summing)
+        grid = _paint_notes(start, end, row, value, n_cells, channels * bins, cell)
     else:
-        grid = _paint_levels(start, end, row, value, n_frames, channels * bins, summing)
-    roll = grid.astype(np.float32).reshape(n_frames, channels, bins)
-    scale = np.float32(1 / 127) if velocity else np.float32(1)
-    if velocity:
-        roll *= scale
+        grid = _paint_levels(start, end, row, value, n_frames, channels * bins, cell)
+    grid = grid.reshape(n_frames, channels, bins)
     if config.onsets and len(start):
-        np.maximum.at(roll[:, channels - 1], (start, notes["pitch"]), value.astype(np.float32) * scale)
+        np.maximum.at(grid[:, channels - 1], (start, notes["pitch"]), value.astype(cell))
+    if float16:
+        roll = grid.view(np.float16)
+    else:
+        roll = grid.astype(np.float32)
+        if velocity:
+            roll *= scale
     return roll[:, 0] if channels == 1 else roll
 
 
-def _paint_notes(start, end, row, value, n_cells, frame_cells, summing) -> np.ndarray:
-    """Write every (frame, row) cell of every note: fast when notes overlap little."""
-    grid = np.zeros(n_cells, np.int32 if summing else np.uint8)
+def _paint_notes(start, end, row, value, n_cells, frame_cells, cell) -> np.ndarray:
+    """Write every (frame, row) cell of every note: fast when notes overlap little. Cells of
+    dtype ``cell`` add values up when it is int32, else keep the largest."""
+    summing = cell == np.int32
+    grid = np.zeros(n_cells, cell)
     length = end - start
     index = np.int32 if n_cells < 2**31 else np.int64
     # cell of step k (counted over the whole chunk) of note j: base_j + (k - first_j) * frame_cells
@@ -311,22 +341,23 @@ def _paint_notes(start, end, row, value, n_cells, frame_cells, summing) -> np.nd
         if summing:
             np.add.at(grid, cells, np.repeat(value[a:b].astype(np.int32), ln))
         else:
-            np.maximum.at(grid, cells, np.repeat(value[a:b].astype(np.uint8), ln))
+            np.maximum.at(grid, cells, np.repeat(value[a:b].astype(cell), ln))
     return grid
 
 
-def _paint_levels(start, end, row, value, n_frames, frame_cells, summing) -> np.ndarray:
+def _paint_levels(start, end, row, value, n_frames, frame_cells, cell) -> np.ndarray:
     """The same roll from running sums of note starts (+1) and ends (-1): with the notes of each
     value added loudest first, a cell takes the first value that covers it. Costs
     O(notes + values x cells), whatever the number and length of the notes."""
     delta = np.zeros((n_frames + 1) * frame_cells, np.int32)
     on, off = start * frame_cells + row, end * frame_cells + row
-    if summing:
+    if cell == np.int32:
         np.add.at(delta, on, value.astype(np.int32))
         np.add.at(delta, off, -value.astype(np.int32))
         return np.cumsum(delta.reshape(n_frames + 1, frame_cells), axis=0)[:-1].reshape(-1)
-    grid = np.zeros((n_frames, frame_cells), np.uint8)
+    grid = np.zeros((n_frames, frame_cells), cell)
     cover = np.empty((n_frames + 1, frame_cells), np.int32)
+    value = value.astype(np.int64)
     order = np.argsort(-value, kind="stable")
     levels, first = np.unique(-value[order], return_index=True)
     for level, group in zip(-levels, np.split(order, first[1:])):

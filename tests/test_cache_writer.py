@@ -4,7 +4,7 @@ import json
 import numpy as np
 
 from data_prep import CacheWriter, PianoRollFeatures, open_cache
-from data_prep.cache import item_sums
+from data_prep.cache import _float16_as_float64, item_sums
 
 CFG = PianoRollFeatures(fs=10, pitch_range="piano", onsets=True)      # feature shape (2, 88)
 
@@ -45,14 +45,22 @@ def test_stats_are_the_train_frames_mean_and_std(tmp_path):
     np.testing.assert_allclose(std, train.std(0), rtol=1e-6)
 
 
-def test_item_sums_are_exact_for_every_float16_value():
+def test_float16_values_are_read_exactly():
+    bits = np.arange(2**16, dtype=np.uint16)
+    expected = bits.view(np.float16).astype(np.float64)
+    for some in (bits, bits[:0x7C00]):                   # all patterns; the positive finite ones
+        got = _float16_as_float64(some, np.empty(len(some), np.float64))
+        np.testing.assert_array_equal(got, expected[:len(some)])
+
+
+def test_item_sums_of_every_float16_value():
     values = np.arange(2**16, dtype=np.uint16).view(np.float16)
-    values = values[np.isfinite(values)]
-    values = values[:len(values) // 4 * 4].reshape(-1, 2, 2)          # (frames, 2, 2), +-0 to 65504
-    total, total_sq = item_sums(values)
-    exact = values.astype(np.float64)
-    np.testing.assert_allclose(total, exact.sum(0), atol=1e-12 * np.abs(exact).sum(0).max())
-    np.testing.assert_allclose(total_sq, np.square(exact).sum(0), rtol=1e-12)
+    for values in (values[np.isfinite(values)], values[:0x7C00]):      # +-0 to 65504; 0 to 65504
+        values = values[:len(values) // 4 * 4].reshape(-1, 2, 2)          # (frames, 2, 2)
+        total, total_sq = item_sums(values)
+        exact = values.astype(np.float64)
+        np.testing.assert_allclose(total, exact.sum(0), atol=1e-12 * np.abs(exact).sum(0).max())
+        np.testing.assert_allclose(total_sq, np.square(exact).sum(0), rtol=1e-12)
     assert item_sums(values.astype(np.float32))[0].shape == (2, 2)
 
 
