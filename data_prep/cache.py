@@ -64,19 +64,25 @@ def item_sums(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-bin sum and sum of squares over the frames of ``features`` as the cache stores them
     (float16 values), for the train statistics: two float64 arrays of ``features.shape[1:]``.
 
-    It reads every value once, in float64 blocks of up to 1 MiB, without NumPy's float16
-    conversion (one value at a time: 16 ms for a 4-minute piano roll, against 4 ms here).
+    It reads the values in float64 blocks of up to 1 MiB without NumPy's float16 conversion
+    (one value at a time: 16 ms for a 4-minute piano roll, against 2-4 ms here), and skips the
+    bins at either end that are 0 in every frame (a song uses a few octaves of 128 pitches).
     """
     x = np.ascontiguousarray(features, dtype=np.float16)
     bits = x.reshape(len(x), int(np.prod(x.shape[1:]))).view(np.uint16)
     total = np.zeros(bits.shape[1], np.float64)
     total_sq = np.zeros(bits.shape[1], np.float64)
-    rows = max(1, 2**17 // max(1, bits.shape[1]))
-    block = np.empty((min(rows, len(bits)), bits.shape[1]), np.float64)
-    for i in range(0, len(bits), rows):
-        values = _float16_as_float64(bits[i:i + rows], block[:len(bits[i:i + rows])])
-        total += np.add.reduce(values, axis=0)
-        total_sq += np.einsum("ij,ij->j", values, values)
+    largest = np.maximum.reduce(bits, axis=0) if len(bits) else np.zeros(bits.shape[1], np.uint16)
+    used = np.flatnonzero(largest)                      # bins with a value other than +0
+    if len(used):
+        lo, hi = used[0], used[-1] + 1
+        positive = largest.max() < 0x7C00               # all positive and finite
+        rows = max(1, 2**17 // (hi - lo))
+        block = np.empty((min(rows, len(bits)), hi - lo), np.float64)
+        for i in range(0, len(bits), rows):
+            values = _float16_as_float64(bits[i:i + rows, lo:hi], block[:len(bits[i:i + rows])], positive)
+            total[lo:hi] += np.add.reduce(values, axis=0)
+            total_sq[lo:hi] += np.einsum("ij,ij->j", values, values)
     return total.reshape(x.shape[1:]), total_sq.reshape(x.shape[1:])
 
 
@@ -84,14 +90,14 @@ with np.errstate(invalid="ignore"):                      # the NaN patterns stay
     _FLOAT16_VALUES = np.arange(2**16, dtype=np.uint16).view(np.float16).astype(np.float64)
 
 
-def _float16_as_float64(bits: np.ndarray, out: np.ndarray) -> np.ndarray:
+def _float16_as_float64(bits: np.ndarray, out: np.ndarray, positive: bool) -> np.ndarray:
     """The values of float16 bit patterns (``bits``, uint16), exactly, written to ``out`` (float64).
 
-    When all are positive and finite (piano rolls, power spectra) three fast passes do it: the
-    15 bits of exponent and mantissa, shifted into a float64's, are the value times 2**-1008.
+    When all are ``positive`` and finite (piano rolls, power spectra) three fast passes do it:
+    the 15 bits of exponent and mantissa, shifted into a float64's, are the value times 2**-1008.
     Otherwise they are looked up in a table of all 65,536 values.
     """
-    if bits.size and bits.max() < 0x7C00:
+    if positive:
         as_int = out.view(np.uint64)
         np.copyto(as_int, bits)
         np.left_shift(as_int, 42, out=as_int)

@@ -48,8 +48,8 @@ def test_stats_are_the_train_frames_mean_and_std(tmp_path):
 def test_float16_values_are_read_exactly():
     bits = np.arange(2**16, dtype=np.uint16)
     expected = bits.view(np.float16).astype(np.float64)
-    for some in (bits, bits[:0x7C00]):                   # all patterns; the positive finite ones
-        got = _float16_as_float64(some, np.empty(len(some), np.float64))
+    for some, positive in ((bits, False), (bits[:0x7C00], True)):      # all; positive finite ones
+        got = _float16_as_float64(some, np.empty(len(some), np.float64), positive)
         np.testing.assert_array_equal(got, expected[:len(some)])
 
 
@@ -62,6 +62,12 @@ def test_item_sums_of_every_float16_value():
         np.testing.assert_allclose(total, exact.sum(0), atol=1e-12 * np.abs(exact).sum(0).max())
         np.testing.assert_allclose(total_sq, np.square(exact).sum(0), rtol=1e-12)
     assert item_sums(values.astype(np.float32))[0].shape == (2, 2)
+    sparse = np.zeros((50, 10), np.float16)                # bins never used, at the ends too
+    sparse[:, 3], sparse[::7, 6], sparse[1, 8] = 0.5, -2, -0.0
+    total, total_sq = item_sums(sparse)
+    assert np.array_equal(total, sparse.astype(np.float64).sum(0))
+    assert np.array_equal(total_sq, np.square(sparse.astype(np.float64)).sum(0))
+    assert not item_sums(np.zeros((0, 3), np.float16))[0].any()
 
 
 def test_resuming_shards_written_without_sums(tmp_path):
