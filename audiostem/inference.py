@@ -53,7 +53,10 @@ def load_classifier(path: Union[str, Path], device: Union[str, torch.device] = "
                         stem_overrides=dict(m["stem_args"]), dropout=m["dropout"])
     state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     model.load_state_dict(state)
-    return model.to(device).eval(), info
+    model = model.to(device).eval()
+    if m.get("channels_last") is True or (m.get("channels_last") == "auto" and torch.device(device).type == "cpu"):
+        model = model.to(memory_format=torch.channels_last)     # convs then run NHWC whatever the input
+    return model, info
 
 
 def stats_of(info: dict) -> dict[str, torch.Tensor]:

@@ -133,7 +133,7 @@ class Model(_Strict):
     body: Union[str, dict[str, Any]] = "narrow"
     head: str = "avg"
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    channels_last: bool = False
+    channels_last: Union[bool, Literal["auto"]] = "auto"
 
 
 # --- training ---------------------------------------------------------------------------------

@@ -63,8 +63,7 @@ class ClassifierTask(pl.LightningModule):
         self.model = build_model(stem=m["stem"], body=m["body"], num_classes=len(classes),
                                  in_channels=in_channels, head=m["head"],
                                  stem_overrides=dict(m["stem_args"]), dropout=m["dropout"])
-        if m["channels_last"]:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.channels_last = m["channels_last"] is True
         self.train_cfg, self.mixup_cfg = t, recipe["augment"]["mixup"]
         self.seed = recipe["seed"]
         self.input_shape = (in_channels, bins, recipe["data"]["crop_frames"])
@@ -75,9 +74,16 @@ class ClassifierTask(pl.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(batch, C, F, T) -> (batch, num_classes)`` logits."""
-        if self.recipe["model"]["channels_last"]:
+        if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.model(x)
+
+    def setup(self, stage: str) -> None:
+        # channels_last "auto": on for CPU training, where it measured 1.2x faster (docs/training.md)
+        if self.recipe["model"]["channels_last"] == "auto":
+            self.channels_last = self.trainer.strategy.root_device.type == "cpu"
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
 
     # -- training ------------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
@@ -100,7 +106,7 @@ class ClassifierTask(pl.LightningModule):
             loss = torch.sum(-target * F.log_softmax(self(x).float(), dim=1), dim=1).mean()
         else:
             loss = F.cross_entropy(self(x).float(), y, label_smoothing=smoothing)
-        self._loss_sum += float(loss.detach()) * len(x)
+        self._loss_sum = self._loss_sum + loss.detach() * len(x)    # a tensor: no device sync per step
         self._loss_n += len(x)
         self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(x))
         return loss
@@ -108,7 +114,7 @@ class ClassifierTask(pl.LightningModule):
     @property
     def epoch_train_loss(self) -> float:
         """Mean training loss over this rank's examples of the current epoch."""
-        return self._loss_sum / max(self._loss_n, 1)
+        return float(self._loss_sum) / max(self._loss_n, 1)
 
     def configure_optimizers(self) -> Any:
         t = self.train_cfg
