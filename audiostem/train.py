@@ -84,6 +84,12 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [f"{prefix[:-1]}: {a!r} -> {b!r}"]
 
 
+def recipe_changes(old: dict, new: dict) -> list[str]:
+    """``field: old -> new`` for every field that differs between two resolved recipes, ignoring
+    the runtime fields (``trainer``, ``data.num_workers``, ``out_dir``) that may change on resume."""
+    return _diff(_comparable(old), _comparable(new))
+
+
 def prepare_run_folder(recipe: Recipe, restart: bool = False) -> Path:
     """Create ``out_dir`` and write ``recipe.yaml``; refuse a folder that holds a run of another
     recipe (resuming must not mix two experiments), or wipe it with ``restart``."""
@@ -96,8 +102,7 @@ def prepare_run_folder(recipe: Recipe, restart: bool = False) -> Path:
         for fold_dir in out.glob("fold_*"):
             shutil.rmtree(fold_dir)
     if stored.exists():
-        old = yaml.safe_load(stored.read_text())
-        diff = _diff(_comparable(old), _comparable(recipe.to_dict()))
+        diff = recipe_changes(yaml.safe_load(stored.read_text()), recipe.to_dict())
         if diff:
             raise RecipeError(f"out_dir: {out} holds a run of a different recipe ({'; '.join(diff[:5])}); "
                               "choose another out_dir, or pass --restart to discard that run")

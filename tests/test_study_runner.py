@@ -205,3 +205,26 @@ def test_a_dataset_whose_cache_cannot_be_built_does_not_stop_the_others(tmp_path
     err = capsys.readouterr().err
     assert "1 trained, 0 already finished, 1 failed: two/deep3/seed0" in err
     assert (tmp_path / "out/runs/one/deep3/seed0/metrics.json").exists()
+
+
+def test_a_partial_cell_whose_recipe_changed_restarts(tmp_path):
+    """A code change that alters a resolved default (channels_last false -> 'auto', say) must not
+    leave a partial cell refused forever: the runner restarts it; an unchanged one resumes."""
+    from audiostem.recipe import dump_recipe, load_recipe
+    from audiostem.study import runner
+    path = write_study(tmp_path, train_command=None, seeds=1, stems=["deep3"],
+                       datasets=[{"name": "digits", "recipe": str(REPO / "recipes/espeak_digits.yaml")}])
+    study = load_study(path)
+    cell = expand(study)[0]
+    assert runner.stale_changes(study, cell) == []                   # pending: nothing stored
+    cell.out_dir.mkdir(parents=True)
+    now = load_recipe(cell.recipe, [*cell.overrides, f"out_dir={cell.out_dir}"])
+    (cell.out_dir / "recipe.yaml").write_text(dump_recipe(now))
+    assert runner.stale_changes(study, cell) == []                   # partial, same recipe: resume
+    old = yaml.safe_load(dump_recipe(now))
+    old["model"]["channels_last"] = False
+    old["trainer"]["devices"] = 2                                    # runtime fields do not count
+    (cell.out_dir / "recipe.yaml").write_text(yaml.safe_dump(old))
+    assert runner.stale_changes(study, cell) == ["model.channels_last: False -> 'auto'"]
+    (cell.out_dir / "metrics.json").write_text("{}")
+    assert runner.stale_changes(study, cell) == []                   # finished cells are kept

@@ -140,14 +140,38 @@ def _env(jobs: int) -> dict:
     return env
 
 
+def stale_changes(study: Study, cell: Cell) -> list[str]:
+    """How the recipe stored in a partial cell's folder differs from what the cell would run now
+    (after a code change altered a recipe default, say); empty when it would resume as is. Such a
+    cell restarts from scratch: resuming must not mix two recipes. Finished cells are kept."""
+    stored = cell.out_dir / "recipe.yaml"
+    if study.train_command is not None or is_finished(cell) or not stored.is_file():
+        return []
+    import yaml
+
+    from ..recipe import load_recipe
+    from ..train import recipe_changes
+    try:
+        now = load_recipe(cell.recipe, [*cell.overrides, f"out_dir={cell.out_dir.resolve()}"])
+    except ValueError:
+        return []            # the train command reports a bad recipe itself
+    return recipe_changes(yaml.safe_load(stored.read_text()), now.to_dict())
+
+
 def run_cell(study: Study, cell: Cell, env: Optional[dict] = None) -> tuple[bool, float]:
     """Run one cell's training in a subprocess, appending its output to the cell's log.
+    A partial cell resumes, or restarts when its recipe changed since (``stale_changes``).
     Returns ``(finished, seconds, exit status)``; finished means the run wrote ``metrics.json``."""
     log = log_path(study, cell)
     log.parent.mkdir(parents=True, exist_ok=True)
     argv = train_command(study, cell)
+    changes = stale_changes(study, cell)
+    if changes:
+        argv.append("--restart")
     start = time.time()
     with open(log, "a") as fh:
+        if changes:
+            fh.write(f"\n=== the recipe changed since this partial run ({'; '.join(changes[:5])}): restarting it\n")
         fh.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {status(cell)}: {shlex.join(argv)}\n")
         fh.flush()
         rc = subprocess.run(argv, stdout=fh, stderr=subprocess.STDOUT, env=env).returncode
