@@ -236,10 +236,19 @@ def fit_run(recipe: Recipe, cache, split: dict, run_dir: Path, callbacks: Sequen
         "total_flops": model_flops(task.model, task.input_shape),
         "classes": cache.classes, "seed": recipe.seed, "fold": fold,
         "input_shape": list(task.input_shape), "cache": str(cache.path),
-        "checkpoint": str(best),
+        "checkpoint": str(best), "device": _device_name(trainer),
     }
     write_json(run_dir / "metrics.json", metrics)
     return metrics
+
+
+def _device_name(trainer) -> str:
+    """What trained the model, for comparing throughput: ``cpu (2 threads)``, ``cuda: NVIDIA H200``."""
+    import torch
+    device = trainer.strategy.root_device
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    return f"{device.type} ({torch.get_num_threads()} threads)"
 
 
 # --- cross-validation ---------------------------------------------------------------------------
@@ -309,7 +318,8 @@ def pool_folds(out: Path, fold_dirs: list[Path], fold_metrics: list[dict], class
         "epochs_run": _mean([m["epochs_run"] for m in fold_metrics]),
         "train_seconds": round(sum(m["train_seconds"] for m in fold_metrics), 3),
         "train_samples_per_second": round(_mean([m["train_samples_per_second"] for m in fold_metrics]), 2),
-        **{k: first[k] for k in ("params", "stem", "total_flops", "classes", "seed", "input_shape", "cache")},
+        **{k: first.get(k) for k in ("params", "stem", "total_flops", "classes", "seed", "input_shape", "cache",
+                                     "device")},
         "checkpoint": str(out / "checkpoints" / "best.ckpt"),
     }
 

@@ -28,7 +28,7 @@ def make_run(out: Path, ids, correct, seed, *, params=1000, stem_flops=5e6, fold
         for row in zip(ids, labels, preds, correct):
             w.writerow([*row[:3], int(row[3]), fold, 0.5, 0.5])
     (out / "history.csv").write_text("epoch,train_loss,val_loss,val_accuracy,val_macro_f1,lr,seconds\n" + "".join(
-        f"{e},1,1,{0.5 + 0.1 * e},0.5,0.001,2\n" for e in range(3)))
+        f"{e},1,1,{0.5 + 0.1 * e},0.5,0.001,2\n" for e in range(4)))
     if checkpoint is not None:
         (out / "checkpoints").mkdir()
         torch.save({"state_dict": checkpoint, "epoch": 2}, out / "checkpoints" / "best.ckpt")
@@ -131,7 +131,9 @@ def test_report_markdown(study):
     assert "| **deep3** | 3 | 60.5 [" in md
     assert "| wider | 3 | 75.5 [74.3, 76.7] | 75.5 [" in md and "| 2 / 3 | +15.0 [" in md
     assert "better: wider (+15.0)" in md and "indistinguishable: same (+0.0), partial (+1.0)" in md
-    assert "**Convergence:** 100% of the runs" in md
+    assert "**Convergence:** validation accuracy rose 10.0 points over the last quarter" in md
+    assert "100% of the runs had their best validation epoch in the last 10%" in md
+    assert "**Trained on:** device not recorded (" in md
     assert "a/partial/seed1" in md and "a/partial/seed2" in md
     assert "**Power:** with 3 seeds x 200 test items" in md
     for png in ("accuracy_vs_flops", "accuracy_per_stem", "validation_curves", "filters_a"):

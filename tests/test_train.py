@@ -82,7 +82,7 @@ def test_the_run_folder_holds_the_contract(base):
     assert m["epochs_run"] == 3 and 1 <= m["best_epoch"] <= 3
     assert m["params"] > 0 and m["total_flops"] > m["stem"]["flops"] > 0
     assert m["stem"]["stride"] == [4, 4] and m["classes"] == base["classes"] and m["seed"] == 3
-    assert m["train_seconds"] > 0 and m["train_samples_per_second"] > 0
+    assert m["train_seconds"] > 0 and m["train_samples_per_second"] > 0 and m["device"].startswith("cpu (")
     assert m["test"]["accuracy"] >= 0.5            # the synthetic classes are easy
     printed = base["printed"]
     assert "test accuracy" in printed and "macro-F1" in printed

@@ -124,6 +124,8 @@ def summarize(reps: list[Replicate]) -> dict:
         "train_minutes": _mean(sum(x.get("train_seconds", 0) for x in r.metrics) / 60 for r in reps),
         "epochs": _mean(x.get("epochs_run") for x in folds),
         "late_best": _mean(float(_late(x)) for x in folds if _late(x) is not None),
+        "late_gain": _mean(_late_gain(r.history) for r in reps),
+        "devices": [r.metrics[0].get("device") or "device not recorded" for r in reps],
         "best_epoch": _mean(x.get("best_epoch") for x in folds),
     }
 
@@ -134,6 +136,15 @@ def _late(metrics: dict) -> Optional[bool]:
     if best is None or not run:
         return None
     return best >= run - 1 - max(1.0, 0.1 * run)
+
+
+def _late_gain(history: list[dict]) -> Optional[float]:
+    """How much validation accuracy rose over the last quarter of a run's epochs (last epoch
+    minus the epoch at 75%): near 0 when it had plateaued. None without a validation curve."""
+    acc = [h["val_accuracy"] for h in history if not math.isnan(h.get("val_accuracy", math.nan))]
+    if len(acc) < 4:
+        return None
+    return acc[-1] - acc[int(0.75 * len(acc)) - 1]
 
 
 def paired_arrays(a: list[Replicate], b: list[Replicate]) -> tuple[np.ndarray, np.ndarray, list[int]]:

@@ -19,7 +19,7 @@ from .stats import projected_variance
 CSV_FIELDS = ["dataset", "variant", "baseline", "n_seeds", "n_items", "acc_mean", "acc_low", "acc_high",
               "acc_std", "f1_mean", "f1_low", "f1_high", "f1_std", "params", "stem_params", "stem_flops",
               "total_flops", "receptive_field", "stride", "samples_per_s", "train_minutes", "epochs",
-              "best_epoch", "late_best", "diff", "diff_low", "diff_high", "se", "df", "p", "p_holm", "p_boot", "boot_low",
+              "best_epoch", "late_best", "late_gain", "diff", "diff_low", "diff_high", "se", "df", "p", "p_holm", "p_boot", "boot_low",
               "boot_high", "p_mcnemar",
               "n10", "n01", "mde", "paired_seeds", "paired_items", "verdict", "seed_accs"]
 
@@ -112,9 +112,13 @@ def _summary(name: str, rows: list[dict], components: list[dict], study: Study) 
         out.append("**Caution:** with one seed per stem the run-to-run variation is invisible to the test; "
                    "no stem is called better or worse.")
     late = [r["late_best"] for r in rows if r["n_seeds"] and not math.isnan(r["late_best"])]
-    if late and statistics.mean(late) > 0.25:
-        out.append(f"**Convergence:** {statistics.mean(late):.0%} of the runs had their best validation epoch in "
-                   f"the last 10% of training: models may still be improving (see the validation curves).")
+    gains = [r["late_gain"] for r in rows if r["n_seeds"] and not math.isnan(r["late_gain"])]
+    if gains:
+        out.append(f"**Convergence:** validation accuracy rose {_pct(statistics.median(gains))} points over the "
+                   f"last quarter of the epochs (median over stems; range {_pct(min(gains))} to "
+                   f"{_pct(max(gains))}), and {statistics.mean(late):.0%} of the runs had their best validation "
+                   f"epoch in the last 10%. A decaying schedule gains most at its end, so only a longer schedule "
+                   f"tells whether the models were still improving (see the validation curves).")
     base = [r for r in rows if r["variant"] == study.baseline and r["n_seeds"]]
     if base and n:
         b = base[0]
@@ -123,6 +127,13 @@ def _summary(name: str, rows: list[dict], components: list[dict], study: Study) 
                    f"seeds; the item sampling error of one run on {n} items is {_pct(sampling)} points; "
                    f"the median |Δ| between a stem and the baseline is "
                    f"{_pct(statistics.median(abs(r['diff']) for r in compared))} points.")
+    devices: dict[str, int] = {}
+    for r in rows:
+        for d in r.get("devices", []):
+            devices[d] = devices.get(d, 0) + 1
+    if devices:
+        out.append("**Trained on:** " + ", ".join(f"{d} ({k} runs)" for d, k in sorted(devices.items()))
+                   + " (samples/s compare only within one device).")
     return out
 
 
