@@ -253,15 +253,17 @@ def mel_spectrogram(waveform: Array, sample_rate: int = 22050, n_fft: int = 2048
 
 
 # -- decibels ---------------------------------------------------------------------------------
-def _db(s: torch.Tensor, ref: Ref, amin: float, top_db: Union[float, None]) -> torch.Tensor:
+def _ref_value(s: torch.Tensor, ref: Ref) -> float:
+    """The reference of a dB conversion: a number, ``"max"`` (of ``s``) or a callable of ``s``."""
     if isinstance(ref, str):
         if ref != "max":
             raise ValueError(f"ref must be a number, 'max' or a callable, got {ref!r}")
-        ref_value = s.max().item() if s.numel() else 1.0
-    elif callable(ref):
-        ref_value = float(ref(s))
-    else:
-        ref_value = float(ref)
+        return s.max().item() if s.numel() else 1.0
+    return float(ref(s)) if callable(ref) else float(ref)
+
+
+def _db(s: torch.Tensor, ref: Ref, amin: float, top_db: Union[float, None]) -> torch.Tensor:
+    ref_value = _ref_value(s, ref)
     db = torch.log10(s.clamp(min=amin)).mul_(10.0)
     db -= 10.0 * math.log10(max(amin, abs(ref_value)))
     if top_db is not None:
@@ -290,15 +292,7 @@ def amplitude_to_db(S: Array, ref: Ref = 1.0, amin: float = 1e-5,
     """Magnitude to decibels, as ``librosa.amplitude_to_db``: ``power_to_db(S**2, ref**2, amin**2)``."""
     s, was_numpy = _tensor(S)
     s = s.abs()
-    if isinstance(ref, str):
-        if ref != "max":
-            raise ValueError(f"ref must be a number, 'max' or a callable, got {ref!r}")
-        ref_value = s.max().item() if s.numel() else 1.0
-    elif callable(ref):
-        ref_value = float(ref(s))
-    else:
-        ref_value = float(ref)
-    return _out(_db(s.square(), ref_value ** 2, amin ** 2, top_db), was_numpy)
+    return _out(_db(s.square(), _ref_value(s, ref) ** 2, amin ** 2, top_db), was_numpy)
 
 
 def _log(mel: torch.Tensor, ref: Ref, amin: float, top_db: Union[float, None],
