@@ -228,3 +228,14 @@ def test_a_partial_cell_whose_recipe_changed_restarts(tmp_path):
     assert runner.stale_changes(study, cell) == ["model.channels_last: False -> 'auto'"]
     (cell.out_dir / "metrics.json").write_text("{}")
     assert runner.stale_changes(study, cell) == []                   # finished cells are kept
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "studies").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_study_file_loads_and_its_recipes_validate(path):
+    """The study files in studies/ as shipped: valid, and every variant's recipe valid (one seed)."""
+    from audiostem.study.runner import check_cell
+    study = load_study(path)
+    cells = expand(study)
+    assert cells and len({c.name for c in cells}) == len(cells)
+    first_seed = [c for c in cells if c.seed == study.seeds[0] and c.fold in (None, cells[0].fold)]
+    assert [check_cell(study, c) for c in first_seed] == [None] * len(first_seed)
