@@ -248,7 +248,8 @@ def _device_name(trainer) -> str:
     device = trainer.strategy.root_device
     if device.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(device)}"
-    return f"{device.type} ({torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"{device.type} ({threads} thread{'s' if threads != 1 else ''})"
 
 
 # --- cross-validation ---------------------------------------------------------------------------

@@ -131,7 +131,8 @@ def test_report_markdown(study):
     assert "| **deep3** | 3 | 60.5 [" in md
     assert "| wider | 3 | 75.5 [74.3, 76.7] | 75.5 [" in md and "| 2 / 3 | +15.0 [" in md
     assert "better: wider (+15.0)" in md and "indistinguishable: same (+0.0), partial (+1.0)" in md
-    assert "**Convergence:** validation accuracy rose 10.0 points over the last quarter" in md
+    assert "**Convergence:** validation accuracy changed by +10.0 points over the last quarter" in md
+    assert "only a longer schedule tells" in md
     assert "100% of the runs had their best validation epoch in the last 10%" in md
     assert "**Trained on:** device not recorded (" in md
     assert "a/partial/seed1" in md and "a/partial/seed2" in md

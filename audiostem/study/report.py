@@ -27,7 +27,8 @@ CSV_FIELDS = ["dataset", "variant", "baseline", "n_seeds", "n_items", "acc_mean"
 def _pct(x: Optional[float], digits: int = 1, sign: bool = False) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "–"
-    return f"{100 * x:{'+' if sign else ''}.{digits}f}"
+    value = 100 * x if round(100 * x, digits) else 0.0      # no "-0.0"
+    return f"{value:{'+' if sign else ''}.{digits}f}"
 
 
 def _ci(mean: float, low: float, high: float, sign: bool = False) -> str:
@@ -114,11 +115,14 @@ def _summary(name: str, rows: list[dict], components: list[dict], study: Study) 
     late = [r["late_best"] for r in rows if r["n_seeds"] and not math.isnan(r["late_best"])]
     gains = [r["late_gain"] for r in rows if r["n_seeds"] and not math.isnan(r["late_gain"])]
     if gains:
-        out.append(f"**Convergence:** validation accuracy rose {_pct(statistics.median(gains))} points over the "
-                   f"last quarter of the epochs (median over stems; range {_pct(min(gains))} to "
-                   f"{_pct(max(gains))}), and {statistics.mean(late):.0%} of the runs had their best validation "
-                   f"epoch in the last 10%. A decaying schedule gains most at its end, so only a longer schedule "
-                   f"tells whether the models were still improving (see the validation curves).")
+        gain = statistics.median(gains)
+        change = (f"validation accuracy changed by {_pct(gain, sign=True)} points over the last quarter of the "
+                  f"epochs (median over stems; range {_pct(min(gains), sign=True)} to {_pct(max(gains), sign=True)}), "
+                  f"and {statistics.mean(late):.0%} of the runs had their best validation epoch in the last 10%")
+        out.append(f"**Convergence:** {change}: " + (
+            "the runs had plateaued." if gain < 0.01 else
+            "a decaying schedule gains most at its end, so only a longer schedule tells whether the models "
+            "were still improving (see the validation curves)."))
     base = [r for r in rows if r["variant"] == study.baseline and r["n_seeds"]]
     if base and n:
         b = base[0]
@@ -130,6 +134,7 @@ def _summary(name: str, rows: list[dict], components: list[dict], study: Study) 
     devices: dict[str, int] = {}
     for r in rows:
         for d in r.get("devices", []):
+            d = d.split(" (")[0]                   # "cpu (2 threads)" -> "cpu"
             devices[d] = devices.get(d, 0) + 1
     if devices:
         out.append("**Trained on:** " + ", ".join(f"{d} ({k} runs)" for d, k in sorted(devices.items()))
