@@ -3,6 +3,7 @@ skip / resume / retry / prune logic (with a fake train command), plus one real s
 import csv
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -239,3 +240,22 @@ def test_every_shipped_study_file_loads_and_its_recipes_validate(path):
     assert cells and len({c.name for c in cells}) == len(cells)
     first_seed = [c for c in cells if c.seed == study.seeds[0] and c.fold in (None, cells[0].fold)]
     assert [check_cell(study, c) for c in first_seed] == [None] * len(first_seed)
+
+
+def test_export_keeps_finished_cells_that_a_new_out_dir_then_skips(tmp_path, capsys):
+    path = write_study(tmp_path, seeds=1, stems=["deep3"], datasets=[
+        {"name": "one", "recipe": str(tmp_path / "recipe.yaml")},
+        {"name": "two", "recipe": str(tmp_path / "recipe.yaml"), "overrides": {"fake.fail": "always"}}])
+    assert main([str(path), "--retries", "0"]) == 1
+    assert main(["export", str(path), str(tmp_path / "kept")]) == 0
+    assert "exported 1 finished cells" in capsys.readouterr().out
+    kept = tmp_path / "kept/one/deep3/seed0"
+    assert sorted(p.name for p in kept.iterdir()) == ["history.csv", "metrics.json", "predictions_test.csv"]
+    assert not (tmp_path / "kept/two").exists() and not list((tmp_path / "kept").rglob("*.ckpt"))
+    # a fresh out_dir with the exported cells copied in: the runner skips them
+    data = yaml.safe_load(path.read_text())
+    data["out_dir"] = str(tmp_path / "elsewhere")
+    path.write_text(yaml.safe_dump(data))
+    shutil.copytree(tmp_path / "kept", tmp_path / "elsewhere/runs")
+    assert main([str(path), "--retries", "0", "--cells", "one/*"]) == 0
+    assert "1 cells: 1 finished, 0 to run" in capsys.readouterr().err

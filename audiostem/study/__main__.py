@@ -4,6 +4,7 @@
     python -m audiostem.study STUDY.yaml --plan [FILE] [--raw] [--all]
     python -m audiostem.study STUDY.yaml --dry-run
     python -m audiostem.study report STUDY.yaml [--bootstrap N]
+    python -m audiostem.study export STUDY.yaml DEST [--cells GLOB ...]
 """
 from __future__ import annotations
 
@@ -15,13 +16,14 @@ from typing import Optional, Sequence
 from data_prep import CacheError
 
 from .grid import StudyError, expand, load_study
-from .runner import describe, is_finished, prepare_caches, run_study, select, write_plan
+from .runner import describe, export_cells, is_finished, prepare_caches, run_study, select, write_plan
 
 EPILOG = """examples:
   python -m audiostem.study studies/smoke.yaml --jobs 2      train every unfinished cell
   python -m audiostem.study studies/stem_study.yaml --plan cells.txt   one command per cell
   parallel -j 4 < cells.txt                                 ... run them anywhere
   python -m audiostem.study report studies/stem_study.yaml  report.md, results.csv, plots
+  python -m audiostem.study export studies/stem_study.yaml kept/   finished cells' small files
 """
 
 
@@ -36,6 +38,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["report"]:
         return report_main(argv[1:])
+    if argv[:1] == ["export"]:
+        return export_main(argv[1:])
     p = argparse.ArgumentParser(prog="python -m audiostem.study", epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 description="Train the cells of a stem study (datasets x stems x seeds), "
@@ -100,6 +104,26 @@ def report_main(argv: Sequence[str]) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {path}")
+    return 0
+
+
+def export_main(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m audiostem.study export",
+                                description="Copy the small files of the finished cells (metrics, history, "
+                                            "test predictions, recipe; no checkpoints) to DEST, in the layout "
+                                            "of OUT_DIR/runs: to keep a study's results, or to merge cells run "
+                                            "elsewhere (copy them into OUT_DIR/runs and the runner skips them).")
+    p.add_argument("study", help="the study file (YAML)")
+    p.add_argument("dest", help="the folder to copy to")
+    p.add_argument("--cells", nargs="+", metavar="GLOB", help="only cells whose name matches")
+    args = p.parse_args(argv)
+    try:
+        study = load_study(args.study)
+        n = export_cells(study, select(expand(study), args.cells), Path(args.dest))
+    except StudyError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"exported {n} finished cells to {args.dest}")
     return 0
 
 

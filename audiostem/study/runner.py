@@ -10,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import threading
@@ -220,6 +221,28 @@ def run_study(study: Study, cells: list[Cell], jobs: int = 1, retries: int = 1,
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         list(pool.map(work, todo))
     return {"cells": len(cells), "skipped": skipped, "finished": len(done), "failed": unrunnable + failed}
+
+
+SMALL_FILES = ("metrics.json", "history.csv", "predictions_test.csv", "recipe.yaml")
+
+
+def export_cells(study: Study, cells: list[Cell], dest: Path) -> int:
+    """Copy the small files of every finished cell (``SMALL_FILES``: all the report reads, no
+    checkpoints or logs) to ``dest/DATASET/VARIANT/seedK[/...]``, the layout of
+    ``OUT_DIR/runs``; copying them back there later makes the runner skip those cells and the
+    report count them. Returns the number of cells exported."""
+    runs = Path(study.out_dir) / "runs"
+    n = 0
+    for cell in cells:
+        if not is_finished(cell):
+            continue
+        target = Path(dest) / cell.out_dir.relative_to(runs)
+        target.mkdir(parents=True, exist_ok=True)
+        for name in SMALL_FILES:
+            if (cell.out_dir / name).is_file():
+                shutil.copy2(cell.out_dir / name, target / name)
+        n += 1
+    return n
 
 
 def check_cell(study: Study, cell: Cell) -> Optional[str]:
