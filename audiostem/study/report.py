@@ -117,8 +117,9 @@ def _summary(name: str, rows: list[dict], components: list[dict], study: Study) 
     if gains:
         gain = statistics.median(gains)
         change = (f"validation accuracy changed by {_pct(gain, sign=True)} points over the last quarter of the "
-                  f"epochs (median over stems; range {_pct(min(gains), sign=True)} to {_pct(max(gains), sign=True)}), "
-                  f"and {statistics.mean(late):.0%} of the runs had their best validation epoch in the last 10%")
+                  f"epochs (median over stems; range {_pct(min(gains), sign=True)} to {_pct(max(gains), sign=True)})"
+                  + (f", and {statistics.mean(late):.0%} of the runs had their best validation epoch in the last 10%"
+                     if late else ""))
         out.append(f"**Convergence:** {change}: " + (
             "the runs had plateaued." if gain < 0.01 else
             "a decaying schedule gains most at its end, so only a longer schedule tells whether the models "
