@@ -12,7 +12,7 @@ from typing import Iterable, Union
 
 import torch
 
-from .models import build_model
+from .models import build_model, use_channels_last
 
 
 class CheckpointError(ValueError):
@@ -54,7 +54,7 @@ def load_classifier(path: Union[str, Path], device: Union[str, torch.device] = "
     state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     model.load_state_dict(state)
     model = model.to(device).eval()
-    if m.get("channels_last") is True or (m.get("channels_last") == "auto" and torch.device(device).type == "cpu"):
+    if use_channels_last(m.get("channels_last", False), device):
         model = model.to(memory_format=torch.channels_last)     # convs then run NHWC whatever the input
     return model, info
 

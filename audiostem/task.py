@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from . import augment as aug
 from .data import _seed
-from .models import build_model
+from .models import build_model, use_channels_last
 from .report import classification_metrics
 
 
@@ -63,7 +63,7 @@ class ClassifierTask(pl.LightningModule):
         self.model = build_model(stem=m["stem"], body=m["body"], num_classes=len(classes),
                                  in_channels=in_channels, head=m["head"],
                                  stem_overrides=dict(m["stem_args"]), dropout=m["dropout"])
-        self.channels_last = m["channels_last"] is True
+        self.channels_last = m["channels_last"] is True      # "auto" is decided in setup(), on the device
         self.train_cfg, self.mixup_cfg = t, recipe["augment"]["mixup"]
         self.seed = recipe["seed"]
         self.input_shape = (in_channels, bins, recipe["data"]["crop_frames"])
@@ -79,9 +79,8 @@ class ClassifierTask(pl.LightningModule):
         return self.model(x)
 
     def setup(self, stage: str) -> None:
-        # channels_last "auto": on for CPU training, where it measured 1.2x faster (docs/training.md)
-        if self.recipe["model"]["channels_last"] == "auto":
-            self.channels_last = self.trainer.strategy.root_device.type == "cpu"
+        self.channels_last = use_channels_last(self.recipe["model"]["channels_last"],
+                                               self.trainer.strategy.root_device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
 
