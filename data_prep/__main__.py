@@ -15,7 +15,7 @@ import re
 import sys
 import typing
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from .cache import CacheError
 from .config import AudioFeatures, PianoRollFeatures
@@ -170,14 +170,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except (OSError, ValueError) as e:
             print(f"error: download failed: {e}", file=sys.stderr)
             return 1
+    return run_resumable(lambda: prepare(src, args.root, args.out, features, force=args.force,
+                                         workers=args.workers, progress=not args.quiet, **options),
+                         args.out, errors=(CacheError, ValueError, TypeError))
+
+
+def run_resumable(work: Callable[[], object], out, errors: tuple = (ValueError,)) -> int:
+    """Run a resumable command's ``work``; the exit status: 0, 1 for a user error (printed),
+    130 on Ctrl-C (with how to resume ``out``). Shared by prepare and render."""
     try:
-        prepare(src, args.root, args.out, features, force=args.force, workers=args.workers,
-                progress=not args.quiet, **options)
-    except (CacheError, ValueError, TypeError) as e:
+        work()
+    except errors as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"\ninterrupted: run the same command again to resume {args.out}", file=sys.stderr)
+        print(f"\ninterrupted: run the same command again to resume {out}", file=sys.stderr)
         return 130
     return 0
 

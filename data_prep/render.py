@@ -411,20 +411,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--force", action="store_true", help="start over if OUT has other settings")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     args = parser.parse_args(argv)
+    from .__main__ import run_resumable
+
     try:
         programs = parse_programs(args.programs or args.program) if (args.programs or args.program) else None
-        if args.program and len(programs) != 1:
-            parser.error("--program takes one program; use --programs for several")
-        render_dataset(args.root, args.out, soundfont=args.soundfont, programs=programs,
-                       sample_rate=args.sample_rate, max_seconds=args.max_seconds, synth=args.synth,
-                       workers=args.workers, force=args.force, progress=not args.quiet)
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: run the same command again to resume {args.out}", file=sys.stderr)
-        return 130
-    return 0
+        parser.error(str(e))
+    if args.program and len(programs) != 1:
+        parser.error("--program takes one program; use --programs for several")
+    return run_resumable(lambda: render_dataset(
+        args.root, args.out, soundfont=args.soundfont, programs=programs, sample_rate=args.sample_rate,
+        max_seconds=args.max_seconds, synth=args.synth, workers=args.workers, force=args.force,
+        progress=not args.quiet), args.out)
 
 
 if __name__ == "__main__":

@@ -109,6 +109,17 @@ def test_render_cli_labels_splits_resume_and_settings(tmp_path):
     assert max(float(r["seconds"]) for r in csv.DictReader(open(out / "manifest.csv"))) <= 1.0
 
 
+def test_render_cli_bad_program_is_an_argument_error(tmp_path, capsys):
+    args = ["render", "--root", str(tmp_path), "--out", str(tmp_path / "out")]
+    for bad in (["--programs", "violin,kazoo"], ["--program", "violin,flute"]):
+        with pytest.raises(SystemExit) as exit:
+            main([*args, *bad])
+        assert exit.value.code == 2
+    err = capsys.readouterr().err
+    assert "kazoo" in err and "--program takes one program" in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_instrument_dataset_is_one_command_away(tmp_path):
     root = folk_like(tmp_path / "midi")
     out = tmp_path / "instruments"
