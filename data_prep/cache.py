@@ -24,7 +24,10 @@ page cache and nothing is loaded into memory until it is sliced.
 from __future__ import annotations
 
 import csv
+import errno
+import io
 import json
+import mmap
 import os
 import shutil
 import sys
@@ -138,40 +141,100 @@ class _ShardFile:
     """A shard being written: items are appended as raw float16 bytes behind a ``.npy`` header
     that :meth:`close` rewrites with the final number of frames. NumPy pads a header so that
     its first dimension can grow to any size in place, so the file is exactly what ``np.save``
-    of the concatenated items would write, without holding the shard in memory."""
+    of the concatenated items would write, without holding the shard in memory.
+
+    Where the file system allows it (Linux, not tmpfs) the file is written with ``O_DIRECT``,
+    from an aligned staging buffer in whole 4-KiB blocks: the disk reads the bytes from that
+    buffer, with no copy into the page cache, which was the costliest CPU work of a piano-roll
+    build (a 728-MB cache: 0.3 s of CPU buffered, 0.15 s direct; see docs/midi.md). Elsewhere the
+    same blocks go through the page cache.
+    """
+    BLOCK = 4096                 # O_DIRECT alignment of offsets, lengths and buffer addresses
+    STAGE = 8 * 2**20
 
     def __init__(self, path: Path, feature_shape: tuple[int, ...]):
         self.path, self.tmp = path, path.with_name(path.name + ".tmp")
         self.feature_shape, self.frames, self.nbytes = feature_shape, 0, 0
-        self.fh = open(self.tmp, "wb")
-        self._header()
-        self.data_start = self.fh.tell()
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        try:
+            self.fd = os.open(self.tmp, flags | getattr(os, "O_DIRECT", 0))
+        except OSError:                                  # e.g. EINVAL on tmpfs
+            self.fd = os.open(self.tmp, flags)
+        self.stage = mmap.mmap(-1, self.STAGE)           # page-aligned, reused for the whole shard
+        self.first = mmap.mmap(-1, self.BLOCK)           # the first block, kept for the header
+        self.flushed = 0                                 # file bytes written before the stage
+        self.fill = self._header_into(self.stage)
+        self.data_start = self.fill
 
-    def _header(self) -> None:
-        np.lib.format.write_array_header_1_0(self.fh, {
+    def _header_into(self, block: mmap.mmap) -> int:
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(header, {
             "descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)), "fortran_order": False,
             "shape": (self.frames, *self.feature_shape)})
+        block[:header.tell()] = header.getbuffer()
+        return header.tell()
 
     def append(self, array: np.ndarray) -> None:
-        self.fh.write(memoryview(array).cast("B"))
+        data = memoryview(np.ascontiguousarray(array)).cast("B")
+        done = 0
+        while done < len(data):
+            n = min(len(data) - done, self.STAGE - self.fill)
+            self.stage[self.fill:self.fill + n] = data[done:done + n]
+            self.fill += n
+            done += n
+            if self.fill == self.STAGE:
+                self._flush(self.STAGE)
         self.frames += len(array)
         self.nbytes += array.nbytes
 
+    def _flush(self, length: int) -> None:
+        """Write the first ``length`` bytes of the stage (a whole number of blocks)."""
+        if self.flushed == 0:
+            self.first[:] = self.stage[:self.BLOCK]
+        view = memoryview(self.stage)[:length]
+        while len(view):
+            view = view[self._write(view):]
+        self.flushed += length
+        self.fill -= length
+        view.release()
+
+    def _write(self, view: memoryview, offset: Optional[int] = None) -> int:
+        try:
+            return os.write(self.fd, view) if offset is None else os.pwrite(self.fd, view, offset)
+        except OSError as e:     # a file system that opens O_DIRECT files but refuses the writes
+            direct = getattr(os, "O_DIRECT", 0)
+            if e.errno != errno.EINVAL or not direct:
+                raise
+            import fcntl
+
+            flags = fcntl.fcntl(self.fd, fcntl.F_GETFL)
+            if not flags & direct:
+                raise
+            fcntl.fcntl(self.fd, fcntl.F_SETFL, flags & ~direct)
+            return self._write(view, offset)
+
     def close(self) -> None:
         """Write the real header, put the file on disk, and only then name it ``.npy``."""
-        self.fh.seek(0)
-        self._header()
-        if self.fh.tell() != self.data_start:          # cannot happen with NumPy's padding
+        size = self.flushed + self.fill
+        if self.fill:                                    # the last, partial block: padded, cut below
+            padded = -(-self.fill // self.BLOCK) * self.BLOCK
+            self.stage[self.fill:padded] = bytes(padded - self.fill)
+            self.fill = padded
+            self._flush(padded)
+        if self._header_into(self.first) != self.data_start:   # cannot happen with NumPy's padding
             raise RuntimeError(f"{self.tmp}: the .npy header changed size")
-        self.fh.flush()
-        os.fsync(self.fh.fileno())
+        self._write(memoryview(self.first), 0)
+        os.ftruncate(self.fd, size)
+        os.fsync(self.fd)
         try:
-            # The shard is on disk: let the kernel reuse its pages for the next one rather than
-            # find fresh memory for every shard (3-4x faster writes here, see docs/midi.md).
-            os.posix_fadvise(self.fh.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+            # On disk: let the kernel reuse the pages (if any were used) for the next shard rather
+            # than find fresh memory for every shard (3-4x faster writes here, see docs/midi.md).
+            os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_DONTNEED)
         except (AttributeError, OSError):              # not on macOS; only a hint anyway
             pass
-        self.fh.close()
+        os.close(self.fd)
+        self.stage.close()
+        self.first.close()
         os.replace(self.tmp, self.path)
 
 

@@ -1,9 +1,12 @@
 """How CacheWriter writes: shards as np.save would, statistics from per-item sums, old records."""
 import json
+import os
 
 import numpy as np
+import pytest
 
 from data_prep import CacheWriter, PianoRollFeatures, open_cache
+from data_prep import cache as cache_module
 from data_prep.cache import _float16_as_float64, item_sums
 
 CFG = PianoRollFeatures(fs=10, pitch_range="piano", onsets=True)      # feature shape (2, 88)
@@ -25,7 +28,13 @@ def _build(out, **kw):
     return writer.finish()
 
 
-def test_shards_are_what_np_save_writes(tmp_path):
+@pytest.mark.parametrize("direct", [True, False])
+@pytest.mark.parametrize("stage", [8192, None])
+def test_shards_are_what_np_save_writes(tmp_path, monkeypatch, direct, stage):
+    if stage:                                   # a small staging buffer: many aligned writes
+        monkeypatch.setattr(cache_module._ShardFile, "STAGE", stage)
+    if not direct:                              # as on macOS or tmpfs: through the page cache
+        monkeypatch.delattr(os, "O_DIRECT", raising=False)
     cache = _build(tmp_path / "c")
     items = list(_items())
     for shard in sorted((tmp_path / "c" / "shards").glob("*.npy")):
@@ -34,6 +43,29 @@ def test_shards_are_what_np_save_writes(tmp_path):
         np.save(tmp_path / "expected.npy", data)
         assert shard.read_bytes() == (tmp_path / "expected.npy").read_bytes()
     assert [it["offset"] for it in cache.items[:5]] == [0, 20, 47, 81, 0]
+
+
+def test_a_file_system_that_refuses_direct_writes(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    write, pwrite, refused = os.write, os.pwrite, []
+
+    def refuse_direct(call):
+        def wrapped(fd, *args):
+            if fcntl.fcntl(fd, fcntl.F_GETFL) & getattr(os, "O_DIRECT", 0):
+                refused.append(fd)
+                raise OSError(errno.EINVAL, "Invalid argument")
+            return call(fd, *args)
+        return wrapped
+
+    monkeypatch.setattr(os, "write", refuse_direct(write))
+    monkeypatch.setattr(os, "pwrite", refuse_direct(pwrite))
+    cache = _build(tmp_path / "c")
+    monkeypatch.undo()
+    assert len(cache) == 9 and len(refused) == 3             # once per shard, then buffered
+    expected = np.concatenate([x.astype(np.float16) for _, x in list(_items())[:4]])
+    np.testing.assert_array_equal(np.load(tmp_path / "c" / "shards" / "00000.npy"), expected)
 
 
 def test_stats_are_the_train_frames_mean_and_std(tmp_path):
