@@ -35,7 +35,8 @@ from typing import Any, Iterator, Optional, Union
 
 import numpy as np
 
-from .cache import CacheError, CacheWriter, FeatureCache, check_existing, item_sums, open_cache
+from .cache import CacheError, CacheWriter, FeatureCache, check_existing, open_cache
+from .stats import item_sums
 from .config import AUDIO_KINDS, MIDI_KINDS, FeatureConfig, feature_config
 from .sources import Source, SourceItem, get_source
 

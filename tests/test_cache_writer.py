@@ -7,7 +7,7 @@ import pytest
 
 from data_prep import CacheWriter, PianoRollFeatures, open_cache
 from data_prep import cache as cache_module
-from data_prep.cache import _float16_as_float64, item_sums
+from data_prep.stats import _float16_as_float64, item_sums
 
 CFG = PianoRollFeatures(fs=10, pitch_range="piano", onsets=True)      # feature shape (2, 88)
 
