@@ -52,6 +52,22 @@ def test_grid_expansion_names_and_overrides(tmp_path):
     assert [c.name for c in expand(load_study(tmp_path / "study.yaml"))] == names   # stable
 
 
+def test_a_dataset_may_run_more_seeds(tmp_path):
+    from audiostem.study.runner import keep_checkpoint
+
+    path = write_study(tmp_path)
+    data = yaml.safe_load(path.read_text())
+    data["datasets"][1]["seeds"] = [3, 4, 5]
+    path.write_text(yaml.safe_dump(data))
+    study = load_study(path)
+    cells = expand(study)
+    assert sorted({c.seed for c in cells if c.dataset == "one"}) == [0, 1]
+    assert sorted({c.seed for c in cells if c.dataset == "two"}) == [3, 4, 5]
+    assert len(cells) == 4 * 2 + 3 * 3
+    kept = [c.name for c in cells if keep_checkpoint(study, c)]
+    assert "two/deep3/seed3" in kept and "one/deep3/seed0" in kept and "two/deep3/seed4" not in kept
+
+
 def test_folds_inline_specs_and_value_formatting(tmp_path):
     spec = {"layers": [{"kernel": [3, 3], "channels": 64}]}
     path = write_study(tmp_path, seeds=[7], stems=["deep3", {"name": "mine", "stem": spec, "args": {"coord": True}}],
@@ -68,6 +84,7 @@ def test_folds_inline_specs_and_value_formatting(tmp_path):
 
 @pytest.mark.parametrize("change, message", [
     ({"seeds": "five"}, "seeds"),
+    ({"datasets": [{"name": "one", "recipe": "r", "seeds": [1, 1]}]}, "datasets[0].seeds"),
     ({"bogus": 1}, "bogus: unknown field"),
     ({"baseline": "nope"}, "baseline: 'nope' is not a stem variant"),
     ({"stems": ["deep3", {"name": "x", "datasets": ["three"]}]}, "unknown dataset 'three'"),

@@ -4,7 +4,7 @@ A study file is plain YAML, validated before anything runs::
 
     name: stem_study
     out_dir: runs/stem_study          # results folder (shared when cells run on several machines)
-    seeds: 5                          # or an explicit list [0, 1, 2, 3, 4]
+    seeds: 5                          # or an explicit list [0, 1, 2, 3, 4]; a dataset may set its own
     baseline: deep3                   # the variant every other one is compared with
     overrides: {train.max_epochs: 40} # recipe overrides for every cell
     datasets:
@@ -87,10 +87,18 @@ class StemEntry(_Strict):
         return grid
 
 
+def _seed_list(seeds: Union[int, list[int]]) -> list[int]:
+    seeds = list(range(seeds)) if isinstance(seeds, int) else seeds
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"need at least one seed, all different; got {seeds}")
+    return seeds
+
+
 class Dataset(_Strict):
     """One dataset: a training recipe plus overrides; ``stems`` / ``exclude`` pick stem variants;
     ``stem_args`` adds stem arguments (or dotted recipe keys) for some stem entries on this
-    dataset only, e.g. ``{tall: {n_freq: 64}}`` for a 64-bin input."""
+    dataset only, e.g. ``{tall: {n_freq: 64}}`` for a 64-bin input; ``seeds`` replaces the
+    study's seeds on this dataset (more where its seed noise needs them)."""
     name: str
     recipe: str
     overrides: dict[str, Any] = {}
@@ -98,11 +106,17 @@ class Dataset(_Strict):
     stems: Optional[list[str]] = None
     exclude: list[str] = []
     folds: Optional[FoldAxis] = None
+    seeds: Optional[Union[int, list[int]]] = None
 
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
         return _check_name(v)
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, seeds: Union[int, list[int], None]) -> Optional[list[int]]:
+        return None if seeds is None else _seed_list(seeds)
 
 
 class Study(_Strict):
@@ -128,10 +142,14 @@ class Study(_Strict):
     @field_validator("seeds")
     @classmethod
     def _seeds(cls, seeds: Union[int, list[int]]) -> list[int]:
-        seeds = list(range(seeds)) if isinstance(seeds, int) else seeds
-        if not seeds or len(set(seeds)) != len(seeds):
-            raise ValueError(f"need at least one seed, all different; got {seeds}")
-        return seeds
+        return _seed_list(seeds)
+
+    def dataset(self, name: str) -> Dataset:
+        return next(d for d in self.datasets if d.name == name)
+
+    def seeds_of(self, dataset: Dataset) -> list[int]:
+        """The seeds that run on ``dataset``: its own ``seeds``, else the study's."""
+        return dataset.seeds if dataset.seeds is not None else self.seeds
 
     @field_validator("stems", mode="before")
     @classmethod
@@ -253,7 +271,7 @@ def expand(study: Study) -> list[Cell]:
     cells = []
     for d in study.datasets:
         for v in dataset_variants(study, d):
-            for seed in study.seeds:
+            for seed in study.seeds_of(d):
                 for fold in (d.folds.values if d.folds else [None]):
                     extra = {_override(k): x for k, x in d.stem_args.get(v.entry, {}).items()}
                     ov = {**study.overrides, **d.overrides, **v.overrides, **extra, "seed": seed}

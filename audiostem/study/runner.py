@@ -66,8 +66,9 @@ def keep_checkpoint(study: Study, cell: Cell) -> bool:
     (the first seed's, and its first fold's, run: the one the filter figure shows)."""
     if study.keep_checkpoints != "one_per_variant":
         return study.keep_checkpoints == "all"
-    folds = next(d.folds for d in study.datasets if d.name == cell.dataset)
-    return cell.seed == study.seeds[0] and (folds is None or cell.fold == folds.values[0])
+    dataset = study.dataset(cell.dataset)
+    folds = dataset.folds
+    return cell.seed == study.seeds_of(dataset)[0] and (folds is None or cell.fold == folds.values[0])
 
 
 def prune_checkpoints(study: Study, cell: Cell) -> int:
