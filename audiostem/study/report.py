@@ -93,7 +93,7 @@ def _summary(name: str, rows: list[dict], components: list[dict], study: Study) 
     k = max(r["paired_seeds"] for r in compared)
     n = max(r["paired_items"] for r in compared if r["paired_seeds"] == k)
     mdes = [r["mde"] for r in compared if r["paired_seeds"] == k]
-    power = (f"**Power:** with {k} seeds x {n} test items, the smallest accuracy difference this study "
+    power = (f"**Power:** with {k} seed{'s' if k != 1 else ''} x {n} test items, the smallest accuracy difference this study "
              f"detects with {study.power:.0%} power at α = {study.alpha} is {_pct(statistics.median(mdes))} points "
              f"(median over stems; range {_pct(min(mdes))}–{_pct(max(mdes))}); no difference below it is called.")
     full = [c for c in components if not math.isnan(c.get("seed", math.nan)) and c["var_mean"] > 0]
