@@ -115,14 +115,14 @@ class _ShardFile:
         self.nbytes += array.nbytes
 
     def _flush(self, length: int) -> None:
-        """Write the first ``length`` bytes of the stage (a whole number of blocks)."""
+        """Write the first ``length`` bytes of the stage (a whole number of blocks, all it holds)."""
         if self.flushed == 0:
             self.first[:] = self.stage[:self.BLOCK]
         view = memoryview(self.stage)[:length]
         while len(view):
             view = view[self._write(view):]
         self.flushed += length
-        self.fill -= length
+        self.fill = 0
         view.release()
 
     def _write(self, view: memoryview, offset: Optional[int] = None) -> int:
@@ -146,7 +146,6 @@ class _ShardFile:
         if self.fill:                                    # the last, partial block: padded, cut below
             padded = -(-self.fill // self.BLOCK) * self.BLOCK
             self.stage[self.fill:padded] = bytes(padded - self.fill)
-            self.fill = padded
             self._flush(padded)
         if self._header_into(self.first) != self.data_start:   # cannot happen with NumPy's padding
             raise RuntimeError(f"{self.tmp}: the .npy header changed size")

@@ -36,9 +36,9 @@ from typing import Any, Iterator, Optional, Union
 import numpy as np
 
 from .cache import CacheError, CacheWriter, FeatureCache, check_existing, open_cache
-from .stats import item_sums
 from .config import AUDIO_KINDS, MIDI_KINDS, FeatureConfig, feature_config
 from .sources import Source, SourceItem, get_source
+from .stats import item_sums
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 SLOT_BYTES = 32 * 2**20      # features up to this size come back from workers in shared memory
