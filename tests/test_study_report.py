@@ -164,3 +164,16 @@ def test_report_before_any_cell_finished(tmp_path):
     md = (tmp_path / "out/report/report.md").read_text()
     assert "4 cells not finished" in md and "No paired comparison yet on a" in md
     assert len(list(csv.DictReader(open(tmp_path / "out/report/results.csv")))) == 2
+
+
+def test_report_of_some_cells_leaves_the_others_out(study, tmp_path):
+    """--cells: a seed that not every stem has finished can be left out of the tables."""
+    path = study["dir"].parent.parent / "study.yaml"
+    out = tmp_path / "seed01"
+    assert main(["report", str(path), "--out", str(out), "--cells", "a/*/seed[01]"]) == 0
+    rows = {(r["dataset"], r["variant"]): r for r in csv.DictReader(open(out / "results.csv"))}
+    assert rows[("a", "deep3")]["seed_accs"] == "0.6;0.605" and rows[("a", "wider")]["n_seeds"] == "2"
+    assert rows[("b", "deep3")]["n_seeds"] == "0"                     # not selected: no runs, nothing missing
+    md = (out / "report.md").read_text()
+    assert "report --cells 'a/*/seed[01]'`; 1 cells not finished (7 finished runs" in md   # a/partial/seed1
+    assert main(["report", str(path), "--out", str(out), "--cells", "nope/*"]) == 2  # names what cells look like

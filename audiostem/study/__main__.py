@@ -3,7 +3,7 @@
     python -m audiostem.study STUDY.yaml [--jobs N] [--cells GLOB ...] [--retries N]
     python -m audiostem.study STUDY.yaml --plan [FILE] [--raw] [--all]
     python -m audiostem.study STUDY.yaml --dry-run
-    python -m audiostem.study report STUDY.yaml [--bootstrap N]
+    python -m audiostem.study report STUDY.yaml [--bootstrap N] [--cells GLOB ...]
     python -m audiostem.study export STUDY.yaml DEST [--cells GLOB ...]
 """
 from __future__ import annotations
@@ -93,13 +93,16 @@ def report_main(argv: Sequence[str]) -> int:
     p.add_argument("study", help="the study file (YAML)")
     p.add_argument("--out", help="report folder (default OUT_DIR/report)")
     p.add_argument("--bootstrap", type=int, help="bootstrap replicates (default: the study's, 10000)")
+    p.add_argument("--cells", nargs="+", metavar="GLOB",
+                   help="only cells whose name matches, e.g. 'folk_audio/*/seed[01]' to leave out a seed "
+                        "that not every stem has finished (the others are neither read nor listed)")
     args = p.parse_args(argv)
     from .report import write_report
     try:
         study = load_study(args.study)
         if args.bootstrap:
             study.bootstrap = args.bootstrap
-        path = write_report(study, args.out)
+        path = write_report(study, args.out, args.cells)
     except StudyError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

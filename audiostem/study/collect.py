@@ -19,7 +19,7 @@ import numpy as np
 
 from . import stats
 from .grid import Cell, Study, dataset_variants, expand
-from .runner import is_finished
+from .runner import is_finished, select
 
 
 @dataclass
@@ -82,11 +82,13 @@ def load_replicate(seed: int, cells: list[Cell]) -> Replicate:
     return rep
 
 
-def collect(study: Study) -> tuple[dict, list[str]]:
+def collect(study: Study, cells: Optional[list[str]] = None) -> tuple[dict, list[str]]:
     """``({(dataset, variant): [Replicate, ...]}, [names of unfinished cells])``; a seed counts
-    only when all of its fold cells finished. Keys follow the study's order."""
-    groups: dict[tuple, dict[int, list[Cell]]] = {}
-    for cell in expand(study):
+    only when all of its fold cells finished. ``cells``: glob patterns of the cells to read (all
+    if None; the others are left out, not counted as unfinished). Keys follow the study's order."""
+    groups: dict[tuple, dict[int, list[Cell]]] = {(d.name, v.name): {} for d in study.datasets
+                                                  for v in dataset_variants(study, d)}
+    for cell in select(expand(study), cells):
         groups.setdefault((cell.dataset, cell.variant), {}).setdefault(cell.seed, []).append(cell)
     results, missing = {}, []
     for key, by_seed in groups.items():
@@ -165,10 +167,11 @@ def paired_arrays(a: list[Replicate], b: list[Replicate]) -> tuple[np.ndarray, n
     return (np.stack([take(ra[s]) for s in seeds]), np.stack([take(by_seed[s]) for s in seeds]), seeds)
 
 
-def analyse(study: Study) -> dict:
+def analyse(study: Study, cells: Optional[list[str]] = None) -> dict:
     """Everything the report needs: ``rows`` (one dict per dataset x variant, in study order, with
-    the comparison to the baseline merged in), ``missing`` cells, ``components`` per dataset."""
-    results, missing = collect(study)
+    the comparison to the baseline merged in), ``missing`` cells, ``components`` per dataset.
+    ``cells``: glob patterns of the cells to include (see :func:`collect`)."""
+    results, missing = collect(study, cells)
     rows, components = [], {}
     for d in study.datasets:
         names = [v.name for v in dataset_variants(study, d)]

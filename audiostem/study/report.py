@@ -156,11 +156,16 @@ power at α = {alpha}; a stem is called better or worse only when its Holm p < {
 |Δ| >= MDE, otherwise indistinguishable. See docs/study.md."""
 
 
-def write_report(study: Study, out: Union[str, Path, None] = None) -> Path:
-    """Write ``report.md``, ``results.csv`` and the figures; returns the report's path."""
+def _cells_arg(cells: Optional[list[str]]) -> str:
+    return " --cells " + " ".join(f"'{c}'" for c in cells) if cells else ""
+
+
+def write_report(study: Study, out: Union[str, Path, None] = None, cells: Optional[list[str]] = None) -> Path:
+    """Write ``report.md``, ``results.csv`` and the figures; returns the report's path. ``cells``:
+    glob patterns of the cells to read (e.g. only the seeds every stem has finished); all if None."""
     out = Path(out) if out else Path(study.out_dir) / "report"
     out.mkdir(parents=True, exist_ok=True)
-    a = analyse(study)
+    a = analyse(study, cells)
     rows, results = a["rows"], a["results"]
     with open(out / "results.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, CSV_FIELDS, extrasaction="ignore")
@@ -170,7 +175,7 @@ def write_report(study: Study, out: Union[str, Path, None] = None) -> Path:
                         "seed_accs": ";".join(f"{x:.6g}" for x in r["seed_accs"])})
     n_cells = sum(len(r["seed_accs"]) for r in rows)
     lines = [f"# Stem study `{study.name}`", "",
-             f"Made by `python -m audiostem.study report`; {len(a['missing'])} cells not finished "
+             f"Made by `python -m audiostem.study report{_cells_arg(cells)}`; {len(a['missing'])} cells not finished "
              f"({n_cells} finished runs in the tables, one per dataset, stem and seed)." + (
                  " Unfinished: " + ", ".join(a["missing"][:12]) + (" ..." if len(a["missing"]) > 12 else "")
                  if a["missing"] else ""), "",
