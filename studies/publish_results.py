@@ -26,10 +26,11 @@ def main(report_dir: str = "runs/studies/stem_study/report", doc: str = "docs/re
     report_dir, doc = REPO / report_dir, REPO / doc
     report = (report_dir / "report.md").read_text()
     text = doc.read_text()
-    status = re.search(r"^Made by .*?; (\d+) cells not finished \((\d+) finished runs", report, flags=re.M)
+    status = re.search(r"^Made by .*?; (\d+) cells not finished \((\d+) finished runs.*?"
+                       r"(?: (\d+) cells left out by --cells\.)?$", report, flags=re.M)
+    total = sum(int(n or 0) for n in status.groups())
     text = re.sub(r"(<!-- report:status -->).*?(<!-- /report:status -->)",
-                  lambda m: f"{m[1]}{status[2]} of {int(status[1]) + int(status[2])} cells finished{m[2]}",
-                  text, flags=re.S)
+                  lambda m: f"{m[1]}{status[2]} of {total} cells in the tables{m[2]}", text, flags=re.S)
     for name, body in sections(report).items():
         text = re.sub(rf"(<!-- report:{name} -->).*?(<!-- /report:{name} -->)",
                       lambda m: f"{m[1]}\n{body}\n{m[2]}", text, flags=re.S)

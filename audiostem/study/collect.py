@@ -172,6 +172,7 @@ def analyse(study: Study, cells: Optional[list[str]] = None) -> dict:
     the comparison to the baseline merged in), ``missing`` cells, ``components`` per dataset.
     ``cells``: glob patterns of the cells to include (see :func:`collect`)."""
     results, missing = collect(study, cells)
+    left_out = len(expand(study)) - len(select(expand(study), cells))
     rows, components = [], {}
     for d in study.datasets:
         names = [v.name for v in dataset_variants(study, d)]
@@ -199,4 +200,4 @@ def analyse(study: Study, cells: Optional[list[str]] = None) -> dict:
                             "verdict": stats.verdict(c["diff"], adjusted[row["variant"]], c["mde"], study.alpha)
                             if c["n_seeds"] >= 2 else "indistinguishable"})   # one seed cannot see seed noise
         components[d.name] = [c["components"] for c in comps.values()]
-    return {"rows": rows, "missing": missing, "components": components, "results": results}
+    return {"rows": rows, "missing": missing, "left_out": left_out, "components": components, "results": results}

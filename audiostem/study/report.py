@@ -178,7 +178,8 @@ def write_report(study: Study, out: Union[str, Path, None] = None, cells: Option
              f"Made by `python -m audiostem.study report{_cells_arg(cells)}`; {len(a['missing'])} cells not finished "
              f"({n_cells} finished runs in the tables, one per dataset, stem and seed)." + (
                  " Unfinished: " + ", ".join(a["missing"][:12]) + (" ..." if len(a["missing"]) > 12 else "")
-                 if a["missing"] else ""), "",
+                 if a["missing"] else "") + (
+                 f" {a['left_out']} cells left out by --cells." if a["left_out"] else ""), "",
              "**Method.** " + METHOD.format(n_boot=study.bootstrap, power=study.power, alpha=study.alpha), ""]
     datasets = [d.name for d in study.datasets]
     for d in datasets:
