@@ -178,3 +178,6 @@ def test_report_of_some_cells_leaves_the_others_out(study, tmp_path):
     assert "report --cells 'a/*/seed[01]'`; 1 cells not finished (7 finished runs" in md   # a/partial/seed1
     assert md.splitlines()[2].endswith(" 28 cells left out by --cells.")   # a: seed 2 of 4 stems; b: 4 x 3 seeds x 2 folds
     assert main(["report", str(path), "--out", str(out), "--cells", "nope/*"]) == 2  # names what cells look like
+    def section_a(text):
+        return text.split("## a")[1].split("## b")[0]
+    assert "**Caution:** with two seeds" in section_a(md) and "with two seeds" not in section_a(study["md"])

@@ -112,6 +112,10 @@ def _summary(name: str, rows: list[dict], components: list[dict], study: Study) 
     if k < 2:
         out.append("**Caution:** with one seed per stem the run-to-run variation is invisible to the test; "
                    "no stem is called better or worse.")
+    elif k < 3:
+        out.append("**Caution:** with two seeds the run-to-run (seed) variance is estimated from one degree "
+                   "of freedom and can come out as zero by chance; treat the verdicts as provisional "
+                   "until more seeds have run.")
     late = [r["late_best"] for r in rows if r["n_seeds"] and not math.isnan(r["late_best"])]
     gains = [r["late_gain"] for r in rows if r["n_seeds"] and not math.isnan(r["late_gain"])]
     if gains:
