@@ -82,13 +82,13 @@ def load_replicate(seed: int, cells: list[Cell]) -> Replicate:
     return rep
 
 
-def collect(study: Study, cells: Optional[list[str]] = None) -> tuple[dict, list[str]]:
+def collect(study: Study, cells: Optional[list[Cell]] = None) -> tuple[dict, list[str]]:
     """``({(dataset, variant): [Replicate, ...]}, [names of unfinished cells])``; a seed counts
-    only when all of its fold cells finished. ``cells``: glob patterns of the cells to read (all
-    if None; the others are left out, not counted as unfinished). Keys follow the study's order."""
+    only when all of its fold cells finished. ``cells``: the cells to read (all of the study's if
+    None; the others are left out, not counted as unfinished). Keys follow the study's order."""
     groups: dict[tuple, dict[int, list[Cell]]] = {(d.name, v.name): {} for d in study.datasets
                                                   for v in dataset_variants(study, d)}
-    for cell in select(expand(study), cells):
+    for cell in expand(study) if cells is None else cells:
         groups.setdefault((cell.dataset, cell.variant), {}).setdefault(cell.seed, []).append(cell)
     results, missing = {}, []
     for key, by_seed in groups.items():
@@ -170,9 +170,11 @@ def paired_arrays(a: list[Replicate], b: list[Replicate]) -> tuple[np.ndarray, n
 def analyse(study: Study, cells: Optional[list[str]] = None) -> dict:
     """Everything the report needs: ``rows`` (one dict per dataset x variant, in study order, with
     the comparison to the baseline merged in), ``missing`` cells, ``components`` per dataset.
-    ``cells``: glob patterns of the cells to include (see :func:`collect`)."""
-    results, missing = collect(study, cells)
-    left_out = len(expand(study)) - len(select(expand(study), cells))
+    ``cells``: glob patterns of the cells to include (all if None), ``left_out``: how many were not."""
+    every = expand(study)
+    chosen = select(every, cells)
+    results, missing = collect(study, chosen)
+    left_out = len(every) - len(chosen)
     rows, components = [], {}
     for d in study.datasets:
         names = [v.name for v in dataset_variants(study, d)]
