@@ -82,13 +82,14 @@ def load_replicate(seed: int, cells: list[Cell]) -> Replicate:
     return rep
 
 
-def collect(study: Study, cells: Optional[list[Cell]] = None) -> tuple[dict, list[str]]:
+def collect(study: Study, cells: list[Cell]) -> tuple[dict, list[str]]:
     """``({(dataset, variant): [Replicate, ...]}, [names of unfinished cells])``; a seed counts
-    only when all of its fold cells finished. ``cells``: the cells to read (all of the study's if
-    None; the others are left out, not counted as unfinished). Keys follow the study's order."""
+    only when all of its fold cells finished. ``cells``: the cells to read (``expand(study)`` or a
+    selection of it; the others are left out, not counted as unfinished). Every dataset x variant
+    of the study gets a key, in the study's order."""
     groups: dict[tuple, dict[int, list[Cell]]] = {(d.name, v.name): {} for d in study.datasets
                                                   for v in dataset_variants(study, d)}
-    for cell in expand(study) if cells is None else cells:
+    for cell in cells:
         groups.setdefault((cell.dataset, cell.variant), {}).setdefault(cell.seed, []).append(cell)
     results, missing = {}, []
     for key, by_seed in groups.items():
