@@ -114,6 +114,8 @@ def test_paired_comparisons_and_verdicts(study):
     assert int(part["n_seeds"]) == 1 and int(part["paired_seeds"]) == 1
     assert part["verdict"] == "indistinguishable"      # one seed is never enough to call a stem
     assert study["rows"][("a", "deep3")]["verdict"] == ""
+    assert w["pooled_verdict"] == "better" and same["pooled_verdict"] == "indistinguishable"
+    assert float(w["pooled_mde"]) == pytest.approx(float(w["mde"]))   # pooled seed variance 0: same test
 
 
 def test_cv_folds_are_pooled_per_seed(study):
@@ -137,6 +139,10 @@ def test_report_markdown(study):
     assert "**Trained on:** device not recorded (" in md
     assert "a/partial/seed1" in md and "a/partial/seed2" in md
     assert "**Power:** with 3 seeds x 200 test items" in md
+    # every run of a stem differs from deep3's by the same amount, so the pooled seed variance is 0
+    assert ("**Seed-variance check:** each stem's seed variance comes from its own 2 degrees of freedom "
+            "and is floored at 0; pooled over the 2 stems (4 df)") in md   # partial has one seed
+    assert "leaves the verdicts unchanged" in md
     for png in ("accuracy_vs_flops", "accuracy_per_stem", "validation_curves", "filters_a"):
         assert (study["dir"] / f"{png}.png").stat().st_size > 1000
         assert f"]({png}.png)" in md

@@ -149,3 +149,39 @@ def test_variance_components_recover_known_values():
     assert c["var_mean"] == pytest.approx(c["seed"] / k + c["item"] / n + c["residual"] / (k * n))
     assert stats.projected_variance(c, 2 * k, n) < c["var_mean"]
     assert math.isnan(stats.variance_components(a[0], b[0])["seed"])
+
+
+def test_pooled_seed_variance_averages_the_unfloored_estimates():
+    rng = np.random.default_rng(4)
+    k, n = 3, 2000
+    comps = []
+    for sd in (0.0, 0.04, 0.04):                  # one stem's seeds happen to agree, two vary
+        rate = 0.15 + rng.normal(0, sd, (k, 1))
+        u = rng.random((k, n))
+        comps.append(stats.variance_components((u < rate).astype(int), ((u >= rate) & (u < 0.3)).astype(int)))
+    pooled = stats.pooled_seed_variance(comps)
+    assert pooled["df"] == 3 * (k - 1) and pooled["n_stems"] == 3
+    assert pooled["seed"] == pytest.approx(np.mean([c["seed_raw"] for c in comps]))   # equal df: plain mean
+    assert comps[0]["seed"] == max(0.0, comps[0]["seed_raw"]) and pooled["seed"] > comps[0]["seed"]
+    # floored once, after averaging; one-seed stems carry no seed information
+    neg = {**comps[0], "seed_raw": -1.0}
+    assert stats.pooled_seed_variance([neg, comps[1]])["seed"] == 0.0
+    one = stats.variance_components(np.ones(50, int), np.zeros(50, int))
+    assert math.isnan(stats.pooled_seed_variance([one])["seed"])
+    assert stats.pooled_seed_variance([one, comps[1]])["df"] == k - 1
+
+
+def test_a_seed_floor_widens_only_the_intervals_it_raises():
+    rng = np.random.default_rng(5)
+    a, b = simulate(rng, 0.03, seeds=3, items=400, seed_sd=0.0)
+    plain = stats.crossed_t_test(a, b)
+    c = stats.variance_components(a, b)
+    assert stats.crossed_t_test(a, b, seed_floor=c["seed"] / 2) == plain     # below the own estimate
+    floor = c["seed"] + 0.02 ** 2
+    raised = stats.crossed_t_test(a, b, seed_floor=floor, seed_floor_df=30)
+    assert raised["diff"] == plain["diff"] and raised["se"] > plain["se"] and raised["p"] > plain["p"]
+    assert raised["se"] == pytest.approx(math.sqrt(stats.projected_variance({**c, "seed": floor}, 3, 400)))
+    # the floor's degrees of freedom enter Satterthwaite's df: more df, a narrower interval
+    few = stats.crossed_t_test(a, b, seed_floor=floor, seed_floor_df=2)
+    assert few["se"] == raised["se"] and few["df"] < raised["df"] and few["high"] > raised["high"]
+    assert stats.crossed_t_test(a[0], b[0], seed_floor=floor) == stats.crossed_t_test(a[0], b[0])   # one seed

@@ -170,17 +170,19 @@ def paired_arrays(a: list[Replicate], b: list[Replicate]) -> tuple[np.ndarray, n
 
 def analyse(study: Study, cells: Optional[list[str]] = None) -> dict:
     """Everything the report needs: ``rows`` (one dict per dataset x variant, in study order, with
-    the comparison to the baseline merged in), ``missing`` cells, ``components`` per dataset.
+    the comparison to the baseline merged in), ``missing`` cells, ``components`` per dataset and
+    ``pooled_seed`` per dataset (:func:`stats.pooled_seed_variance`; each row's ``pooled_*`` fields
+    are its test and verdict with that as the floor of its seed variance).
     ``cells``: glob patterns of the cells to include (all if None), ``left_out``: how many were not."""
     every = expand(study)
     chosen = select(every, cells)
     results, missing = collect(study, chosen)
     left_out = len(every) - len(chosen)
-    rows, components = [], {}
+    rows, components, pooled_seed = [], {}, {}
     for d in study.datasets:
         names = [v.name for v in dataset_variants(study, d)]
         base = results.get((d.name, study.baseline), [])
-        comps = {}
+        comps, arrays = {}, {}
         for i, v in enumerate(names):
             reps = results[(d.name, v)]
             row = {"dataset": d.name, "variant": v, "baseline": study.baseline, **summarize(reps)}
@@ -189,8 +191,19 @@ def analyse(study: Study, cells: Optional[list[str]] = None) -> dict:
                 if len(seeds) and a.shape[1]:
                     comps[v] = stats.compare(a, b, n_boot=study.bootstrap, alpha=study.alpha,
                                              power=study.power, seed=i)
+                    arrays[v] = (a, b)
             rows.append(row)
         adjusted = dict(zip(comps, stats.holm([c["p"] for c in comps.values()])))
+        pooled = stats.pooled_seed_variance([c["components"] for c in comps.values()])
+        checks = {}
+        if pooled["n_stems"]:   # the same tests with each stem's seed variance raised to the pooled one
+            for v, (a, b) in arrays.items():
+                t = stats.crossed_t_test(a, b, alpha=study.alpha, seed_floor=pooled["seed"], seed_floor_df=pooled["df"])
+                checks[v] = {**t, "mde": stats.min_detectable_difference(t["se"], study.alpha, study.power, t["df"])}
+            for v, p in zip(checks, stats.holm([c["p"] for c in checks.values()])):
+                checks[v]["verdict"] = (stats.verdict(checks[v]["diff"], p, checks[v]["mde"], study.alpha)
+                                        if comps[v]["n_seeds"] >= 2 else "indistinguishable")
+                checks[v]["p_holm"] = p
         for row in rows:
             c = comps.get(row["variant"]) if row["dataset"] == d.name else None
             if c:
@@ -202,5 +215,10 @@ def analyse(study: Study, cells: Optional[list[str]] = None) -> dict:
                             "paired_items": c["n_items"],
                             "verdict": stats.verdict(c["diff"], adjusted[row["variant"]], c["mde"], study.alpha)
                             if c["n_seeds"] >= 2 else "indistinguishable"})   # one seed cannot see seed noise
+                if row["variant"] in checks:
+                    ch = checks[row["variant"]]
+                    row.update({"pooled_p_holm": ch["p_holm"], "pooled_mde": ch["mde"], "pooled_verdict": ch["verdict"]})
         components[d.name] = [c["components"] for c in comps.values()]
-    return {"rows": rows, "missing": missing, "left_out": left_out, "components": components, "results": results}
+        pooled_seed[d.name] = pooled
+    return {"rows": rows, "missing": missing, "left_out": left_out, "components": components,
+            "pooled_seed": pooled_seed, "results": results}

@@ -21,7 +21,8 @@ CSV_FIELDS = ["dataset", "variant", "baseline", "n_seeds", "n_items", "acc_mean"
               "total_flops", "receptive_field", "stride", "samples_per_s", "train_minutes", "epochs",
               "best_epoch", "late_best", "late_gain", "diff", "diff_low", "diff_high", "se", "df", "p", "p_holm", "p_boot", "boot_low",
               "boot_high", "p_mcnemar",
-              "n10", "n01", "mde", "paired_seeds", "paired_items", "verdict", "seed_accs"]
+              "n10", "n01", "mde", "paired_seeds", "paired_items", "verdict", "pooled_p_holm", "pooled_mde",
+              "pooled_verdict", "seed_accs"]
 
 
 def _pct(x: Optional[float], digits: int = 1, sign: bool = False) -> str:
@@ -80,7 +81,19 @@ def _table(rows: list[dict], baseline: str) -> list[str]:
     return lines
 
 
-def _summary(name: str, rows: list[dict], components: list[dict], study: Study) -> list[str]:
+def _pooled_check(compared: list[dict], pooled: dict, k: int) -> str:
+    """The verdicts again with each stem's seed variance floored at the dataset's pooled one."""
+    changed = [f"{r['variant']} ({r['verdict']} -> {r['pooled_verdict']})" for r in compared
+               if r.get("pooled_verdict") and r["pooled_verdict"] != r["verdict"]]
+    return (f"**Seed-variance check:** each stem's seed variance comes from its own {k - 1} degree"
+            f"{'s' if k != 2 else ''} of freedom and is floored at 0; pooled over the {pooled['n_stems']} stems "
+            f"({pooled['df']} df) a run's paired difference varies by {_pct(math.sqrt(pooled['seed']))} points (std) "
+            f"between seeds. Raising each stem's seed variance to at least that "
+            + (f"changes these verdicts: {', '.join(changed)}." if changed else "leaves the verdicts unchanged."))
+
+
+def _summary(name: str, rows: list[dict], components: list[dict], study: Study,
+             pooled: Optional[dict] = None) -> list[str]:
     compared = [r for r in rows if "verdict" in r]
     out = []
     if not compared:
@@ -109,6 +122,8 @@ def _summary(name: str, rows: list[dict], components: list[dict], study: Study) 
                   f"{share['item'] / total:.0%} from items, {share['residual'] / total:.0%} from seed x item "
                   f"flips; with {2 * k} seeds the MDE would be about {_pct(statistics.median(mdes) * ratio)} points.")
     out.append(power)
+    if k >= 2 and pooled and pooled.get("n_stems"):
+        out.append(_pooled_check(compared, pooled, k))
     if k < 2:
         out.append("**Caution:** with one seed per stem the run-to-run variation is invisible to the test; "
                    "no stem is called better or worse.")
@@ -157,7 +172,10 @@ that resamples items and seeds together, and the exact McNemar test on discordan
 over seeds (it ignores the correlation between seeds, so it overstates the evidence). MDE =
 (t(1-α/2) + t(power)) x SE is the smallest true difference the study detects with {power:.0%}
 power at α = {alpha}; a stem is called better or worse only when its Holm p < {alpha} and
-|Δ| >= MDE, otherwise indistinguishable. See docs/study.md."""
+|Δ| >= MDE, otherwise indistinguishable. The seed-variance check repeats the test with each
+stem's seed variance (estimated from its own seeds and floored at 0) raised to at least the one
+pooled over the dataset's stems; a verdict that changes there rests on a seed variance estimated
+from too few seeds. See docs/study.md."""
 
 
 def _cells_arg(cells: Optional[list[str]]) -> str:
@@ -189,7 +207,7 @@ def write_report(study: Study, out: Union[str, Path, None] = None, cells: Option
     for d in datasets:
         drows = [r for r in rows if r["dataset"] == d]
         lines += [f"## {d}", "", *_table(drows, study.baseline), "",
-                  *[x + "\n" for x in _summary(d, drows, a["components"][d], study)]]
+                  *[x + "\n" for x in _summary(d, drows, a["components"][d], study, a["pooled_seed"].get(d))]]
     figures = [plots.accuracy_vs_flops(rows, out / "accuracy_vs_flops.png"),
                plots.accuracy_per_stem(rows, out / "accuracy_per_stem.png"),
                plots.validation_curves(results, datasets, out / "validation_curves.png")]

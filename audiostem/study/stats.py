@@ -17,6 +17,10 @@ as large as the stem differences it leaves nothing to see. For a stem ``a`` and 
   than its K seeds show (too narrow when seed noise dominates and K is small).
 - :func:`mcnemar_exact` — exact McNemar on the discordant pairs pooled over seeds: the textbook
   test, but it treats the K repetitions of an item as independent; for reference only.
+- :func:`pooled_seed_variance` — the check on the decision test's weak spot: each stem's seed
+  variance rests on K - 1 degrees of freedom and is floored at 0, so with few seeds it can come
+  out as zero by chance and narrow the interval; pooled over a dataset's stems it is steadier,
+  and :func:`crossed_t_test` accepts it as a floor (``seed_floor``).
 - :func:`min_detectable_difference` — the power statement: the true difference the decision
   test detects with probability ``power`` at level ``alpha``, ``(t_{1-alpha/2} + t_power) * SE``.
 """
@@ -127,7 +131,8 @@ def variance_components(a_correct: np.ndarray, b_correct: np.ndarray) -> dict:
 
     Model ``d[k, i] = mu + seed_k + item_i + e_ki``; moment (ANOVA) estimates, floored at 0:
     ``seed`` (run-to-run variance of a whole run's difference), ``item`` and ``residual``
-    (seed x item: the items that flip from run to run). ``var_mean`` is the unbiased variance of
+    (seed x item: the items that flip from run to run); ``seed_raw`` is the seed estimate before
+    the floor (it can be negative), for :func:`pooled_seed_variance`. ``var_mean`` is the unbiased variance of
     the mean difference, ``seed/K + item/N + residual/(N K)``; :func:`paired_bootstrap` counts
     the residual about three times, so its SE is larger (conservative) when flips dominate.
     With one seed the seed and residual terms cannot be separated (NaN).
@@ -141,22 +146,27 @@ def variance_components(a_correct: np.ndarray, b_correct: np.ndarray) -> dict:
     ms_item = k * np.sum((item_means - g) ** 2) / max(n - 1, 1)
     if k == 1:
         return {"seed": math.nan, "item": float(ms_item), "residual": math.nan,
-                "var_mean": float(ms_item / n), "n_seeds": 1, "n_items": n}
+                "var_mean": float(ms_item / n), "n_seeds": 1, "n_items": n, "seed_raw": math.nan}
     ms_seed = n * np.sum((seed_means - g) ** 2) / (k - 1)
     resid = d - seed_means[:, None] - item_means[None, :] + g
     ms_res = np.sum(resid ** 2) / ((k - 1) * max(n - 1, 1))
-    out = {"seed": max(0.0, (ms_seed - ms_res) / n), "item": max(0.0, (ms_item - ms_res) / k),
-           "residual": float(ms_res), "n_seeds": k, "n_items": n}
+    seed_raw = float((ms_seed - ms_res) / n)
+    out = {"seed": max(0.0, seed_raw), "item": max(0.0, (ms_item - ms_res) / k),
+           "residual": float(ms_res), "n_seeds": k, "n_items": n, "seed_raw": seed_raw}
     out["var_mean"] = projected_variance(out, k, n)
     return out
 
 
-def crossed_t_test(a_correct: np.ndarray, b_correct: np.ndarray, alpha: float = 0.05) -> dict:
+def crossed_t_test(a_correct: np.ndarray, b_correct: np.ndarray, alpha: float = 0.05,
+                   seed_floor: float = 0.0, seed_floor_df: Optional[float] = None) -> dict:
     """Paired t-test of the accuracy difference ``a - b`` with seeds and items as crossed random effects.
 
     The standard error is the unbiased ``sqrt(var_mean)`` of :func:`variance_components` (the
     quasi-F error term of a seed x item design), with Satterthwaite's degrees of freedom: close
     to ``K - 1`` when run-to-run (seed) variation dominates, large when item flips dominate.
+    ``seed_floor``: a seed variance to use where the stem's own estimate is smaller (e.g. the
+    :func:`pooled_seed_variance` of its dataset), counted with ``seed_floor_df`` degrees of
+    freedom; the default 0 is the plain test.
     Returns ``{diff, low, high, se, df, p, test}`` (``1 - alpha`` interval, two-sided p).
     """
     a, b = _pair(a_correct, b_correct)
@@ -164,11 +174,16 @@ def crossed_t_test(a_correct: np.ndarray, b_correct: np.ndarray, alpha: float = 
     d = d[None, :] if d.ndim == 1 else d
     k, n = d.shape
     c = variance_components(a, b)
+    seed_df = k - 1
+    if k > 1 and seed_floor > c["seed"]:
+        c = {**c, "seed": float(seed_floor)}
+        c["var_mean"] = projected_variance(c, k, n)
+        seed_df = seed_floor_df if seed_floor_df else k - 1
     diff, se = float(d.mean()), math.sqrt(c["var_mean"])
     if k == 1:
         df = float(max(n - 1, 1))
     else:
-        ms = {"seed": (c["seed"] * n + c["residual"], k - 1),
+        ms = {"seed": (c["seed"] * n + c["residual"], seed_df),
               "item": (c["item"] * k + c["residual"], max(n - 1, 1)),
               "residual": (c["residual"], (k - 1) * max(n - 1, 1))}
         coef = {"seed": float(c["seed"] > 0), "item": float(c["item"] > 0)}
@@ -182,6 +197,25 @@ def crossed_t_test(a_correct: np.ndarray, b_correct: np.ndarray, alpha: float = 
     p = float(2 * _st.t.sf(abs(diff) / se, df))
     return {"diff": diff, "low": diff - half, "high": diff + half, "se": se, "df": df, "p": p,
             "test": "paired t-test, seeds and items crossed random effects (Satterthwaite df)"}
+
+
+def pooled_seed_variance(components: Sequence[dict]) -> dict:
+    """The seed variance of a paired difference, pooled over the stems of one dataset.
+
+    ``components``: :func:`variance_components` of each stem against the same baseline. Each
+    stem's own estimate rests on ``K - 1`` degrees of freedom and is floored at 0; here the
+    unfloored estimates are averaged, weighted by their degrees of freedom, and floored once.
+    Returns ``{"seed", "df", "n_stems"}`` (``seed`` NaN when no stem has two seeds). The stems
+    share the baseline's runs, so the estimates are correlated and ``df`` (the sum of the
+    stems' ``K - 1``) overstates the evidence somewhat: use it as a check on the verdicts (as a
+    ``seed_floor`` of :func:`crossed_t_test`), not as the decision test itself.
+    """
+    usable = [c for c in components if c.get("n_seeds", 1) >= 2 and not math.isnan(c.get("seed_raw", math.nan))]
+    if not usable:
+        return {"seed": math.nan, "df": 0, "n_stems": 0}
+    df = sum(c["n_seeds"] - 1 for c in usable)
+    seed = sum(c["seed_raw"] * (c["n_seeds"] - 1) for c in usable) / df
+    return {"seed": max(0.0, float(seed)), "df": df, "n_stems": len(usable)}
 
 
 def projected_variance(components: dict, n_seeds: int, n_items: int) -> float:
