@@ -179,6 +179,10 @@ def analyse(study: Study, cells: Optional[list[str]] = None) -> dict:
     results, missing = collect(study, chosen)
     left_out = len(every) - len(chosen)
     rows, components, pooled_seed = [], {}, {}
+
+    def call(c: dict, p_holm: float) -> str:   # one seed cannot see seed noise: never called
+        return stats.verdict(c["diff"], p_holm, c["mde"], study.alpha) if c["n_seeds"] >= 2 else "indistinguishable"
+
     for d in study.datasets:
         names = [v.name for v in dataset_variants(study, d)]
         base = results.get((d.name, study.baseline), [])
@@ -199,11 +203,10 @@ def analyse(study: Study, cells: Optional[list[str]] = None) -> dict:
         if pooled["n_stems"]:   # the same tests with each stem's seed variance raised to the pooled one
             for v, (a, b) in arrays.items():
                 t = stats.crossed_t_test(a, b, alpha=study.alpha, seed_floor=pooled["seed"], seed_floor_df=pooled["df"])
-                checks[v] = {**t, "mde": stats.min_detectable_difference(t["se"], study.alpha, study.power, t["df"])}
+                checks[v] = {**t, "n_seeds": comps[v]["n_seeds"],
+                             "mde": stats.min_detectable_difference(t["se"], study.alpha, study.power, t["df"])}
             for v, p in zip(checks, stats.holm([c["p"] for c in checks.values()])):
-                checks[v]["verdict"] = (stats.verdict(checks[v]["diff"], p, checks[v]["mde"], study.alpha)
-                                        if comps[v]["n_seeds"] >= 2 else "indistinguishable")
-                checks[v]["p_holm"] = p
+                checks[v].update(p_holm=p, verdict=call(checks[v], p))
         for row in rows:
             c = comps.get(row["variant"]) if row["dataset"] == d.name else None
             if c:
@@ -213,8 +216,7 @@ def analyse(study: Study, cells: Optional[list[str]] = None) -> dict:
                             "p_mcnemar": c["p_mcnemar"],
                             "n10": c["n10"], "n01": c["n01"], "mde": c["mde"], "paired_seeds": c["n_seeds"],
                             "paired_items": c["n_items"],
-                            "verdict": stats.verdict(c["diff"], adjusted[row["variant"]], c["mde"], study.alpha)
-                            if c["n_seeds"] >= 2 else "indistinguishable"})   # one seed cannot see seed noise
+                            "verdict": call(c, adjusted[row["variant"]])})
                 if row["variant"] in checks:
                     ch = checks[row["variant"]]
                     row.update({"pooled_p_holm": ch["p_holm"], "pooled_mde": ch["mde"], "pooled_verdict": ch["verdict"]})
