@@ -6,10 +6,11 @@ A study file is plain YAML, validated before anything runs::
     out_dir: runs/stem_study          # results folder (shared when cells run on several machines)
     seeds: 5                          # or an explicit list [0, 1, 2, 3, 4]; a dataset may set its own
     baseline: deep3                   # the variant every other one is compared with
+    equivalence_margin: 2.0           # points; "equivalent" = within it (a dataset may set its own)
     overrides: {train.max_epochs: 40} # recipe overrides for every cell
     datasets:
       - {name: folk, recipe: recipes/folk.yaml, overrides: {data.folds: {cv: 5}}}
-      - {name: gm, recipe: recipes/gm_instruments.yaml, stem_args: {tall: {n_freq: 64}}}
+      - {name: gm, recipe: recipes/gm_instruments.yaml, stem_args: {tall: {n_freq: 64}}, cluster: label}
     stems:
       - deep3                                       # a preset
       - {name: octave, datasets: [folk]}            # a preset on some datasets only
@@ -87,6 +88,12 @@ class StemEntry(_Strict):
         return grid
 
 
+def _check_margin(value: Optional[float]) -> Optional[float]:
+    if value is not None and not (0 < value < 100):
+        raise ValueError(f"an equivalence margin is in accuracy points, above 0 and below 100; got {value}")
+    return value
+
+
 def _seed_list(seeds: Union[int, list[int]]) -> list[int]:
     seeds = list(range(seeds)) if isinstance(seeds, int) else seeds
     if not seeds or len(set(seeds)) != len(seeds):
@@ -98,7 +105,14 @@ class Dataset(_Strict):
     """One dataset: a training recipe plus overrides; ``stems`` / ``exclude`` pick stem variants;
     ``stem_args`` adds stem arguments (or dotted recipe keys) for some stem entries on this
     dataset only, e.g. ``{tall: {n_freq: 64}}`` for a 64-bin input; ``seeds`` replaces the
-    study's seeds on this dataset (more where its seed noise needs them)."""
+    study's seeds on this dataset (more where its seed noise needs them).
+
+    The statistics (docs/study.md): ``equivalence_margin`` is the accuracy difference, in points,
+    within which a stem counts as *equivalent* to the baseline on this dataset (the study's
+    default if unset; declare it before the runs); ``cluster`` names the column of the runs'
+    ``predictions_test.csv`` whose value is the cluster a test item belongs to (``label`` for its
+    class, ``fold``, ``group``: a game, a soundfont, a piece), which then is the unit of analysis
+    instead of the item."""
     name: str
     recipe: str
     overrides: dict[str, Any] = {}
@@ -107,6 +121,13 @@ class Dataset(_Strict):
     exclude: list[str] = []
     folds: Optional[FoldAxis] = None
     seeds: Optional[Union[int, list[int]]] = None
+    equivalence_margin: Optional[float] = None
+    cluster: Optional[str] = None
+
+    @field_validator("equivalence_margin")
+    @classmethod
+    def _margin(cls, v: Optional[float]) -> Optional[float]:
+        return _check_margin(v)
 
     @field_validator("name")
     @classmethod
@@ -133,11 +154,22 @@ class Study(_Strict):
     alpha: float = 0.05
     power: float = 0.8
     bootstrap: int = 10000
+    equivalence_margin: Optional[float] = None
 
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
         return _check_name(v)
+
+    @field_validator("equivalence_margin")
+    @classmethod
+    def _margin(cls, v: Optional[float]) -> Optional[float]:
+        return _check_margin(v)
+
+    def margin_of(self, dataset: Dataset) -> Optional[float]:
+        """The equivalence margin on ``dataset`` as a fraction (its own, else the study's; None: none)."""
+        points = dataset.equivalence_margin if dataset.equivalence_margin is not None else self.equivalence_margin
+        return None if points is None else points / 100
 
     @field_validator("seeds")
     @classmethod

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 
-COLORS = {"better": "tab:green", "worse": "tab:red", "indistinguishable": "tab:gray", None: "black"}
+COLORS = {"better": "tab:green", "worse": "tab:red", "equivalent": "tab:blue", "inconclusive": "tab:gray", None: "black"}
 
 
 def _panels(n: int, width: float = 5.0, height: float = 4.0):
