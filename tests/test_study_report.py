@@ -146,7 +146,7 @@ def test_report_markdown(study):
     assert ("**Rule:** 2 stems compared with `deep3`; each verdict is read off its 97.5% simultaneous "
             "interval (Bonferroni over the 2, family-wise α = 0.05)") in md
     assert "no equivalence margin declared" in md
-    for png in ("accuracy_vs_flops", "accuracy_per_stem", "validation_curves", "filters_a"):
+    for png in ("verdicts", "accuracy_vs_flops", "accuracy_per_stem", "validation_curves", "filters_a"):
         assert (study["dir"] / f"{png}.png").stat().st_size > 1000
         assert f"]({png}.png)" in md
     assert not (study["dir"] / "filters_b.png").exists()   # no checkpoint kept there

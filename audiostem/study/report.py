@@ -218,7 +218,8 @@ def write_report(study: Study, out: Union[str, Path, None] = None, cells: Option
         drows = [r for r in rows if r["dataset"] == d]
         lines += [f"## {d}", "", *_table(drows, study.baseline), "",
                   *[x + "\n" for x in _summary(d, drows, a["components"][d], study)]]
-    figures = [plots.accuracy_vs_flops(rows, out / "accuracy_vs_flops.png"),
+    figures = [plots.verdict_grid(rows, out / "verdicts.png"),
+               plots.accuracy_vs_flops(rows, out / "accuracy_vs_flops.png"),
                plots.accuracy_per_stem(rows, out / "accuracy_per_stem.png"),
                plots.validation_curves(results, datasets, out / "validation_curves.png")]
     for d in datasets:
