@@ -83,7 +83,7 @@ def test_bodies_make_one_group_per_dataset_and_body(tmp_path):
     ({"bodies": ["narrow", {"name": "resnet18", "stems": ["deep3", "tal"]}]}, "bodies[1].stems: unknown stem 'tal'"),
     ({"bodies": ["timm:resnet18", "timm_resnet18"]}, "bodies: names"),
     ({"bodies": []}, "bodies: a non-empty list"),
-    ({"bodies": ["a/b"]}, "is not a body name"),
+    ({"bodies": ["narrow "]}, "is not a body name"),
     ({"datasets": [{"name": "one", "recipe": "r", "bodies": ["narrow"]}]}, "datasets[0].bodies: the study lists no bodies"),
     ({"bodies": ["narrow"], "datasets": [{"name": "one", "recipe": "r", "bodies": ["resnet10"]}]},
      "datasets[0].bodies: unknown body 'resnet10'"),
@@ -213,13 +213,21 @@ def test_new_tuning_cells_hold_the_main_cells_back_and_export_carries_the_choice
 def test_bodies_and_tuning_together(tmp_path, capsys):
     """Each body's group is tuned on its own, and an untuned dataset takes the same body's choices."""
     from audiostem.study.tuning import tuning_cells, tuning_choices
-    path = tune_study(tmp_path, bodies=["narrow", {"name": "resnet18", "stems": ["deep3"]}], seeds=1)
+    path = tune_study(tmp_path, bodies=["narrow", {"name": "resnet18", "stems": ["deep3", "patch4"]}], seeds=2,
+                      bootstrap=200)
     study = load_study(path)
     assert sorted({c.dataset for c in tuning_cells(study)}) == ["one", "one@resnet18"]
     assert main([str(path)]) == 0
     choices = tuning_choices(study)
     assert choices["two@resnet18"]["deep3"]["tuned_on"] == "one@resnet18"
     assert "model.body=resnet18" in (tmp_path / "out/runs/two@resnet18/deep3/seed0/calls.txt").read_text()
+    # the report: a section per dataset and body, each with its tuning line
+    assert main(["report", str(path)]) == 0
+    report = (tmp_path / "out/report/report.md").read_text()
+    sections = report.split("\n## ")[1:]
+    assert [x.split("\n")[0] for x in sections][:4] == ["one", "one@resnet18", "two", "two@resnet18"]
+    assert all("**Tuning:** lr chosen on validation accuracy" in x for x in sections[:4])
+    assert "tuned on one@resnet18" in sections[3]
 
 
 def test_the_v2_study_file(tmp_path, monkeypatch):

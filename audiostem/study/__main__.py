@@ -5,6 +5,9 @@
     python -m audiostem.study STUDY.yaml --dry-run
     python -m audiostem.study report STUDY.yaml [--bootstrap N] [--cells GLOB ...]
     python -m audiostem.study export STUDY.yaml DEST [--cells GLOB ...]
+
+A study with a ``tune`` section runs its tuning cells (``_tune/...``) first; its main cells exist
+once they have all finished and the choices are made (see docs/study.md).
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ EPILOG = """examples:
   parallel -j 4 < cells.txt                                 ... run them anywhere
   python -m audiostem.study report studies/stem_study.yaml  report.md, results.csv, plots
   python -m audiostem.study export studies/stem_study.yaml kept/   finished cells' small files
+  python -m audiostem.study studies/stem_study_v2.yaml --cells '_tune/*'   only the tuning cells
 """
 
 

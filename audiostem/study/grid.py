@@ -78,7 +78,7 @@ class Body(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not v or v != v.strip() or "/" in v:
+        if not v or v != v.strip():
             raise ValueError(f"{v!r} is not a body name: a model.body value such as narrow, resnet18, timm:resnet18")
         return v
 
