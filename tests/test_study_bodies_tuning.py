@@ -123,10 +123,10 @@ def test_tuning_runs_first_and_chooses_on_validation(tmp_path, capsys):
     assert main([str(path), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "pending   _tune/one/deep3/lr0.003/seed100" in out and "train.lr=0.01 seed=100" in out
-    assert "8 main cells wait for the tuning choices" in out and "0 INVALID" in out
+    assert "8 main cells wait for their tuning choices" in out and "0 INVALID" in out
     assert main([str(path), "--plan"]) == 0
     captured = capsys.readouterr()
-    assert len(captured.out.splitlines()) == 6 and "main cells can be planned once" in captured.err
+    assert len(captured.out.splitlines()) == 6 and "8 main cells wait for their tuning cells: plan again" in captured.err
     assert main([str(path), "--cells", "one/*"]) == 2
     assert "the main cells exist once the tuning cells ('_tune/*') have finished" in capsys.readouterr().err
     # one invocation: the tuning cells, then the choices, then the main cells with them
@@ -217,7 +217,20 @@ def test_bodies_and_tuning_together(tmp_path, capsys):
                       bootstrap=200)
     study = load_study(path)
     assert sorted({c.dataset for c in tuning_cells(study)}) == ["one", "one@resnet18"]
+    # the narrow groups' main cells need only the narrow tuning cells
+    assert main([str(path), "--cells", "_tune/one/*"]) == 0
+    capsys.readouterr()
+    assert main([str(path), "--cells", "one/*", "two/*"]) == 0
+    assert "8 cells: 0 finished, 8 to run" in capsys.readouterr().err
+    assert main([str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "finished  two/patch4/seed1" in out and "8 main cells wait for their tuning choices" in out
+    assert main([str(path), "--cells", "two@resnet18/*"]) == 2
+    assert "the main cells exist once the tuning cells" in capsys.readouterr().err
     assert main([str(path)]) == 0
+    err = capsys.readouterr().err
+    assert "8 cells: 8 finished, 0 to run" in err
+    assert err.index("6 tuning cells: 0 finished, 6 to run") < err.index("8 cells: 0 finished, 8 to run")
     choices = tuning_choices(study)
     assert choices["two@resnet18"]["deep3"]["tuned_on"] == "one@resnet18"
     assert "model.body=resnet18" in (tmp_path / "out/runs/two@resnet18/deep3/seed0/calls.txt").read_text()

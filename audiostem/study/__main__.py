@@ -44,19 +44,21 @@ def _echo(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def _cells(study: Study, patterns: Optional[Sequence[str]]) -> tuple[list, bool]:
-    """The study's cells matching ``patterns`` in run order: its tuning cells, then its main cells,
-    or only the tuning cells while their choices are not made (then ``True``)."""
+def _cells(study: Study, patterns: Optional[Sequence[str]]) -> tuple[list, list]:
+    """The study's cells matching ``patterns`` in run order (its tuning cells, then the main cells
+    of the groups whose choices are made), and the main cells still waiting for their choices."""
     main = main_cells(study, _echo)
-    return run_order(study, select(tuning_cells(study) + (main or []), patterns, pending=main is None)), main is None
+    ready = {c.name for c in main}
+    waiting = [c for c in unchosen_main_cells(study) if c.name not in ready]
+    cells = select(tuning_cells(study) + main, patterns, pending=bool(waiting))
+    return run_order(study, cells), waiting
 
 
-def _waiting(study: Study, out) -> int:
-    """--dry-run while tuning is unfinished: the main cells, recipes checked with no tuned value."""
-    cells = unchosen_main_cells(study)
+def _waiting(study: Study, cells: list, out) -> int:
+    """--dry-run: the main cells that wait for their tuning choices, recipes checked without them."""
     errors = [(c, e) for c in cells for e in [None if is_finished(c) else check_cell(study, c)] if e]
-    print(f"{len(cells)} main cells wait for the tuning choices ({choices_path(study)}), made when every tuning "
-          f"cell has finished; their recipes, checked without the tuned values: "
+    print(f"{len(cells)} main cells wait for their tuning choices ({choices_path(study)}), made when the tuning "
+          f"cells they depend on have finished; their recipes, checked without the tuned values: "
           f"{len(errors)} INVALID" + "".join(f"\nINVALID   {c.name}\n          {e}" for c, e in errors), file=out)
     return len(errors)
 
@@ -92,10 +94,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             _check_recipes(study, select(tuning_cells(study) + unchosen_main_cells(study), args.cells))
             result = run_all(study, args.cells, jobs=args.jobs, retries=args.retries)
             return _summarise(study, result)
-        cells, pending = _cells(study, args.cells)
+        cells, waiting = _cells(study, args.cells)
         if args.dry_run:
             invalid = describe(study, cells, sys.stdout)
-            return 1 if invalid + (_waiting(study, sys.stdout) if pending else 0) else 0
+            return 1 if invalid + (_waiting(study, waiting, sys.stdout) if waiting else 0) else 0
         _check_recipes(study, cells)
         if args.prepare:
             return 1 if prepare_caches(study, cells, lambda m: print(m, file=sys.stderr)) else 0
@@ -107,9 +109,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 with open(args.plan, "w") as fh:
                     n = write_plan(study, Path(args.study), todo, fh, raw=args.raw)
                 print(f"wrote {n} commands to {args.plan}", file=sys.stderr)
-            if pending:
-                print(f"these are the tuning cells: the {len(unchosen_main_cells(study))} main cells can be planned "
-                      f"once they have all finished (run --plan again then)", file=sys.stderr)
+            if waiting:
+                print(f"{len(waiting)} main cells wait for their tuning cells: plan again once those have finished "
+                      f"(the runner that finishes the last of them writes the choices)", file=sys.stderr)
             return 0
     except (ValueError, CacheError) as err:    # StudyError, and the recipe's own errors
         print(f"error: {err}", file=sys.stderr)
@@ -161,7 +163,8 @@ def export_main(argv: Sequence[str]) -> int:
     args = p.parse_args(argv)
     try:
         study = load_study(args.study)
-        n = export_cells(study, _cells(study, args.cells)[0], Path(args.dest))
+        cells = _cells(study, args.cells)[0]      # + every tuning cell: the choices rest on them
+        n = export_cells(study, tuning_cells(study) + [c for c in cells if c.point is None], Path(args.dest))
     except StudyError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -69,14 +69,16 @@ def run_order(study: Study, cells: list[Cell]) -> list[Cell]:
     return [c for _, c in sorted(zip(keyed, cells), key=lambda kc: kc[0])]
 
 
-def main_cells(study: Study, echo: Callable[[str], None]) -> Optional[list[Cell]]:
-    """The study's main cells; with ``tune``, None while tuning cells are unfinished (else the
-    choices are made or checked first: :func:`tuning.settle_choices`, which may refuse)."""
+def main_cells(study: Study, echo: Callable[[str], None]) -> list[Cell]:
+    """The study's main cells; with ``tune``, those of the groups whose tuning has finished, after
+    their choices are made or checked (:func:`tuning.settle_choices`, which may refuse)."""
     if study.tune is not None:
         from .tuning import settle_choices
-        if settle_choices(study, echo) is None:
-            return None
-    return expand(study)
+        settle_choices(study, echo)
+    try:
+        return expand(study)
+    except TuningPending:
+        return []
 
 
 def train_command(study: Study, cell: Cell, portable: bool = False) -> list[str]:
@@ -229,33 +231,37 @@ def _echo(message: str) -> None:
 
 def run_all(study: Study, patterns: Optional[Sequence[str]] = None, jobs: int = 1, retries: int = 1,
             echo: Callable[[str], None] = _echo) -> dict:
-    """Run a study's cells that match ``patterns`` (all if None), in :func:`run_order`: with
-    ``tune``, its tuning cells first, then (once all of them have finished) the choices, then the
-    main cells. Returns :func:`run_study`'s counts summed over the phases, plus ``waiting``: main
-    cells not started because tuning cells are unfinished (or failed)."""
-    from .tuning import tuning_cells
+    """Run a study's cells that match ``patterns`` (all if None), body by body (the study's
+    ``bodies`` order): the tuning cells of that body's groups, then their choices, then the main
+    cells of the groups whose choices are made; each phase in :func:`run_order`. Returns
+    :func:`run_study`'s counts summed over the phases, plus ``waiting``: main cells not started
+    because the tuning cells they wait for are unfinished (or failed)."""
+    from .tuning import tuning_cells, unchosen_main_cells
     tuning = tuning_cells(study)
     main = main_cells(study, echo)
-    picked = select(tuning + (main or []), patterns, pending=main is None)
+    every = unchosen_main_cells(study)
+    select(tuning + main, patterns, pending=len(main) < len(every))    # a pattern that matches nothing is an error
+
+    def matching(cells: list[Cell]) -> list[Cell]:
+        return [c for c in cells if not patterns or any(fnmatch.fnmatchcase(c.name, p) for p in patterns)]
     total = {"cells": 0, "skipped": 0, "finished": 0, "failed": [], "waiting": 0}
 
-    def add(result: dict) -> None:
-        for key in ("cells", "skipped", "finished", "failed"):
-            total[key] += result[key]
-    todo = [c for c in picked if c.point is not None]
-    if todo:
-        add(run_study(study, run_order(study, todo), jobs, retries, echo, what="tuning cells"))
-        main = main_cells(study, echo)
-    if main is None:
-        from .tuning import unchosen_main_cells
+    def run(cells: list[Cell], what: str) -> None:
+        if cells:
+            result = run_study(study, run_order(study, cells), jobs, retries, echo, what=what)
+            for key in ("cells", "skipped", "finished", "failed"):
+                total[key] += result[key]
+    for body in sorted({d._body_index for d in study.datasets}):
+        groups = {d.name for d in study.datasets if d._body_index == body}
+        run(matching([c for c in tuning if c.dataset in groups]), "tuning cells")
+        main = main_cells(study, echo) if study.tune is not None else main
+        run(matching([c for c in main if c.dataset in groups]), "cells")
+    ready = {c.name for c in main}
+    total["waiting"] = len([c for c in matching(every) if c.name not in ready])
+    if total["waiting"]:
         left = sum(not is_finished(c) for c in tuning)
-        total["waiting"] = len(unchosen_main_cells(study))
-        echo(f"[study {study.name}] {left} of {len(tuning)} tuning cells unfinished: the {total['waiting']} "
-             f"main cells wait for the tuning choices")
-        return total
-    todo = [c for c in main if not patterns or any(fnmatch.fnmatchcase(c.name, p) for p in patterns)]
-    if todo or not picked:
-        add(run_study(study, run_order(study, todo), jobs, retries, echo))
+        echo(f"[study {study.name}] {left} of {len(tuning)} tuning cells unfinished: {total['waiting']} main "
+             f"cells wait for their tuning choices")
     return total
 
 

@@ -68,21 +68,31 @@ def _score(study: Study, cell: Cell) -> float:
     return float(val[study.tune.metric])
 
 
+def ready_groups(study: Study) -> list[str]:
+    """The groups whose tuning has finished: every tuning cell of the group they take their
+    choices from (:func:`grid.tuning_source`) has ``metrics.json``."""
+    done: dict[str, bool] = {}
+    for c in tuning_cells(study):
+        done[c.dataset] = done.get(c.dataset, True) and (c.out_dir / "metrics.json").is_file()
+    return [d.name for d in study.datasets if done.get(tuning_source(study, d).name, False)]
+
+
 def choose(study: Study) -> dict:
-    """The choices from the finished tuning cells: ``{"metric", "grid", "seeds", "choices": {group:
-    {variant: {"values": {key: value}, "point", "tuned_on", "scores": {point: mean}}}}}`` for every
-    group of the study (an untuned group gets its source group's). Raises :class:`StudyError`
-    when a tuning cell is unfinished or has no validation metric."""
-    cells = tuning_cells(study)
-    unfinished = [c.name for c in cells if not (c.out_dir / "metrics.json").is_file()]
-    if unfinished:
-        raise TuningPending(f"{len(unfinished)} tuning cells have not finished (e.g. {unfinished[0]})")
+    """The choices from the finished tuning cells: ``{"metric", "grid", "seeds", "rule", "choices":
+    {group: {variant: {"values": {key: value}, "point", "tuned_on", "scores": {point: mean}}}}}``
+    for every group in :func:`ready_groups` (an untuned group gets its source group's). Raises
+    :class:`StudyError` when a finished tuning run has no validation metric."""
+    ready = ready_groups(study)
+    sources = {tuning_source(study, d).name for d in study.datasets if d.name in ready}
     scores: dict[tuple, list[float]] = {}
-    for c in cells:
-        scores.setdefault((c.dataset, c.variant, c.point), []).append(_score(study, c))
+    for c in tuning_cells(study):
+        if c.dataset in sources:
+            scores.setdefault((c.dataset, c.variant, c.point), []).append(_score(study, c))
     sign = -1.0 if study.tune.metric == "loss" else 1.0
     tuned = {}
     for d in tuned_groups(study):
+        if d.name not in sources:
+            continue
         for v in dataset_variants(study, d):
             means = {label: sum(s) / len(s) for label, _ in points(study)
                      for s in [scores[(d.name, v.name, label)]]}
@@ -92,10 +102,8 @@ def choose(study: Study) -> dict:
                     best = (label, values)
             tuned[(d.name, v.name)] = {"values": best[1], "point": best[0], "tuned_on": d.name,
                                        "scores": {k: round(x, 6) for k, x in means.items()}}
-    choices: dict[str, dict] = {}
-    for d in study.datasets:
-        source = tuning_source(study, d)
-        choices[d.name] = {v.name: tuned[(source.name, v.name)] for v in dataset_variants(study, d)}
+    choices = {d.name: {v.name: tuned[(tuning_source(study, d).name, v.name)] for v in dataset_variants(study, d)}
+               for d in study.datasets if d.name in ready}
     return {"metric": study.tune.metric, "grid": study.tune.grid, "seeds": study.tune.seeds,
             "rule": "best mean validation metric over the tuning seeds; ties go to the point listed first",
             "choices": choices}
@@ -124,23 +132,23 @@ def tuning_choices(study: Study) -> Optional[dict[str, dict[str, dict]]]:
 
 
 def chosen_overrides(study: Study) -> dict[str, dict[str, dict]]:
-    """``{group: {variant: {key: value}}}`` for :func:`grid.expand`; raises :class:`TuningPending`
-    (naming how many tuning cells are left) while there is no choices file, and StudyError when
-    the file lacks a group or variant of the study (the study file changed: run the study)."""
-    data = read_choices(study)
-    if data is None:
+    """``{group: {variant: {key: value}}}`` for :func:`grid.expand`, for the groups whose tuning has
+    finished (:func:`ready_groups`) and whose choice is in the file; the other groups have no main
+    cells yet. Raises :class:`TuningPending` (naming how many tuning cells are left) while no
+    group has its choices."""
+    data = read_choices(study) or {"choices": {}}
+    out = {}
+    for name in ready_groups(study):
+        try:
+            out[name] = {v.name: data["choices"][name][v.name]["values"]
+                         for v in dataset_variants(study, study.dataset(name))}
+        except (KeyError, TypeError):
+            continue                  # tuned, but the runner has not written the choice yet
+    if not out:
         left = sum(not (c.out_dir / "metrics.json").is_file() for c in tuning_cells(study))
         raise TuningPending(f"study {study.name}: the tuning choices ({choices_path(study)}) are not made yet; "
                             f"{left} of its tuning cells are unfinished. `python -m audiostem.study STUDY.yaml` "
                             f"runs them first, then the main cells")
-    out = {}
-    for d in study.datasets:
-        for v in dataset_variants(study, d):
-            try:
-                out.setdefault(d.name, {})[v.name] = data["choices"][d.name][v.name]["values"]
-            except (KeyError, TypeError):
-                raise StudyError(f"{choices_path(study)}: no choice for {d.name}/{v.name}; the study file gained it "
-                                 f"after tuning: run the study to tune it") from None
     return out
 
 
@@ -158,40 +166,42 @@ def _values(data: Optional[dict]) -> dict:
     return {(g, v): c["values"] for g, vs in (data or {}).get("choices", {}).items() for v, c in vs.items()}
 
 
-def settle_choices(study: Study, echo: Callable[[str], None]) -> Optional[dict]:
-    """Make or check the choices once every tuning cell has finished; returns the choices data, or
-    None while tuning cells are unfinished. Refuses (:class:`StudyError`) when the choices would
-    change for a group and variant some of whose main cells have already started: their folders
-    hold runs made with the old values, and mixing the two is what this guards against."""
+def settle_choices(study: Study, echo: Callable[[str], None]) -> None:
+    """Make or check the choices of every group whose tuning has finished, and write them (with
+    the stored choices of groups whose tuning has grown since, so that a later change is seen).
+    Refuses (:class:`StudyError`) when a choice would change for a group and variant some of whose
+    main cells have already started, or when a started cell's stored ``recipe.yaml`` holds another
+    value than the one chosen now: mixing runs made with two values is what this guards against."""
     if study.tune is None:
-        return None
-    try:
-        new = choose(study)
-    except TuningPending:
-        return None
+        return
+    new = choose(study)
     old = read_choices(study)
-    if old == json.loads(json.dumps(new)):
-        return old
     before, after = _values(old), _values(new)
-    changed = sorted(k for k in after if old is not None and k in before and before[k] != after[k])
+    for group, variants in (old or {}).get("choices", {}).items():
+        new["choices"].setdefault(group, variants)        # not ready now: keep what it had
+    if old == json.loads(json.dumps(new)):
+        return
+    changed = sorted(k for k in after if k in before and before[k] != after[k])
     main = [c for c in unchosen_main_cells(study) if c.out_dir.exists()]
     started = [c.name for c in main if (c.dataset, c.variant) in changed]
-    for c in main:          # each run folder's recipe.yaml records what it ran
-        ran = _recorded(c, after.get((c.dataset, c.variant), {}))
-        if ran and not started:
-            raise StudyError(f"study {study.name}: {c.out_dir / 'recipe.yaml'} ran {ran}, not the values the tuning "
-                             f"cells choose now ({after[(c.dataset, c.variant)]}); refusing to mix them: move the "
-                             f"main cells made with other values away, or restore the choices they were made with")
     if started:
         detail = "; ".join(f"{g}/{v}: {before[(g, v)]} -> {after[(g, v)]}" for g, v in changed[:6])
         raise StudyError(
             f"study {study.name}: the tuning choices changed ({detail}) but {len(started)} main cells already "
             f"started with the old ones (e.g. {started[0]}). Refusing to mix them: restore {choices_path(study)} "
             f"and the tuning cells as they were, or move those main cells' folders away to rerun them")
+    for c in main:          # each run folder's recipe.yaml records what it ran
+        ran = _recorded(c, after.get((c.dataset, c.variant), {}))
+        if ran:
+            raise StudyError(f"study {study.name}: {c.out_dir / 'recipe.yaml'} ran {ran}, not the values the tuning "
+                             f"cells choose now ({after[(c.dataset, c.variant)]}); refusing to mix them: move the "
+                             f"main cells made with other values away, or restore the choices they were made with")
+    if not new["choices"]:
+        return
     write_choices(study, new)
-    echo(f"[study {study.name}] tuning choices {'rewritten' if old else 'made'} ({choices_path(study)}): "
-         + "; ".join(f"{g}/{v} {c['point']}" for g, vs in new["choices"].items() for v, c in vs.items()))
-    return new
+    made = [f"{g}/{v} {after[(g, v)]}" for g, v in after if before.get((g, v)) != after[(g, v)]]
+    if made:
+        echo(f"[study {study.name}] tuning choices made ({choices_path(study)}): " + "; ".join(made))
 
 
 def _recorded(cell: Cell, values: dict) -> dict:
