@@ -11,10 +11,11 @@ A study file's ``tune`` section (:class:`audiostem.study.grid.Tune`)::
 
 For every tuned (dataset group, variant) the runner first runs one *tuning cell* per grid point
 and tuning seed, in ``OUT_DIR/runs/_tune/GROUP/VARIANT/POINT/seedK`` (inside ``runs/`` so that
-``export`` and copying back carry them like the main cells). When all of them have finished it
-picks, per group and variant, the point with the best mean validation metric over the tuning
-seeds (test items are never read) and writes ``OUT_DIR/runs/_tune/choices.json``; this module
-owns that file. The main cells then carry the chosen values. Cell names and folders do not
+``export`` and copying back carry them like the main cells). When all of a group's tuning cells
+have finished it picks, per variant, the point with the best mean validation metric over the
+tuning seeds (test items are never read) and writes ``OUT_DIR/runs/_tune/choices.json``; this
+module owns that file. That group's main cells (and those of the groups that take its choices)
+then exist and carry the chosen values. Cell names and folders do not
 depend on the values, so a choice that changes under a started main cell is refused rather than
 run into the same folder (:func:`settle_choices`).
 """
