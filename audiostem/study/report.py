@@ -15,6 +15,7 @@ from . import plots
 from .collect import analyse
 from .grid import Study
 from .stats import VERDICTS
+from .tuning import tuning_lines
 
 CSV_FIELDS = ["dataset", "variant", "baseline", "n_seeds", "n_items", "acc_mean", "acc_low", "acc_high",
               "acc_std", "f1_mean", "f1_low", "f1_high", "f1_std", "params", "stem_params", "stem_flops",
@@ -92,9 +93,10 @@ def _range(values: list[float], fmt) -> str:
 
 def _summary(name: str, rows: list[dict], components: list[dict], study: Study) -> list[str]:
     compared = [r for r in rows if "verdict" in r]
+    tuning = tuning_lines(study, name)    # the values chosen on validation, when the study tunes
     if not compared:
         return [f"No paired comparison yet on {name} (needs finished runs of `{study.baseline}` and "
-                f"another stem on the same seeds)."]
+                f"another stem on the same seeds)."] + tuning
     margin, unit = compared[0]["margin"], compared[0]["unit"]
     groups = {v: [f"{r['variant']} ({_pct(r['diff'], sign=True)})" for r in compared if r["verdict"] == v]
               for v in VERDICTS}
@@ -167,7 +169,7 @@ def _summary(name: str, rows: list[dict], components: list[dict], study: Study) 
     if devices:
         out.append("**Trained on:** " + ", ".join(f"{d} ({k} runs)" for d, k in sorted(devices.items()))
                    + " (samples/s compare only within one device).")
-    return out
+    return out + tuning
 
 
 METHOD = """Accuracy and macro-F1 come from each run's item-level test predictions (CV: every item
