@@ -225,3 +225,18 @@ def manifest_layout(root: Path, extra_splits: dict[str, str], classes: Sequence[
         header = ["path", "label", "split", *columns]
     _write_csv(root / "manifest.csv", header, rows)
     return root
+
+
+def columns_layout(root: Path, columns: dict, classes: Sequence[str] = ("flute", "piano"),
+                   per_class: int = 6, seconds: float = 0.5, sr: int = 16000) -> Path:
+    """A builder-style audio dataset with any manifest columns: ``root/<label>/<n>.wav`` and
+    ``root/manifest.csv`` with ``path,label`` and one column per ``columns`` entry, whose value
+    for item ``n`` of class ``c`` is ``fn(c, n)`` (a soundfont, a game fold, a phrase group)."""
+    rows = []
+    for k, c in enumerate(classes):
+        for n in range(per_class):
+            rel = f"{c}/{c}_{n}.wav"
+            write_wav(root / rel, 300 + 600 * k + 20 * n, seconds=seconds, sr=sr)
+            rows.append([rel, c, *(fn(c, n) for fn in columns.values())])
+    _write_csv(root / "manifest.csv", ["path", "label", *columns], rows)
+    return root
