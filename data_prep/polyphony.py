@@ -366,11 +366,16 @@ def _select_and_convert(pieces: dict[str, list[Piece]], per_class: int, per_piec
     pool = _pool(n_workers) if n_workers > 1 else None
     try:
         while True:
+            # a class that ran out caps the others (every class is cut to the smallest count)
+            target = min([per_class] + [len(taken[label]) for label, ps in pieces.items()
+                                        if position[label] >= len(ps)])
             batch = []
             for label, ps in pieces.items():
-                need = per_class - len(taken[label])
+                need = target - len(taken[label])
                 if need > 0 and position[label] < len(ps):
-                    n = max(n_workers, -(-need // per_piece) + 2)     # a few spare for short scores
+                    done = report[label]["pieces"] + report[label]["too_short"] + report[label]["failed"]
+                    rate = len(taken[label]) / done if done and taken[label] else per_piece
+                    n = max(n_workers, int(need / rate) + 2)          # a few spare for short scores
                     batch += ps[position[label]:position[label] + n]
                     position[label] += n
             if not batch:
@@ -379,7 +384,7 @@ def _select_and_convert(pieces: dict[str, list[Piece]], per_class: int, per_piec
             results = pool.map(_convert, jobs, chunksize=1) if pool else [_convert(j) for j in jobs]
             for piece, (data, reason) in zip(batch, results):
                 rep = report[piece.label]
-                if len(taken[piece.label]) >= per_class:
+                if len(taken[piece.label]) >= target:
                     continue
                 if data is None:
                     rep["failed"] += 1
@@ -392,7 +397,7 @@ def _select_and_convert(pieces: dict[str, list[Piece]], per_class: int, per_piec
                     continue
                 converted[piece.label].append((piece, data))
                 rep["pieces"] += 1
-                for start, notes in windows[:per_class - len(taken[piece.label])]:
+                for start, notes in windows[:target - len(taken[piece.label])]:
                     taken[piece.label].append({
                         "path": f"{piece.label}/{piece.piece_id}_b{start:04d}.mid", "label": piece.label,
                         "group": piece.group, "piece": piece.piece_id, "source": piece.source,
