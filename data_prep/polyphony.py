@@ -47,7 +47,6 @@ import csv
 import hashlib
 import io
 import json
-import multiprocessing
 import os
 import re
 import shutil
@@ -56,6 +55,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
+
+from .folk import _cpu_count, _pool, corpus_dir
 
 COLLECTIONS = {
     "palestrina": ["palestrina/*.krn"],
@@ -87,13 +88,6 @@ class Piece:
     source: str              # the file, relative to music21's corpus folder
     piece_id: str            # the file name made safe ("opus74no1_movement1"), unique per class
     group: str               # the work it belongs to ("quartet:haydn/opus74no1")
-
-
-def corpus_dir() -> Path:
-    """The ``corpus`` folder of the installed music21 package."""
-    import music21
-
-    return Path(music21.__file__).parent / "corpus"
 
 
 # -- listing pieces ----------------------------------------------------------------------------
@@ -428,18 +422,6 @@ def _cached(reuse: Optional[Path], piece: Piece) -> Optional[bytes]:
         return None
     path = reuse / piece.label / f"{piece.piece_id}.mid"
     return path.read_bytes() if path.is_file() else None
-
-
-def _cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-def _pool(workers: int):
-    methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("fork" if "fork" in methods else "spawn").Pool(workers)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
