@@ -22,8 +22,9 @@ How a score becomes MIDI: music21 parses it; every note of every part (chords as
 tied notes merged, grace notes left out, repeats not expanded) is written at its offset in
 quarter notes, at a fixed 120 quarter notes per minute, velocity 80, program 0, in one track:
 tempo, dynamics and instruments would name the class. Parsing is the slow part (a quartet
-movement takes seconds), so each score's MIDI is kept in ``ROOT/pieces/`` and a rebuild with
-other excerpt settings (same music21 version) reads it instead of parsing again.
+movement takes seconds), so each score's MIDI is saved as soon as it is converted (in
+``ROOT.partial/pieces/``, where an interrupted build resumes) and published in ``ROOT/pieces/``,
+where a rebuild with other excerpt settings (same music21 version) reads it instead of parsing.
 
 Excerpts: a score is cut at quarter-note offsets 0, L, 2L, ... into windows of ``L =
 excerpt_beats`` quarter notes (default 32: 128 frames at 4 frames per beat, 8 bars of 4/4,
@@ -285,30 +286,35 @@ def build_polyphony(root: os.PathLike | str = DEFAULT_ROOT, per_class: int = 500
     marker = root / "polyphony.json"
     built: dict = {}
     if marker.exists():
-        try:
-            built = json.loads(marker.read_text())
-        except ValueError:
-            built = {}
+        built = _read_json(marker)
         if built.get("request") == request and (root / "manifest.csv").exists() and not force:
             return root
     elif root.exists() and any(root.iterdir()):
         raise ValueError(f"{root} is not empty and holds no polyphony dataset (no polyphony.json); "
                          f"choose an empty or new folder for the polyphony dataset")
+    candidates = list_pieces(classes, collections)
+    # converted scores are kept in ROOT.partial/pieces as they come (an interrupted build resumes
+    # from them), and read from ROOT/pieces of an earlier build, for the same music21 and FORMAT
+    version = {"format": FORMAT, "music21": request["music21"]}
     old = built.get("request", {})
-    reuse = root / "pieces" if (old.get("format"), old.get("music21")) == (FORMAT, request["music21"]) else None
+    partial = root.with_name(root.name + ".partial")
+    if partial.exists() and _read_json(partial / "pieces.json") != version:
+        shutil.rmtree(partial)
+    (partial / "pieces").mkdir(parents=True, exist_ok=True)
+    (partial / "pieces.json").write_text(json.dumps(version, sort_keys=True) + "\n", encoding="utf-8")
+    stores = [partial / "pieces"] + ([root / "pieces"] if {k: old.get(k) for k in version} == version else [])
     say = (lambda text: print(text, file=sys.stderr, flush=True)) if progress else (lambda text: None)
     started = time.perf_counter()
     say(f"building the polyphony MIDI dataset in {root} from music21's corpus "
         f"(up to {per_class} excerpts of {excerpt_beats} beats x {len(classes)} classes) ...")
-    pieces, rows, report = _select_and_convert(list_pieces(classes, collections), per_class, per_piece,
-                                               excerpt_beats, workers, reuse, say)
-    partial = root.with_name(root.name + ".partial")
-    if partial.exists():
-        shutil.rmtree(partial)
-    for piece, data in pieces:
-        path = partial / "pieces" / piece.label / f"{piece.piece_id}.mid"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
+    pieces, rows, report = _select_and_convert(candidates, per_class, per_piece, excerpt_beats, workers,
+                                               stores, say)
+    kept = {partial / "pieces.json"} | {partial / "pieces" / p.label / f"{p.piece_id}.mid" for p, _ in pieces}
+    for path in sorted(partial.rglob("*"), reverse=True):      # only what this build uses is published
+        if path.is_file() and path not in kept:
+            path.unlink()
+        elif path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
     for label in classes:
         (partial / label).mkdir(parents=True, exist_ok=True)
     for row in rows:
@@ -332,6 +338,7 @@ def build_polyphony(root: os.PathLike | str = DEFAULT_ROOT, per_class: int = 500
                                    for s in SPLIT_FRACTIONS}
     (partial / "polyphony.json").write_text(json.dumps({"request": request, "built": report}, indent=1,
                                                        sort_keys=True) + "\n", encoding="utf-8")
+    (partial / "pieces.json").unlink()
     if root.exists():
         shutil.rmtree(root)
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -344,11 +351,13 @@ def build_polyphony(root: os.PathLike | str = DEFAULT_ROOT, per_class: int = 500
 
 
 def _select_and_convert(pieces: dict[str, list[Piece]], per_class: int, per_piece: int, beats: int,
-                        workers: Optional[int], reuse: Optional[Path], say
+                        workers: Optional[int], stores: list[Path], say
                         ) -> tuple[list[tuple[Piece, bytes]], list[dict], dict]:
     """Convert scores class by class in hash order, in rounds, until each class has ``per_class``
     excerpts (or runs out), then cut every class to the smallest count. Which scores are taken
-    is decided in a fixed order, so the result does not depend on ``workers``."""
+    is decided in a fixed order, so the result does not depend on ``workers``. A score's MIDI is
+    read from the first of ``stores`` that has it, else converted; either way it is saved in
+    ``stores[0]`` at once."""
     import music21  # noqa: F401  (imported once here, inherited by forked workers)
 
     report = {label: {"candidates": len(ps), "pieces": 0, "excerpts": 0, "failed": 0, "too_short": 0,
@@ -374,10 +383,15 @@ def _select_and_convert(pieces: dict[str, list[Piece]], per_class: int, per_piec
                     position[label] += n
             if not batch:
                 break
-            jobs = [(p.source, _cached(reuse, p)) for p in batch]
-            results = pool.map(_convert, jobs, chunksize=1) if pool else [_convert(j) for j in jobs]
+            jobs = [(p.source, _cached(stores, p)) for p in batch]
+            results = pool.imap(_convert, jobs, chunksize=1) if pool else map(_convert, jobs)
             for piece, (data, reason) in zip(batch, results):
                 rep = report[piece.label]
+                saved = stores[0] / piece.label / f"{piece.piece_id}.mid"
+                if data is not None and not saved.exists():
+                    saved.parent.mkdir(parents=True, exist_ok=True)
+                    saved.with_suffix(".tmp").write_bytes(data)
+                    os.replace(saved.with_suffix(".tmp"), saved)
                 if len(taken[piece.label]) >= target:
                     continue
                 if data is None:
@@ -417,11 +431,19 @@ def _select_and_convert(pieces: dict[str, list[Piece]], per_class: int, per_piec
     return kept_pieces, rows, report
 
 
-def _cached(reuse: Optional[Path], piece: Piece) -> Optional[bytes]:
-    if reuse is None:
-        return None
-    path = reuse / piece.label / f"{piece.piece_id}.mid"
-    return path.read_bytes() if path.is_file() else None
+def _cached(stores: list[Path], piece: Piece) -> Optional[bytes]:
+    for store in stores:
+        path = store / piece.label / f"{piece.piece_id}.mid"
+        if path.is_file():
+            return path.read_bytes()
+    return None
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

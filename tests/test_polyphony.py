@@ -101,6 +101,31 @@ def test_build_is_deterministic_balanced_and_split_by_work(tmp_path, monkeypatch
     assert sum(r["label"] == "bach" for r in rows) == sum(r["label"] == "palestrina" for r in rows) == 5
 
 
+def test_an_interrupted_build_resumes_from_its_converted_scores(tmp_path, monkeypatch):
+    kw = dict(per_class=4, per_piece=2, excerpt_beats=16, classes=list(SMALL), collections=SMALL,
+              workers=1, progress=False)
+    real, parsed = polyphony.score_notes, []
+
+    def stop_after_one(path):
+        if parsed:
+            raise KeyboardInterrupt
+        parsed.append(str(path))
+        return real(path)
+
+    monkeypatch.setattr(polyphony, "score_notes", stop_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        build_polyphony(tmp_path / "r", **kw)
+    assert not (tmp_path / "r").exists()
+    assert len(list((tmp_path / "r.partial" / "pieces").rglob("*.mid"))) == 1        # the work done is kept
+    again = []
+    monkeypatch.setattr(polyphony, "score_notes", lambda path: again.append(str(path)) or real(path))
+    resumed = build_polyphony(tmp_path / "r", **kw)
+    assert parsed[0] not in again and again                                          # not parsed twice
+    monkeypatch.setattr(polyphony, "score_notes", real)
+    assert _files(resumed) == _files(build_polyphony(tmp_path / "fresh", **kw))      # the same result
+    assert not (tmp_path / "r.partial").exists()
+
+
 def test_bad_folders_and_settings_are_refused(tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
