@@ -95,7 +95,10 @@ class CrossValidation(_Strict):
 
     cv: int = Field(ge=2, description="number of folds; the cache's own folds when it has them")
     test: Optional[list[int]] = Field(None, description="the folds to run as test folds (default: all)")
-    val: Literal["next", "none"] = "next"
+    val: Literal["next", "none", "train"] = Field("next", description=(
+        "validation: 'next' (the fold after the test fold), 'none', or 'train' (a held-out part of "
+        "the training folds, val_fraction of each label and fold, items of one group together)"))
+    val_fraction: float = Field(0.15, gt=0, lt=1, description="the held-out part when val is 'train'")
 
 
 class Data(_Strict):

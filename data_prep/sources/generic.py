@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import csv
 import re
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -158,6 +159,10 @@ class CsvSource(Source):
         parser.add_argument("--test-fold", type=int, default=None, metavar="K",
                             help="with a fold column and no split column: fold K is the test "
                                  "split and the others train (default: keep folds, no split)")
+        parser.add_argument("--fold-column", default="fold", metavar="COLUMN",
+                            help="column whose values are the cross-validation folds (default fold, "
+                                 "when present): whole numbers are the folds themselves; any other "
+                                 "values (a soundfont, a game) are numbered 1..K in sorted order")
 
     def items(self, args: argparse.Namespace) -> list[SourceItem]:
         root = Path(args.root)
@@ -179,6 +184,7 @@ class CsvSource(Source):
         group_col = args.group_by or ("group" if "group" in header else None)
         if group_col and group_col not in header:
             raise ValueError(f"{manifest}: --group-by {group_col!r} is not a column (columns: {header})")
+        fold_of = fold_numbers(rows, args.fold_column, header, manifest)
         items = []
         for line, row in enumerate(rows, start=2):
             where = f"{manifest}:{line}: "
@@ -187,11 +193,7 @@ class CsvSource(Source):
                 raise ValueError(f"{where}empty {args.path_column!r} or {args.label_column!r}")
             path = Path(raw_path)
             path = path if path.is_absolute() else base / path
-            fold = (row.get("fold") or "").strip()
-            try:
-                fold_value = int(fold) if fold else None
-            except ValueError:
-                raise ValueError(f"{where}fold must be an integer, got {fold!r}") from None
+            fold_value = fold_of.get((row.get(args.fold_column) or "").strip())
             split = (row.get(args.split_column) or "").strip()
             split = split if split in others else normalise_split(split, where)
             items.append(SourceItem(path, label, split,
@@ -200,3 +202,25 @@ class CsvSource(Source):
         if not items:
             raise ValueError(f"{manifest}: no rows")
         return assign_splits(items, args)
+
+
+def fold_numbers(rows: list[dict], column: str, header: list, manifest: Path) -> dict[str, int]:
+    """Fold number of each value of ``column``: whole numbers stand for themselves; when any
+    value is not one, the distinct values are numbered 1..K in sorted order (printed, so the
+    numbers can be read back). An empty value has no fold. No such column: ``{}``, unless it
+    was asked for by name (``ValueError``)."""
+    if column not in header:
+        if column != "fold":
+            raise ValueError(f"{manifest}: --fold-column {column!r} is not a column (columns: {header})")
+        return {}
+    values = sorted({(r.get(column) or "").strip() for r in rows} - {""})
+    if all(re.fullmatch(r"[+-]?\d+", v) for v in values):
+        return {v: int(v) for v in values}
+    if column == "fold":
+        bad = next(v for v in values if not re.fullmatch(r"[+-]?\d+", v))
+        raise ValueError(f"{manifest}: fold must be an integer, got {bad!r} (or name the column with "
+                         f"--fold-column to number its values)")
+    numbers = {v: k for k, v in enumerate(values, start=1)}
+    print(f"csv: folds from column {column!r}: " + ", ".join(f"{k}={v}" for v, k in numbers.items()),
+          file=sys.stderr)
+    return numbers
