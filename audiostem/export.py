@@ -93,12 +93,8 @@ class WaveformClassifier(nn.Module):
             used = np.flatnonzero(weights.any(axis=0))      # the DFT bins any band reads
             lo, hi = (int(used[0]), int(used[-1]) + 1) if used.size else (0, 1)
             mel = torch.from_numpy(np.ascontiguousarray(weights[:, lo:hi].T))   # (bins used, n_mels)
-        # the DFT of the windowed frame as one matrix: [cos | -sin] columns of bins lo..hi-1,
-        # the window folded in; built in float64 then rounded once
-        window = _window(c.window, c.win_length or c.n_fft, c.n_fft)          # (n_fft,) float64
-        phase = 2 * np.pi * np.outer(np.arange(c.n_fft), np.arange(lo, hi)) / c.n_fft
-        basis = np.concatenate([np.cos(phase), -np.sin(phase)], axis=1) * window.numpy()[:, None]
-        self.register_buffer("dft", torch.from_numpy(basis).float())        # (n_fft, 2 * bins used)
+        self.lo, self.hi = lo, hi
+        self.register_buffer("window", _window(c.window, c.win_length or c.n_fft, c.n_fft).float())
         self.register_buffer("mel", mel)
         self.register_buffer("dct", dct_matrix(c.n_mfcc, c.n_mels).T.float().contiguous()
                              if c.kind == "mfcc" else torch.zeros(0, 0))     # (n_mels, n_mfcc)
@@ -116,9 +112,8 @@ class WaveformClassifier(nn.Module):
         index = (torch.arange(n_frames, device=x.device)[:, None] * self.hop_length
                  + torch.arange(self.n_fft, device=x.device)[None, :]).reshape(-1)
         frames = x.index_select(2, index).reshape(x.shape[0], x.shape[1], n_frames, self.n_fft)
-        spec = frames @ self.dft                                             # (B, C, T, 2K)
-        k = self.dft.shape[1] // 2
-        power = spec[..., :k].square() + spec[..., k:].square()
+        spec = torch.view_as_real(torch.fft.rfft(frames * self.window))[..., self.lo:self.hi, :]
+        power = spec[..., 0].square() + spec[..., 1].square()                # (B, C, T, bins used)
         if self.kind == "stft":
             return power.sqrt().transpose(2, 3)
         if self.power != 2.0:

@@ -58,6 +58,33 @@ def test_the_torch_front_end_matches_data_prep(config):
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4 * np.abs(expected).max())
 
 
+@pytest.mark.parametrize("fmt", [pytest.param("onnx", marks=needs_onnx), "torchscript"])
+def test_a_stereo_run_takes_channels_and_windows_as_predict_does(fmt, tmp_path):
+    """forward = the predict pipeline (cache features as float16, clip_windows, mean logits, softmax),
+    here for a stereo linear-magnitude run with an untrained model; the file runs it the same."""
+    from audiostem.data import clip_windows
+    from audiostem.export import export_onnx, export_torchscript, run_exported
+    from audiostem.models import build_model
+    c = feature_config({"kind": "stft", "sample_rate": SR, "n_fft": 128, "hop_length": 64, "mono": False})
+    g = torch.Generator().manual_seed(0)
+    mean = torch.rand(2, c.bins, generator=g)
+    stats = {"mean": mean, "std": 0.5 + torch.rand(2, c.bins, generator=g), "pad": mean}
+    model = build_model("resnet7", {"widths": [8], "depths": [1]}, 3, in_channels=2,
+                        stem_overrides={"out_channels": 8}).eval()
+    front = WaveformClassifier(model, c.to_dict(), stats, CROP, HOP).eval().requires_grad_(False)
+    out = tmp_path / f"stereo.{fmt}"
+    (export_onnx if fmt == "onnx" else export_torchscript)(front, {}, out, torch.zeros(1, 2, 3000))
+    for n in (100, 15 * 64, 5000):
+        x = np.stack([_signal(n), _signal(n, seed=1)])
+        windows = clip_windows(compute_features(x, c).astype(np.float16), CROP, HOP, stats)
+        with torch.no_grad():
+            expected = torch.softmax(model(windows).mean(0), 0).numpy()
+            probs, logits = front(torch.from_numpy(x)[None])
+        assert logits.shape == (1, len(windows), 3)
+        np.testing.assert_allclose(probs[0].numpy(), expected, atol=1e-5)
+        np.testing.assert_allclose(run_exported(out, fmt, x[None])[0][0], expected, atol=1e-5)
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A tiny audio run (1 epoch) with evaluation windows that overlap."""
@@ -130,6 +157,8 @@ def test_the_exported_file_matches_predict_without_audiostem(run, clips, fmt, tm
     exported = json.loads(done.stdout)
     windows = {name: clips[name]["windows"] for name in clips}
     assert sorted(windows.values()) == [1, 1, 5, 11]
+    spread = [max(p["probabilities"].values()) for p in clips.values()]
+    assert max(spread) - min(spread) > 0.01          # the clips give the model different things to say
     for wav, predicted in clips.items():
         assert exported[wav] == pytest.approx(predicted["probabilities"], abs=1e-3), wav
 
