@@ -77,7 +77,7 @@ class WaveformClassifier(nn.Module):
         c = feature_config(features)
         refuse_unexportable(c.to_dict())
         self.model = model
-        self.kind, self.mono = c.kind, c.mono
+        self.kind, self.mono, self.sample_rate = c.kind, c.mono, c.sample_rate
         self.n_fft, self.hop_length, self.center = c.n_fft, c.hop_length, c.center
         self.crop, self.eval_hop = crop_frames, eval_hop
         self.power = float(c.power)
