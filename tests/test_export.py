@@ -82,7 +82,9 @@ def test_a_stereo_run_takes_channels_and_windows_as_predict_does(fmt, tmp_path):
             probs, logits = front(torch.from_numpy(x)[None])
         assert logits.shape == (1, len(windows), 3)
         np.testing.assert_allclose(probs[0].numpy(), expected, atol=1e-5)
-        np.testing.assert_allclose(run_exported(out, fmt, x[None])[0][0], expected, atol=1e-5)
+        batch = run_exported(out, fmt, np.stack([x, 0.5 * x]))[0]           # a batch of two clips
+        np.testing.assert_allclose(batch[0], expected, atol=1e-5)
+        assert np.abs(batch[1] - batch[0]).max() > 1e-6                      # each clip its own peak, windows
 
 
 @pytest.fixture(scope="module")
