@@ -34,6 +34,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -210,15 +211,17 @@ def export_onnx(wrapped: WaveformClassifier, meta: dict, out: Path, example: tor
 def export_torchscript(wrapped: WaveformClassifier, meta: dict, out: Path, example: torch.Tensor) -> None:
     """Write ``wrapped`` as TorchScript: the model traced on a batch of windows, the front end and
     windowing scripted around it; ``meta`` as the extra file ``audiostem.json``."""
-    with torch.no_grad():
-        c, f = wrapped.mean.shape
-        traced = torch.jit.trace(wrapped.model, torch.randn(3, c, f, wrapped.crop), check_trace=False)
-    model, wrapped.model = wrapped.model, traced
-    try:
-        scripted = torch.jit.script(wrapped)
-    finally:
-        wrapped.model = model
-    torch.jit.save(scripted, str(out), _extra_files={"audiostem.json": json.dumps(meta)})
+    c, f = wrapped.mean.shape
+    model = wrapped.model
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit")  # docs/training.md says it
+        with torch.no_grad():
+            wrapped.model = torch.jit.trace(model, torch.randn(3, c, f, wrapped.crop), check_trace=False)
+        try:
+            scripted = torch.jit.script(wrapped)
+        finally:
+            wrapped.model = model
+        torch.jit.save(scripted, str(out), _extra_files={"audiostem.json": json.dumps(meta)})
 
 
 def run_exported(path: Path, fmt: str, waveform: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -232,7 +235,9 @@ def run_exported(path: Path, fmt: str, waveform: np.ndarray) -> tuple[np.ndarray
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         probs, logits = session.run(None, {"waveform": waveform})
         return probs, logits
-    module = torch.jit.load(str(path))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit")
+        module = torch.jit.load(str(path))
     with torch.no_grad():
         probs, logits = module(torch.from_numpy(waveform))
     return probs.numpy(), logits.numpy()
@@ -290,7 +295,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n\n".join(__doc__.split("\n\n")[1:]))
     parser.add_argument("checkpoint", metavar="RUN_OR_CKPT", help="a run folder or a .ckpt file")
-    parser.add_argument("--format", dest="fmt", choices=list(FORMATS), default="onnx")
+    parser.add_argument("--format", dest="fmt", choices=list(FORMATS), default="onnx",
+                        help="onnx (default; runs with onnxruntime) or torchscript (runs with torch alone; "
+                             "torch marks TorchScript deprecated)")
     parser.add_argument("--out", help="the file to write (default: next to the checkpoint, "
                                       "best.onnx or best.torchscript.pt)")
     parser.add_argument("--clip-seconds", type=float, default=10.0,
