@@ -250,8 +250,9 @@ def export(checkpoint: Union[str, Path], fmt: str = "onnx", out: Optional[Union[
     Args:
         checkpoint: the run folder (its ``checkpoints/best.ckpt``) or a checkpoint file.
         fmt: ``onnx`` or ``torchscript``.
-        out: the file to write (default: next to the checkpoint, ``best.onnx`` or
-            ``best.torchscript.pt``). Written to a temporary name and renamed when checked.
+        out: the file to write, or a folder to write it in (default: next to the checkpoint,
+            ``best.onnx`` or ``best.torchscript.pt``). Written to ``OUT.partial`` and renamed
+            when checked.
         clip_seconds: length of the example clip the export is traced with and checked on
             (the file takes any length).
     Returns the path written. Raises :class:`ExportError` for a run that cannot be exported, a
@@ -272,7 +273,9 @@ def export(checkpoint: Union[str, Path], fmt: str = "onnx", out: Optional[Union[
             raise ExportError(f"ONNX export needs the export extra ({e.name} is missing): "
                               "pip install 'audiostem[export]'") from None
     ckpt = find_checkpoint(checkpoint)
-    out = Path(out) if out is not None else ckpt.with_name(ckpt.stem + FORMATS[fmt])
+    out = Path(out) if out is not None else ckpt.parent
+    if out.is_dir():
+        out = out / (ckpt.stem + FORMATS[fmt])
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")
     example = _example(meta, clip_seconds)
@@ -308,6 +311,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         out = export(args.checkpoint, args.fmt, args.out, args.clip_seconds)
     except (CheckpointError, ExportError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: {e.filename or args.out}: cannot write the exported file ({e.strerror or e})", file=sys.stderr)
         return 2
     print(f"wrote {out}")
     return 0
