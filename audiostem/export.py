@@ -209,7 +209,8 @@ def export_onnx(wrapped: WaveformClassifier, meta: dict, out: Path, example: tor
 
 
 def export_torchscript(wrapped: WaveformClassifier, meta: dict, out: Path, example: torch.Tensor) -> None:
-    """Write ``wrapped`` as TorchScript: the model traced on a batch of windows, the front end and
+    """Write ``wrapped`` as TorchScript: the model traced on a batch of windows (``example`` is not
+    needed: the scripted front end and windowing keep every size dynamic), the front end and
     windowing scripted around it; ``meta`` as the extra file ``audiostem.json``."""
     c, f = wrapped.mean.shape
     model = wrapped.model
@@ -253,8 +254,8 @@ def export(checkpoint: Union[str, Path], fmt: str = "onnx", out: Optional[Union[
         out: the file to write, or a folder to write it in (default: next to the checkpoint,
             ``best.onnx`` or ``best.torchscript.pt``). Written to ``OUT.partial`` and renamed
             when checked.
-        clip_seconds: length of the example clip the export is traced with and checked on
-            (the file takes any length).
+        clip_seconds: length of the example clip that ONNX export traces with and that both
+            formats are checked on (the file takes any length).
     Returns the path written. Raises :class:`ExportError` for a run that cannot be exported, a
     missing ``audiostem[export]`` extra, or an exported file whose output differs from the model
     in this process by more than 1e-4 (on the example clip and a clip shorter than a window).
@@ -272,6 +273,9 @@ def export(checkpoint: Union[str, Path], fmt: str = "onnx", out: Optional[Union[
         except ImportError as e:
             raise ExportError(f"ONNX export needs the export extra ({e.name} is missing): "
                               "pip install 'audiostem[export]'") from None
+        if tuple(int(p) for p in torch.__version__.split(".")[:2]) < (2, 6):
+            raise ExportError(f"ONNX export needs torch >= 2.6 (torch.onnx.export(dynamo=True) with dynamic "
+                              f"shapes), this is torch {torch.__version__}; or use --format torchscript")
     ckpt = find_checkpoint(checkpoint)
     out = Path(out) if out is not None else ckpt.parent
     if out.is_dir():
@@ -304,8 +308,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--out", help="the file to write (default: next to the checkpoint, "
                                       "best.onnx or best.torchscript.pt)")
     parser.add_argument("--clip-seconds", type=float, default=10.0,
-                        help="length of the example clip the export is traced and checked with "
-                             "(default 10; the file takes any length)")
+                        help="length of the example clip the export traces with and checks the file "
+                             "on (default 10; the file takes any length)")
     args = parser.parse_args(argv)
     try:
         out = export(args.checkpoint, args.fmt, args.out, args.clip_seconds)
