@@ -257,8 +257,9 @@ def export(checkpoint: Union[str, Path], fmt: str = "onnx", out: Optional[Union[
         clip_seconds: length of the example clip that ONNX export traces with and that both
             formats are checked on (the file takes any length).
     Returns the path written. Raises :class:`ExportError` for a run that cannot be exported, a
-    missing ``audiostem[export]`` extra, or an exported file whose output differs from the model
-    in this process by more than 1e-4 (on the example clip and a clip shorter than a window).
+    missing ``audiostem[export]`` extra, a model torch cannot export, or a file whose output
+    differs from the model in this process by more than 1e-4 (on the example clip and a clip
+    shorter than a window).
     """
     if fmt not in FORMATS:
         raise ExportError(f"--format: must be one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -283,7 +284,12 @@ def export(checkpoint: Union[str, Path], fmt: str = "onnx", out: Optional[Union[
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")
     example = _example(meta, clip_seconds)
-    (export_onnx if fmt == "onnx" else export_torchscript)(wrapped, meta, partial, example)
+    try:
+        (export_onnx if fmt == "onnx" else export_torchscript)(wrapped, meta, partial, example)
+    except Exception as e:                       # noqa: BLE001 - torch.onnx/jit raise many kinds
+        partial.unlink(missing_ok=True)
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        raise ExportError(f"{out}: the {fmt} export failed ({type(e).__name__}: {first}); nothing written") from e
     short = example[..., :max(1, wrapped.hop_length * wrapped.crop // 3)]
     for clip in (example, short):
         with torch.no_grad():

@@ -87,6 +87,24 @@ def test_a_stereo_run_takes_channels_and_windows_as_predict_does(fmt, tmp_path):
         assert np.abs(batch[1] - batch[0]).max() > 1e-6                      # each clip its own peak, windows
 
 
+def test_every_stem_preset_exports_to_torchscript(tmp_path):
+    """Tracing meets every stem (parallel branches, CoordConv) and the file equals the model in eager mode."""
+    from audiostem import list_stems
+    from audiostem.export import export_torchscript, run_exported
+    from audiostem.models import build_model
+    c = feature_config({**AUDIO_FEATURES, "n_mels": 32})
+    stats = {"mean": torch.full((1, 32), -40.0), "std": torch.full((1, 32), 15.0), "pad": torch.full((1, 32), -40.0)}
+    x = np.stack([_signal(3000), _signal(3000, seed=1)])
+    for name in list_stems():
+        model = build_model(name, {"widths": [8], "depths": [1]}, 3, stem_overrides={"coord": True}).eval()
+        front = WaveformClassifier(model, c.to_dict(), stats, 32, HOP).eval().requires_grad_(False)
+        export_torchscript(front, {}, tmp_path / f"{name}.pt", torch.zeros(0))
+        with torch.no_grad():
+            expected = front(torch.from_numpy(x))[0].numpy()
+        np.testing.assert_allclose(run_exported(tmp_path / f"{name}.pt", "torchscript", x)[0], expected, atol=1e-5,
+                                   err_msg=name)
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A tiny audio run (1 epoch) with evaluation windows that overlap."""
