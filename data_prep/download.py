@@ -187,16 +187,30 @@ def extract(archive: Path, root: Path) -> None:
         with tarfile.open(archive) as tf:
             if hasattr(tarfile, "data_filter"):
                 tf.extractall(root, filter="data")
-            else:                               # Python without extraction filters
-                for member in tf.getmembers():
-                    _inside(root, member.name, archive)
-                    if member.issym() or member.islnk():
-                        _inside(root, str(Path(member.name).parent / member.linkname), archive)
-                tf.extractall(root)
+            else:                               # Python without extraction filters (< 3.10.12, 3.11.4)
+                _extract_plain(tf, root, archive)
     except tarfile.TarError as e:
         if isinstance(e, getattr(tarfile, "FilterError", ())):
             raise ValueError(f"{archive}: refused an unsafe member ({e})") from None
         raise ValueError(f"{archive}: not a zip or tar archive ({e})") from None
+
+
+def _extract_plain(tf: tarfile.TarFile, root: Path, archive: Path) -> None:
+    """Extract only regular files and folders, each inside ``root``, without the archive's
+    permission bits or owners: any link (symbolic or hard), device or FIFO member refuses the
+    archive before anything is written. A dataset needs none of them, and a link is how a
+    later member escapes the root (``d/l -> ..`` then ``d/l/../x``; a hard link to an outside
+    file that a later member overwrites)."""
+    members = tf.getmembers()
+    for member in members:
+        if not (member.isfile() or member.isdir()):
+            kind = ("a symbolic link" if member.issym() else "a hard link" if member.islnk()
+                    else "a device or FIFO")
+            raise ValueError(f"{archive}: member {member.name!r} is {kind}; refused (this Python "
+                             "has no tar extraction filters, so only files and folders are extracted)")
+        _inside(root, member.name, archive)
+    for member in members:
+        tf.extract(member, root, set_attrs=False)
 
 
 def _inside(root: Path, name: str, archive: Path) -> None:

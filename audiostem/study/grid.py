@@ -44,6 +44,8 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, field_validator, model_validator
 
+from ..yamlio import load_yaml
+
 _TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "function-after"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -515,7 +517,7 @@ def load_study(path: Union[str, Path]) -> Study:
     """Read and validate a study file; raises :class:`StudyError` naming the file and field."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text(encoding="utf-8"), str(path))
     except OSError as err:
         raise StudyError(f"{path}: cannot read the study file ({err.strerror})") from None
     except yaml.YAMLError as err:
