@@ -290,12 +290,18 @@ def rebuild_command(path: Path, meta: Optional[dict]) -> str:
     if source.get("root"):
         parts += ["--root", _quote(str(source["root"]))]
     parts += ["--out", _quote(str(path)), "--force"]
-    for key, value in (source.get("options") or {}).items():
+    options, features = source.get("options") or {}, meta.get("features") or {}
+    given_options, default_features = _source_defaults(source["name"], features.get("kind"))
+    for key, value in options.items():
+        if key in given_options and given_options[key] == value:
+            continue
         if value is True:
             parts.append("--" + key.replace("_", "-"))
         elif value not in (None, False):
             parts += ["--" + key.replace("_", "-"), _quote(str(value))]
-    for key, value in (meta.get("features") or {}).items():
+    for key, value in features.items():
+        if key != "kind" and key in default_features and default_features[key] == value:
+            continue
         flag = "--" + key.replace("_", "-")
         if isinstance(value, bool):
             parts.append(flag if value else "--no-" + flag[2:])
@@ -303,6 +309,19 @@ def rebuild_command(path: Path, meta: Optional[dict]) -> str:
             parts += [flag, _quote(str(value) if not isinstance(value, (list, tuple)) else
                                    ",".join(map(str, value)))]
     return " ".join(parts)
+
+
+def _source_defaults(name: str, kind: Optional[str]) -> tuple[dict, dict]:
+    """A source's option defaults and default feature config (empty when it is unknown), so
+    that a rebuild command names only what differs from them."""
+    try:
+        from .prepare import resolve_features, source_arguments
+        from .sources import get_source
+
+        src = get_source(name)
+        return vars(source_arguments(src)), resolve_features(src, {"kind": kind} if kind else {}).to_dict()
+    except Exception:                    # noqa: BLE001 - then every field is named
+        return {}, {}
 
 
 def _npy_header(fh, version: tuple) -> tuple:
