@@ -13,7 +13,7 @@ One folder per prepared dataset::
 It is built in ``CACHE.partial/`` and swapped in when complete, so a folder named ``CACHE`` is
 always whole, and a rebuild (``--force``) leaves the old cache in place until the new one is
 complete. One build at a time: a writer holds ``CACHE.lock`` for the whole build and a second
-one is refused, naming the holder (see :mod:`data_prep.cache_guard`). While building, items are appended to ``NNNNN.npy.tmp`` as they arrive, and a
+one is refused, naming the holder (see :mod:`data_prep.cache_files`). While building, items are appended to ``NNNNN.npy.tmp`` as they arrive, and a
 shard is committed by renaming it to ``NNNNN.npy`` once it is on disk (fsync) and then writing
 ``NNNNN.json`` (its manifest rows, failures and per-bin sums for the statistics); a shard
 without its ``.json`` is incomplete and is rebuilt. Items arrive in a deterministic order and
@@ -33,11 +33,9 @@ A reader remembers the build id it opened and checks it again after opening each
 from __future__ import annotations
 
 import csv
-import errno
 import hashlib
 import io
 import json
-import mmap
 import os
 import shutil
 import sys
@@ -49,8 +47,8 @@ from typing import Any, Iterable, Optional, Union
 
 import numpy as np
 
-from .cache_guard import (CacheBusyError, CacheLock, checksum_problems, read_json, rebuild_command,
-                          shard_problems, swap_in)
+from .cache_files import (CacheBusyError, CacheLock, _file_record, _fsync_dir, _ShardFile, checksum_problems,
+                          read_json, rebuild_command, shard_problems, swap_in)
 from .config import FeatureConfig, config_diff, feature_config
 from .stats import Sums, item_sums
 
@@ -79,121 +77,6 @@ def _write_json(path: Path, obj: Any) -> None:
     _write_atomic(path, lambda fh: fh.write(json.dumps(obj, indent=1).encode()))
 
 
-class _ShardFile:
-    """A shard being written: items are appended as raw float16 bytes behind a ``.npy`` header
-    that :meth:`close` rewrites with the final number of frames. NumPy pads a header so that
-    its first dimension can grow to any size in place, so the file is exactly what ``np.save``
-    of the concatenated items would write, without holding the shard in memory.
-
-    Where the file system allows it (Linux, not tmpfs) the file is written with ``O_DIRECT``,
-    from an aligned staging buffer in whole 4-KiB blocks: the disk reads the bytes from that
-    buffer, with no copy into the page cache, which was the costliest CPU work of a piano-roll
-    build (a 728-MB cache: 0.3 s of CPU buffered, 0.15 s direct; see docs/midi.md). Elsewhere the
-    same blocks go through the page cache.
-    """
-    BLOCK = 4096                 # O_DIRECT alignment of offsets, lengths and buffer addresses
-    STAGE = 8 * 2**20
-
-    def __init__(self, path: Path, feature_shape: tuple[int, ...]):
-        self.path, self.tmp = path, path.with_name(path.name + ".tmp")
-        self.feature_shape, self.frames, self.nbytes = feature_shape, 0, 0
-        self.sha256 = hashlib.sha256()                   # of the data after the header
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-        try:                                             # 0o666: data, not executable (umask applies)
-            self.fd = os.open(self.tmp, flags | getattr(os, "O_DIRECT", 0), 0o666)
-        except OSError:                                  # e.g. EINVAL on tmpfs
-            self.fd = os.open(self.tmp, flags, 0o666)
-        self.stage = mmap.mmap(-1, self.STAGE)           # page-aligned, reused for the whole shard
-        self.first = mmap.mmap(-1, self.BLOCK)           # the first block, kept for the header
-        self.flushed = 0                                 # file bytes written before the stage
-        self.fill = self._header_into(self.stage)
-        self.data_start = self.fill
-
-    def _header_into(self, block: mmap.mmap) -> int:
-        header = io.BytesIO()
-        np.lib.format.write_array_header_1_0(header, {
-            "descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)), "fortran_order": False,
-            "shape": (self.frames, *self.feature_shape)})
-        block[:header.tell()] = header.getbuffer()
-        return header.tell()
-
-    def append(self, array: np.ndarray) -> None:
-        data = memoryview(np.ascontiguousarray(array)).cast("B")
-        self.sha256.update(data)
-        done = 0
-        while done < len(data):
-            n = min(len(data) - done, self.STAGE - self.fill)
-            self.stage[self.fill:self.fill + n] = data[done:done + n]
-            self.fill += n
-            done += n
-            if self.fill == self.STAGE:
-                self._flush(self.STAGE)
-        self.frames += len(array)
-        self.nbytes += array.nbytes
-
-    def _flush(self, length: int) -> None:
-        """Write the first ``length`` bytes of the stage (a whole number of blocks, all it holds)."""
-        if self.flushed == 0:
-            self.first[:] = self.stage[:self.BLOCK]
-        view = memoryview(self.stage)[:length]
-        while len(view):
-            view = view[self._write(view):]
-        self.flushed += length
-        self.fill = 0
-        view.release()
-
-    def _write(self, view: memoryview, offset: Optional[int] = None) -> int:
-        try:
-            return os.write(self.fd, view) if offset is None else os.pwrite(self.fd, view, offset)
-        except OSError as e:     # a file system that opens O_DIRECT files but refuses the writes
-            direct = getattr(os, "O_DIRECT", 0)
-            if e.errno != errno.EINVAL or not direct:
-                raise
-            import fcntl
-
-            flags = fcntl.fcntl(self.fd, fcntl.F_GETFL)
-            if not flags & direct:
-                raise
-            fcntl.fcntl(self.fd, fcntl.F_SETFL, flags & ~direct)
-            return self._write(view, offset)
-
-    def close(self) -> dict:
-        """Write the real header, put the file on disk, and only then name it ``.npy``.
-        Returns what ``meta.json`` records of it: ``{"bytes", "data_sha256"}``."""
-        size = self.flushed + self.fill
-        if self.fill:                                    # the last, partial block: padded, cut below
-            padded = -(-self.fill // self.BLOCK) * self.BLOCK
-            self.stage[self.fill:padded] = bytes(padded - self.fill)
-            self._flush(padded)
-        if self._header_into(self.first) != self.data_start:   # cannot happen with NumPy's padding
-            raise RuntimeError(f"{self.tmp}: the .npy header changed size")
-        self._write(memoryview(self.first), 0)
-        os.ftruncate(self.fd, size)
-        os.fsync(self.fd)
-        try:
-            # On disk: let the kernel reuse the pages (if any were used) for the next shard rather
-            # than find fresh memory for every shard (3-4x faster writes here, see docs/midi.md).
-            os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        except (AttributeError, OSError):              # not on macOS; only a hint anyway
-            pass
-        os.close(self.fd)
-        self.stage.close()
-        self.first.close()
-        os.replace(self.tmp, self.path)
-        return {"bytes": size, "data_sha256": self.sha256.hexdigest()}
-
-
-def _file_record(path: Path) -> dict:
-    """``{"bytes", "data_sha256"}`` of a shard on disk (the digest of the data after the header)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        np.lib.format.read_magic(fh)
-        np.lib.format.read_array_header_1_0(fh)
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return {"bytes": path.stat().st_size, "data_sha256": h.hexdigest()}
-
-
 def _shard_record(shard_dir: Path, n: int) -> Optional[dict]:
     """The record of committed shard ``n`` of a partial build, or ``None`` when it is not
     committed (no record, or a record or shard that a crash left incomplete)."""
@@ -208,20 +91,6 @@ def _shard_record(shard_dir: Path, n: int) -> Optional[dict]:
     if "file" in record and record["file"].get("bytes") != size:
         return None
     return record
-
-
-def _fsync_dir(path: Path) -> None:
-    """Put a folder's entries (renames, new files) on disk; a no-op where folders cannot be opened."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _versions() -> dict[str, str]:

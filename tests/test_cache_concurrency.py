@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from data_prep import CacheError, CacheWriter, open_cache
-from data_prep import cache_guard
+from data_prep import cache_files
 from data_prep.prepare import prepare
 from fixtures import synthetic_cache, write_midi
 
@@ -153,13 +153,13 @@ def test_without_file_system_locks_a_lock_file_with_stale_detection(tmp_path, mo
     held = tmp_path / "c.lock.held"
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     held.write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(), "started": 0}))
-    lock = cache_guard.CacheLock(out).acquire()             # its holder is dead: stale, taken over
+    lock = cache_files.CacheLock(out).acquire()             # its holder is dead: stale, taken over
     assert json.loads(held.read_text())["pid"] == os.getpid()
     lock.release()
     assert not held.exists()
     held.write_text(json.dumps({"pid": 1, "host": "elsewhere", "started": 0}))
-    with pytest.raises(cache_guard.CacheBusyError, match=f"pid 1 on host elsewhere.*remove {held}"):
-        cache_guard.CacheLock(out).acquire()
+    with pytest.raises(cache_files.CacheBusyError, match=f"pid 1 on host elsewhere.*remove {held}"):
+        cache_files.CacheLock(out).acquire()
 
 
 def test_a_rebuild_never_changes_the_cache_under_a_reader(tmp_path):
