@@ -41,15 +41,20 @@ def load_classifier(path: Union[str, Path], device: Union[str, torch.device] = "
     path = find_checkpoint(path)
     ckpt = load_checkpoint(path)
     info = ckpt.get("audiostem")
-    if info is None:
-        raise CheckpointError(f"{path}: not an audiostem checkpoint (no 'audiostem' entry); "
+    if not isinstance(info, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        raise CheckpointError(f"{path}: not an audiostem checkpoint (no 'audiostem' or 'state_dict' entry); "
                               "train one with python -m audiostem.train")
-    m = info["recipe"]["model"]
-    model = build_model(stem=m["stem"], body=m["body"], num_classes=len(info["classes"]),
-                        in_channels=info["input_shape"][0], head=m["head"],
-                        stem_overrides=dict(m["stem_args"]), dropout=m["dropout"])
-    state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    model.load_state_dict(state)
+    try:
+        m = info["recipe"]["model"]
+        model = build_model(stem=m["stem"], body=m["body"], num_classes=len(info["classes"]),
+                            in_channels=info["input_shape"][0], head=m["head"],
+                            stem_overrides=dict(m["stem_args"]), dropout=m["dropout"])
+        state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+        model.load_state_dict(state)
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
+        text = " ".join(str(e).split())[:300]
+        raise CheckpointError(f"{path}: its model does not rebuild from what it stores "
+                              f"({type(e).__name__}: {text})") from None
     model = model.to(device).eval()
     if use_channels_last(m.get("channels_last", False), device):
         model = model.to(memory_format=torch.channels_last)     # convs then run NHWC whatever the input

@@ -174,9 +174,10 @@ def cache_build_check(cache):
     return CacheBuildCheck()
 
 
-def check_resume(path: str, cache, run_dir: Path, own: bool) -> None:
-    """Verify the checkpoint a run resumes from (:func:`~audiostem.checkpoint.load_checkpoint`)
-    and that it was trained on the cache's current build; :class:`CheckpointError` or
+def check_resume(path: str, cache, run_dir: Path, own: bool, task=None) -> None:
+    """Verify the checkpoint a run resumes from (:func:`~audiostem.checkpoint.load_checkpoint`),
+    that it holds this model's weights (``task``'s parameter names and shapes), and that it was
+    trained on the cache's current build; :class:`CheckpointError` or
     :class:`~data_prep.CacheError` saying how to go on otherwise (``own``: the run's own
     ``last.ckpt``, which ``--restart`` discards)."""
     how = (f"pass --restart to train this run again from the start (or delete {path})" if own
@@ -185,6 +186,19 @@ def check_resume(path: str, cache, run_dir: Path, own: bool) -> None:
         ckpt = load_checkpoint(path)
     except CheckpointError as e:
         raise CheckpointError(f"{e}. Cannot resume from it: {how}") from None
+    state = ckpt.get("state_dict")
+    if not isinstance(state, dict) or "audiostem" not in ckpt:
+        raise CheckpointError(f"{path}: not an audiostem training checkpoint (no state_dict or audiostem "
+                              f"entry). Cannot resume from it: {how}")
+    if task is not None:
+        mine = {k: tuple(v.shape) for k, v in task.state_dict().items()}
+        theirs = {k: tuple(getattr(v, "shape", ())) for k, v in state.items()}
+        bad = sorted(set(mine) ^ set(theirs)) or [k for k in mine if mine[k] != theirs[k]]
+        if bad:
+            k = bad[0]
+            raise CheckpointError(f"{path}: holds another model's weights ({k}: {theirs.get(k, 'missing')} "
+                                  f"in the checkpoint, {mine.get(k, 'missing')} in this recipe's model). "
+                                  f"Cannot resume from it: {how}")
     built = (ckpt.get("audiostem") or {}).get("cache_build_id")
     if built is not None and built != cache.build_id:
         raise CacheError(f"{cache.path}: rebuilt since {path} was written (the run trained on build "
@@ -231,7 +245,7 @@ def fit_run(recipe: Recipe, cache, split: dict, run_dir: Path, callbacks: Sequen
     last = ckpt_dir / "last.ckpt"
     ckpt_path = resume_from or (str(last) if last.exists() else None)
     if ckpt_path:
-        check_resume(ckpt_path, cache, run_dir, own=resume_from is None)
+        check_resume(ckpt_path, cache, run_dir, own=resume_from is None, task=task)
     if ckpt_path is None and _is_rank_zero():
         for stale in (ckpt_dir, run_dir / "logs"):     # leftovers of a run that never finished an epoch
             shutil.rmtree(stale, ignore_errors=True)
@@ -378,7 +392,30 @@ def pool_folds(out: Path, fold_dirs: list[Path], fold_metrics: list[dict], class
 def train(recipe: Recipe, callbacks: Sequence = (), restart: bool = False,
           resume_from: Optional[str] = None) -> dict:
     """Train (or resume, or read back) the run of ``recipe``; returns its ``metrics.json`` dict
-    (``{}`` on ranks other than 0). ``callbacks`` are extra Lightning callbacks for every run."""
+    (``{}`` on ranks other than 0). ``callbacks`` are extra Lightning callbacks for every run.
+
+    One process trains a run folder at a time: rank 0 holds ``OUT_DIR/run.lock`` throughout,
+    and a second ``train`` of the same ``out_dir`` is refused (:class:`RecipeError` naming the
+    holder's pid, host and start time) instead of writing the same checkpoints."""
+    from data_prep.cache_files import CacheBusyError, CacheLock
+
+    lock = None
+    if _is_rank_zero():
+        out = Path(recipe.out_dir)
+        lock = CacheLock(out, out / "run.lock", busy="being trained by {holder} (lock {lock}); one run "
+                         "per out_dir at a time: wait for it, or stop it and run again (it resumes)")
+        try:
+            lock.acquire()
+        except CacheBusyError as e:
+            raise RecipeError(f"out_dir: {e}") from None
+    try:
+        return _train(recipe, callbacks, restart, resume_from)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(recipe: Recipe, callbacks: Sequence, restart: bool, resume_from: Optional[str]) -> dict:
     from .data import resolve_splits
     from .report import write_json
     quiet_lightning()

@@ -411,16 +411,24 @@ class FeatureCache:
         try:
             self.config = feature_config(self.meta["features"])
             self.classes: list[str] = list(self.meta["classes"])
+            tuple(self.meta["feature_shape"]), self.meta["stats"]["mean"], self.meta["failures"]
+        except (KeyError, TypeError, ValueError) as e:
+            raise CacheError(_damaged(self.path, self.meta, [f"{self.path / 'meta.json'}: damaged "
+                                                              f"({type(e).__name__}: {' '.join(str(e).split())})"])) from None
+        try:
             want = (self.meta.get("files") or {}).get("manifest.csv", {}).get("bytes")
             if want is not None and manifest.stat().st_size != want:
                 raise ValueError(f"{manifest.stat().st_size} bytes, the build wrote {want}")
             with open(manifest, newline="", encoding="utf-8") as fh:
-                return [_parse_row(r) for r in csv.DictReader(fh)]
+                rows = [_parse_row(r) for r in csv.DictReader(fh)]
+            unknown = sorted({r["label"] for r in rows} - set(self.classes))
+            if unknown:
+                raise ValueError(f"labels {unknown[:3]} are not in meta.json's classes")
+            return rows
         except FileNotFoundError as e:
             raise CacheError(_damaged(self.path, self.meta, [f"{e.filename}: missing"])) from None
         except (KeyError, TypeError, ValueError) as e:
-            what = manifest if not isinstance(e, KeyError) else self.path / "meta.json"
-            raise CacheError(_damaged(self.path, self.meta, [f"{what}: damaged ({type(e).__name__}: "
+            raise CacheError(_damaged(self.path, self.meta, [f"{manifest}: damaged ({type(e).__name__}: "
                                                               f"{' '.join(str(e).split())})"])) from None
 
     def check_build(self) -> None:

@@ -217,11 +217,18 @@ class CacheLock:
     :meth:`acquire` raises :class:`CacheBusyError` naming the holder when another process (or
     another writer in this process) holds it; :meth:`release` gives it back. Usable as a
     context manager.
+
+    Args:
+        out: what the lock guards (a cache folder, a dataset root, a run folder).
+        path: the lock file (default ``OUT.lock`` beside ``out``).
+        busy: what the refusal says after the holder: what to do meanwhile.
     """
 
-    def __init__(self, out: Path):
+    def __init__(self, out: Path, path: Optional[Path] = None, busy: Optional[str] = None):
         self.out = Path(out)
-        self.path = lock_path(self.out)
+        self.path = Path(path) if path is not None else lock_path(self.out)
+        self.busy = busy or ("being built by {holder} (lock {lock}); one build at a time: wait for it "
+                             "to finish, or stop it and run this command again (it resumes)")
         self._fd: Optional[int] = None
         self._held_file: Optional[Path] = None
 
@@ -230,9 +237,7 @@ class CacheLock:
                            "cache": str(self.out)}).encode()
 
     def _busy(self, info: Optional[dict]) -> CacheBusyError:
-        return CacheBusyError(
-            f"{self.out} is being built by {_holder_text(info)} (lock {self.path}); one build "
-            "at a time: wait for it to finish, or stop it and run this command again (it resumes)")
+        return CacheBusyError(f"{self.out} is " + self.busy.format(holder=_holder_text(info), lock=self.path))
 
     def acquire(self) -> "CacheLock":
         key = str(self.path.resolve())

@@ -313,11 +313,12 @@ def build_folk(root: os.PathLike | str = DEFAULT_ROOT, per_class: int = 300,
         return root
     from .cache_files import CacheBusyError, CacheLock
 
-    lock = CacheLock(root)               # one builder at a time, as for a cache (ROOT.lock)
+    lock = CacheLock(root, busy="being built by {holder} (lock {lock}); one build at a time: wait for "
+                                "it to finish, or stop it and run this command again")   # ROOT.lock
     try:
         lock.acquire()
     except CacheBusyError as e:
-        raise ValueError(str(e).replace("run this command again (it resumes)", "run this command again")) from None
+        raise ValueError(str(e)) from None
     try:
         if not force and _built(root, request):     # built by the process we waited for
             return root

@@ -270,3 +270,26 @@ def test_verify_checks_the_content_checksums(tmp_path):
     bad = cli("verify", cache.path)
     assert bad.returncode == 1
     assert f"{shard}: checksum differs" in bad.stderr and "Rebuild it with" in bad.stderr
+
+
+@pytest.mark.parametrize("edit", ["no classes", "bad features", "manifest column", "unknown label"])
+def test_consistent_looking_but_wrong_files_are_named_too(tmp_path, edit):
+    cache = synthetic_cache(tmp_path / "c", per_class=4)
+    meta_path, manifest = cache.path / "meta.json", cache.path / "manifest.csv"
+    meta = json.loads(meta_path.read_text())
+    if edit == "no classes":
+        del meta["classes"]
+    elif edit == "bad features":
+        meta["features"]["n_mels"] = -3
+    meta_path.write_text(json.dumps(meta))
+    damaged = meta_path
+    if edit in ("manifest column", "unknown label"):
+        text = manifest.read_text()
+        text = text.replace("offset", "ofset", 1) if edit == "manifest column" else text.replace(",a,", ",zebra,", 1)
+        meta["files"]["manifest.csv"]["bytes"] = len(text.encode())
+        meta_path.write_text(json.dumps(meta))
+        manifest.write_text(text)
+        damaged = manifest
+    with pytest.raises(CacheError, match=rf"{damaged}: damaged \(") as err:
+        open_cache(cache.path)
+    assert "\n" not in str(err.value) and "Rebuild it with" in str(err.value)

@@ -165,3 +165,33 @@ def test_runs_refuse_a_cache_rebuilt_under_them(tmp_path):
     with pytest.raises(CheckpointError, match="rebuilt since .* was trained on it"):
         evaluate(done.out_dir)
     assert evaluate(done.out_dir, cache_path=str(cache))["metrics"]["n_items"] > 0
+
+
+def test_a_checkpoint_of_another_model_or_without_its_data_is_refused(run, tmp_path):
+    code, err = quiet(train_main, run["recipe"], f"out_dir={tmp_path / 'other'}", "model.stem_args.width=16",
+                      "--resume", run["best"])
+    assert code == 2 and "holds another model's weights" in err and "leave out --resume" in err
+    ckpt = load_checkpoint(run["best"])
+    del ckpt["audiostem"]["recipe"]
+    torch.save(ckpt, tmp_path / "no_recipe.ckpt")
+    code, err = quiet(predict_main, tmp_path / "no_recipe.ckpt", write_wav(tmp_path / "x.wav", 440))
+    assert code == 2 and "no_recipe.ckpt: its model does not rebuild" in err
+
+
+def test_a_second_training_of_one_run_folder_is_refused(run, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "busy"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from data_prep.cache_files import CacheLock; "
+        "p = Path(sys.argv[1]); lock = CacheLock(p, p / 'run.lock').acquire(); print('held', flush=True); time.sleep(120)"),
+        str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        code, err = quiet(train_main, run["recipe"], f"out_dir={out}")
+        assert code == 2 and f"is being trained by pid {holder.pid}" in err
+        assert not (out / "checkpoints").exists()
+    finally:
+        holder.kill()
+        holder.wait()
