@@ -151,6 +151,12 @@ class CacheWriter:
         self._pending_sums = self._new_sums()
         self._done: set[str] = set()
         self.resumed_items = 0
+        if self.out.is_dir() and any(self.out.iterdir()) and not any(
+                (self.out / name).exists() for name in ("meta.json", "manifest.csv", "shards")):
+            raise CacheError(f"{self.out} exists and is not a feature cache (no meta.json, manifest.csv or "
+                             "shards/); a build would replace it: choose another --out, or remove it yourself")
+        if self.out.exists() and not self.out.is_dir():
+            raise CacheError(f"{self.out} is a file, not a cache folder; choose another --out")
         self._lock = CacheLock(self.out)
         try:
             self._lock.acquire()

@@ -231,6 +231,7 @@ class CacheLock:
                              "to finish, or stop it and run this command again (it resumes)")
         self._fd: Optional[int] = None
         self._held_file: Optional[Path] = None
+        self._pid = os.getpid()              # a forked child's copy never releases its parent's lock
 
     def _info(self) -> bytes:
         return json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
@@ -240,6 +241,7 @@ class CacheLock:
         return CacheBusyError(f"{self.out} is " + self.busy.format(holder=_holder_text(info), lock=self.path))
 
     def acquire(self) -> "CacheLock":
+        self._pid = os.getpid()
         key = str(self.path.resolve())
         if key in _HELD:
             raise self._busy(_read_info(self.path))
@@ -287,6 +289,8 @@ class CacheLock:
         raise self._busy(_read_info(held))
 
     def release(self) -> None:
+        if os.getpid() != self._pid:
+            return
         if self._fd is not None:
             os.close(self._fd)                       # closing the file drops the lock
             self._fd = None

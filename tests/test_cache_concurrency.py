@@ -293,3 +293,13 @@ def test_consistent_looking_but_wrong_files_are_named_too(tmp_path, edit):
     with pytest.raises(CacheError, match=rf"{damaged}: damaged \(") as err:
         open_cache(cache.path)
     assert "\n" not in str(err.value) and "Rebuild it with" in str(err.value)
+
+
+def test_an_out_folder_that_is_not_a_cache_is_never_replaced(tmp_path):
+    mine = tmp_path / "music"
+    mine.mkdir()
+    (mine / "song.wav").write_bytes(b"precious")
+    cfg = open_cache(synthetic_cache(tmp_path / "a").path).config
+    with pytest.raises(CacheError, match="music exists and is not a feature cache"):
+        CacheWriter(mine, cfg, {"name": "t"})
+    assert (mine / "song.wav").read_bytes() == b"precious"
