@@ -431,7 +431,11 @@ def format_value(value: Any) -> str:
         text = repr(value)
         return text.replace("e", ".0e") if "e" in text and "." not in text else text
     if isinstance(value, str):
-        return value if yaml.safe_load(value) == value and value.strip() == value else json.dumps(value)
+        try:
+            plain = load_yaml(value) == value and value.strip() == value
+        except yaml.YAMLError:          # e.g. "*a", which would read as an alias
+            plain = False
+        return value if plain else json.dumps(value)
     return json.dumps(value, separators=(",", ":"))
 
 
