@@ -303,3 +303,22 @@ def test_an_out_folder_that_is_not_a_cache_is_never_replaced(tmp_path):
     with pytest.raises(CacheError, match="music exists and is not a feature cache"):
         CacheWriter(mine, cfg, {"name": "t"})
     assert (mine / "song.wav").read_bytes() == b"precious"
+
+
+def test_a_rebuild_without_an_atomic_exchange_still_replaces_the_cache(tmp_path, monkeypatch):
+    """Where renameat2(RENAME_EXCHANGE) is missing (macOS, old kernels) the swap is two renames."""
+    monkeypatch.setattr(cache_files, "_exchange", lambda a, b: False)
+    old = synthetic_cache(tmp_path / "c", seed=0)
+    new = synthetic_cache(tmp_path / "c", seed=1)
+    assert new.build_id != old.build_id and open_cache(tmp_path / "c").build_id == new.build_id
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c", "c.lock"]
+
+
+def test_a_swap_killed_half_way_leaves_a_partial_that_the_next_build_discards(tmp_path):
+    old = synthetic_cache(tmp_path / "c", seed=0)
+    os.rename(tmp_path / "c", tmp_path / "c.partial")        # as after an exchange, before the clean-up
+    synthetic_cache(tmp_path / "x", seed=0)
+    os.rename(tmp_path / "x", tmp_path / "c")
+    new = synthetic_cache(tmp_path / "c", seed=2)              # starts over, does not resume the old cache
+    assert len(new) == len(old) and new.build_id != old.build_id
+    assert not (tmp_path / "c.partial").exists()
