@@ -38,8 +38,6 @@ from typing import Optional
 
 import numpy as np
 
-_HELD: set[str] = set()       # lock files this process holds (POSIX locks do not exclude oneself)
-
 
 # --- writing a shard ---------------------------------------------------------------------------
 class _ShardFile:
@@ -173,6 +171,7 @@ def _fsync_dir(path: Path) -> None:
 
 
 # --- one writer at a time -----------------------------------------------------------------------
+_HELD: set[str] = set()       # lock files this process holds (POSIX locks do not exclude oneself)
 
 
 class CacheBusyError(Exception):
@@ -231,6 +230,7 @@ class CacheLock:
                              "to finish, or stop it and run this command again (it resumes)")
         self._fd: Optional[int] = None
         self._held_file: Optional[Path] = None
+        self._held = False                   # this object holds it (not merely another writer)
         self._pid = os.getpid()              # a forked child's copy never releases its parent's lock
 
     def _info(self) -> bytes:
@@ -267,6 +267,7 @@ class CacheLock:
             os.pwrite(fd, self._info(), 0)
             self._fd = fd
         _HELD.add(key)
+        self._held = True
         return self
 
     def _acquire_file(self) -> None:
@@ -289,7 +290,7 @@ class CacheLock:
         raise self._busy(_read_info(held))
 
     def release(self) -> None:
-        if os.getpid() != self._pid:
+        if not self._held or os.getpid() != self._pid:
             return
         if self._fd is not None:
             os.close(self._fd)                       # closing the file drops the lock
@@ -298,6 +299,7 @@ class CacheLock:
             self._held_file.unlink(missing_ok=True)
             self._held_file = None
         _HELD.discard(str(self.path.resolve()))
+        self._held = False
 
     def __enter__(self) -> "CacheLock":
         return self.acquire()

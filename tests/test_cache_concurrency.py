@@ -322,3 +322,17 @@ def test_a_swap_killed_half_way_leaves_a_partial_that_the_next_build_discards(tm
     new = synthetic_cache(tmp_path / "c", seed=2)              # starts over, does not resume the old cache
     assert len(new) == len(old) and new.build_id != old.build_id
     assert not (tmp_path / "c.partial").exists()
+
+
+def test_a_refused_writer_going_away_does_not_free_the_holders_lock(tmp_path):
+    import gc
+
+    cfg = open_cache(synthetic_cache(tmp_path / "a").path).config
+    holder = CacheWriter(tmp_path / "c", cfg, {"name": "t"})
+    for _ in range(2):                          # refused writers are created and dropped
+        with pytest.raises(CacheError, match="is being built"):
+            CacheWriter(tmp_path / "c", cfg, {"name": "t"})
+        gc.collect()
+    with pytest.raises(CacheError, match="is being built"):
+        CacheWriter(tmp_path / "c", cfg, {"name": "t"})
+    holder.close()
