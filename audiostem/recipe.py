@@ -11,7 +11,8 @@ A recipe is plain data (a YAML file) that names a feature cache, a model and a s
     model: {stem: deep3, body: narrow}
     train: {max_epochs: 20, lr: 0.003}
 
-:func:`load_recipe` reads it with ``yaml.safe_load`` (no object tags), applies overrides such
+:func:`load_recipe` reads it as plain data at bounded cost (:mod:`audiostem.yamlio`: no object
+tags, no aliases, capped size and depth), applies overrides such
 as ``model.stem=resnet7 train.max_epochs=5`` (values parsed as YAML, so ``[1, 2]`` is a list
 and ``{cv: 5}`` a mapping) and validates the result. Every error names the field path and
 what would be right. Paths take ``~``, ``$VAR`` and ``${VAR:-default}``.
@@ -27,6 +28,8 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .yamlio import load_yaml
 
 METRICS = ("val_accuracy", "val_balanced_accuracy", "val_macro_f1", "val_loss")
 # Trainer arguments the run itself sets; a recipe cannot pass them through.
@@ -227,9 +230,10 @@ def parse_overrides(overrides: list[str]) -> list[tuple[list[str], Any]]:
         if not sep or not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", key.strip()):
             raise RecipeError(f"override {text!r}: expected dotted.key=value, e.g. train.max_epochs=5")
         try:
-            parsed = yaml.safe_load(value) if value.strip() else None
+            parsed = load_yaml(value, f"override {key}") if value.strip() else None
         except yaml.YAMLError as e:
-            raise RecipeError(f"override {text!r}: the value is not valid YAML ({e.problem})") from None
+            raise RecipeError(f"override {text!r}: the value is not valid YAML "
+                              f"({getattr(e, 'problem', None) or e})") from None
         out.append((key.strip().split("."), parsed))
     return out
 
@@ -341,7 +345,8 @@ def find_recipe(path: Union[str, Path]) -> Path:
 
 
 def load_recipe(path: Union[str, Path], overrides: Optional[list[str]] = None) -> Recipe:
-    """Load a YAML recipe (``yaml.safe_load``), apply ``dotted.key=value`` overrides and validate.
+    """Load a YAML recipe (plain data at bounded cost: :func:`audiostem.yamlio.load_yaml`, which
+    refuses aliases, deep nesting and huge files), apply ``dotted.key=value`` overrides and validate.
 
     Args:
         path: a recipe file, or the name of a shipped recipe (``folk`` -> ``recipes/folk.yaml``).
@@ -352,7 +357,7 @@ def load_recipe(path: Union[str, Path], overrides: Optional[list[str]] = None) -
     """
     path = find_recipe(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path.read_text(encoding="utf-8"), str(path))
     except yaml.YAMLError as e:
         raise RecipeError(f"{path}: not valid YAML: {e}") from None
     return validate_recipe(apply_overrides(data or {}, list(overrides or [])), str(path), path.stem)
@@ -369,10 +374,11 @@ def check_data(recipe: Recipe) -> Optional[dict]:
 
     Raises :class:`RecipeError` when the cache is missing and no ``data.prepare`` section
     exists (saying which command builds it), or when ``data.features`` differs from the
-    feature config the cache was built with (naming the differing fields).
+    feature config the cache was built with (naming the differing fields);
+    :class:`data_prep.CacheError` when the cache is damaged (naming the file and the command
+    that rebuilds it).
     """
-    import json
-
+    from data_prep.cache import open_cache
     from data_prep.config import config_diff
     cache = Path(recipe.data.cache)
     meta_path = cache / "meta.json"
@@ -386,7 +392,7 @@ def check_data(recipe: Recipe) -> Optional[dict]:
             f"  python -m data_prep SOURCE --root DATASET_FOLDER --out {cache}\n"
             "(`python -m data_prep --help` lists the sources), or add a data.prepare section "
             "(source, root, options) so that training builds it.")
-    meta = json.loads(meta_path.read_text())
+    meta = open_cache(cache).meta        # CacheError naming a damaged file and the rebuild command
     if recipe.data.features is not None:
         diff = config_diff(meta["features"], recipe.data.features)
         if diff:

@@ -23,7 +23,6 @@ import json
 import mmap
 import multiprocessing
 import os
-import shutil
 import sys
 import time
 from collections import Counter, deque
@@ -349,14 +348,11 @@ def prepare(source: Union[str, Source], root: Union[str, Path], out: Union[str, 
     items = src.items(args)
     items = [it if it.id else _with_id(it, root) for it in items]
     _check_items(items, src)
-    if force:
-        check_existing(out, config, force=True)
-        partial = out.with_name(out.name + ".partial")
-        if partial.exists():
-            shutil.rmtree(partial)
 
+    # Holds the cache's lock until finish (a second build is refused); with force, an
+    # interrupted build is discarded, and the old cache stays until the new one replaces it.
     writer_options = {"shard_items": shard_items} if shard_items else {}
-    writer = CacheWriter(out, config, described, **writer_options)
+    writer = CacheWriter(out, config, described, restart=force, **writer_options)
     keys = [_source_key(it.path, root) for it in items]
     todo = [(it, key) for it, key in zip(items, keys) if not writer.is_done(key)]
     resumed = len(items) - len(todo)
@@ -380,6 +376,9 @@ def prepare(source: Union[str, Source], root: Union[str, Path], out: Union[str, 
                 skipped.append({"source": key, "reason": result[1]})
                 bar.set_postfix(skipped=len(skipped), refresh=False)
             bar.update(1)
+    except BaseException:
+        writer.close()
+        raise
     finally:
         bar.close()
     elapsed = time.perf_counter() - started

@@ -271,7 +271,31 @@ def render_dataset(root: Union[str, os.PathLike], out: Union[str, os.PathLike], 
                    max_seconds: Optional[float] = None, synth: str = "rustysynth",
                    workers: Optional[int] = None, force: bool = False, progress: bool = True) -> dict:
     """Render every file of the MIDI dataset ``root`` into the audio dataset ``out`` (see the
-    module docstring). Returns the summary also written to ``out/render.json``."""
+    module docstring). Returns the summary also written to ``out/render.json``.
+
+    One render of ``out`` at a time: a second one, in any process, is refused (``ValueError``
+    naming the holder) while ``OUT.lock`` is held, so that neither deletes the other's files."""
+    from .cache_files import CacheBusyError, CacheLock
+
+    lock = CacheLock(Path(out).expanduser(), busy="being rendered by {holder} (lock {lock}); one render "
+                     "at a time: wait for it to finish, or stop it and run this command again (it resumes)")
+    try:
+        lock.acquire()
+    except CacheBusyError as e:
+        raise ValueError(str(e)) from None
+    try:
+        return _render_dataset(root, out, soundfont=soundfont, programs=programs, sample_rate=sample_rate,
+                               max_seconds=max_seconds, synth=synth, workers=workers, force=force,
+                               progress=progress)
+    finally:
+        lock.release()
+
+
+def _render_dataset(root: Union[str, os.PathLike], out: Union[str, os.PathLike], *,
+                    soundfont: Union[str, os.PathLike, None] = None,
+                    programs: Optional[Sequence[int]] = None, sample_rate: int = 22050,
+                    max_seconds: Optional[float] = None, synth: str = "rustysynth",
+                    workers: Optional[int] = None, force: bool = False, progress: bool = True) -> dict:
     root, out = Path(root).expanduser(), Path(out).expanduser()
     soundfont = Path(soundfont).expanduser() if soundfont else default_soundfont()
     if not soundfont.is_file():

@@ -96,7 +96,11 @@ def collect(study: Study, cells: list[Cell]) -> tuple[dict, list[str]]:
     """``({(dataset, variant): [Replicate, ...]}, [names of unfinished cells])``; a seed counts
     only when all of its fold cells finished. ``cells``: the cells to read (``expand(study)`` or a
     selection of it; the others are left out, not counted as unfinished). Every dataset x variant
-    of the study gets a key, in the study's order."""
+    of the study gets a key, in the study's order.
+
+    Raises :class:`StudyError` when the finished cells of one dataset were trained on different
+    builds of its cache (their ``metrics.json`` record the build id): comparing them would
+    compare features, not stems."""
     groups: dict[tuple, dict[int, list[Cell]]] = {(d.name, v.name): {} for d in study.datasets
                                                   for v in dataset_variants(study, d)}
     for cell in cells:
@@ -110,7 +114,26 @@ def collect(study: Study, cells: list[Cell]) -> tuple[dict, list[str]]:
             if not unfinished:
                 reps.append(load_replicate(seed, cells, study.dataset(key[0]).cluster))
         results[key] = reps
+    _check_one_build(results)
     return results, missing
+
+
+def _check_one_build(results: dict) -> None:
+    """Refuse a dataset whose finished cells record different cache builds (see :func:`collect`)."""
+    builds: dict[str, dict[str, list[str]]] = {}
+    for (dataset, variant), reps in results.items():
+        for r in reps:
+            for m in r.metrics:
+                if m.get("cache_build_id"):
+                    builds.setdefault(dataset, {}).setdefault(m["cache_build_id"], []).append(f"{variant}/seed{r.seed}")
+    for dataset, by_build in builds.items():
+        if len(by_build) > 1:
+            parts = [f"build {b[:12]}: {', '.join(sorted(set(cells))[:4])}" + (" ..." if len(set(cells)) > 4 else "")
+                     for b, cells in sorted(by_build.items(), key=lambda kv: -len(kv[1]))]
+            raise StudyError(f"dataset {dataset}: its cells were trained on {len(by_build)} builds of the cache "
+                             f"({'; '.join(parts)}); comparing them would mix features. Delete the run folders "
+                             "of the cells of the other builds and run the study again (it trains them on "
+                             "the current cache), or report with --cells to leave them out")
 
 
 def _mean(values) -> float:

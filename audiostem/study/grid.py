@@ -44,6 +44,8 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, field_validator, model_validator
 
+from ..yamlio import load_yaml
+
 _TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "function-after"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -429,7 +431,11 @@ def format_value(value: Any) -> str:
         text = repr(value)
         return text.replace("e", ".0e") if "e" in text and "." not in text else text
     if isinstance(value, str):
-        return value if yaml.safe_load(value) == value and value.strip() == value else json.dumps(value)
+        try:
+            plain = load_yaml(value) == value and value.strip() == value
+        except yaml.YAMLError:          # e.g. "*a", which would read as an alias
+            plain = False
+        return value if plain else json.dumps(value)
     return json.dumps(value, separators=(",", ":"))
 
 
@@ -515,7 +521,7 @@ def load_study(path: Union[str, Path]) -> Study:
     """Read and validate a study file; raises :class:`StudyError` naming the file and field."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text(encoding="utf-8"), str(path))
     except OSError as err:
         raise StudyError(f"{path}: cannot read the study file ({err.strerror})") from None
     except yaml.YAMLError as err:

@@ -159,10 +159,12 @@ def first_layer_filters(state_dict: dict) -> list[np.ndarray]:
 
 
 def load_state_dict(checkpoint: Path) -> dict:
-    """A checkpoint's state dict, loaded with ``weights_only=True`` (no pickled code runs)."""
-    import torch
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    return ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else {}
+    """A checkpoint's state dict, verified and loaded with ``weights_only=True`` (no pickled
+    code runs; :func:`audiostem.checkpoint.load_checkpoint`)."""
+    from ..checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+    return ckpt.get("state_dict", ckpt)
 
 
 def filters_figure(models: dict[str, Path], title: str, path: Path, per_row: int = 16) -> Optional[Path]:

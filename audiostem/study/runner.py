@@ -187,15 +187,14 @@ def stale_changes(study: Study, cell: Cell) -> list[str]:
     stored = cell.out_dir / "recipe.yaml"
     if study.train_command is not None or is_finished(cell) or not stored.is_file():
         return []
-    import yaml
-
     from ..recipe import load_recipe
+    from ..yamlio import load_yaml
     from ..train import recipe_changes
     try:
         now = load_recipe(cell.recipe, [*cell.overrides, f"out_dir={cell.out_dir.resolve()}"])
     except ValueError:
         return []            # the train command reports a bad recipe itself
-    return recipe_changes(yaml.safe_load(stored.read_text()), now.to_dict())
+    return recipe_changes(load_yaml(stored.read_text(encoding="utf-8"), str(stored)) or {}, now.to_dict())
 
 
 def run_cell(study: Study, cell: Cell, env: Optional[dict] = None) -> tuple[bool, float]:
