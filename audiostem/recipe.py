@@ -45,7 +45,7 @@ TRAINER_KEYS = ("accelerator", "strategy", "devices", "num_nodes", "precision", 
                 "benchmark", "inference_mode", "profiler", "detect_anomaly", "barebones", "plugins",
                 "sync_batchnorm", "reload_dataloaders_every_n_epochs", "enable_autolog_hparams",
                 "model_registry")
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"   # package data; the repository's recipes/ links here
 
 
 class RecipeError(ValueError):
@@ -332,7 +332,7 @@ def check_model(recipe: Recipe, source: str = "recipe") -> None:
 
 
 def find_recipe(path: Union[str, Path]) -> Path:
-    """A recipe file: the path itself, or ``recipes/NAME.yaml`` of this repository for a bare name."""
+    """A recipe file: the path itself, or the shipped ``audiostem/recipes/NAME.yaml`` for a bare name."""
     p = Path(path)
     if p.exists():
         return p
