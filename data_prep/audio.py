@@ -13,16 +13,15 @@ from __future__ import annotations
 import hashlib
 import io
 import re
-from dataclasses import dataclass
+import struct
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Union
 
 import numpy as np
 import soundfile as sf
 
-#: File extensions read as audio (anything libsndfile can decode; MP3 needs libsndfile >= 1.1).
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc",
-                    ".au", ".snd", ".w64", ".caf", ".rf64")
+from .discover import AUDIO_EXTENSIONS  # noqa: F401  (file names listed as audio; content counts too)
 
 # Integer subtypes decode much faster as integers than through libsndfile's float path; the
 # scaled result is bit-identical to ``soundfile.read(..., dtype="float32")`` (tested).
@@ -44,38 +43,142 @@ class Audio:
         sample_rate: in Hz.
         checksum: ``sha1:<hex>`` of the file's bytes, as read.
         duration: length of the file in seconds (before any resampling).
+        warnings: notes about how it was read (a truncated file, a header without sizes).
     """
 
     samples: np.ndarray
     sample_rate: int
     checksum: str
     duration: float
+    warnings: list[str] = field(default_factory=list)
 
 
 def decode(data: Union[bytes, str, Path], name: str = "") -> tuple[np.ndarray, int]:
-    """Decode audio bytes (or a path) with soundfile.
+    """Decode audio bytes (or a path): libsndfile (soundfile), then FFmpeg (PyAV) for what
+    libsndfile cannot read.
 
-    Any bit depth and channel count that libsndfile reads (WAV, FLAC, OGG/Vorbis, Opus, MP3,
-    AIFF, AU...). Returns ``(samples, sample_rate)`` with ``samples`` of shape
+    libsndfile reads WAV, FLAC, OGG/Vorbis, Opus, MP3, AIFF, AU, CAF... at any bit depth and
+    channel count; FFmpeg adds AAC/ALAC (``.m4a``, ``.mp4``), WMA, WebM/Matroska, WavPack, APE,
+    AMR, AC-3... when PyAV is installed (``pip install av``). A WAV whose header gives 0 data
+    bytes (a streaming writer that never closed the file) is read to its end, as ``sox
+    --ignore-length`` and FFmpeg do. Returns ``(samples, sample_rate)`` with ``samples`` of shape
     ``(channels, samples)``, float32 in [-1, 1].
 
-    Raises :class:`BadInputError` for anything libsndfile cannot read.
+    Raises :class:`BadInputError` for anything neither can read, with both reasons.
     """
+    samples, rate, _ = decode_with_notes(data, name)
+    return samples, rate
+
+
+def decode_with_notes(data: Union[bytes, str, Path], name: str = "") -> tuple[np.ndarray, int, list[str]]:
+    """:func:`decode`, also returning notes about what was read: a WAV cut short of what its
+    header promises, a WAV header with no data size."""
     name = name or (str(data) if not isinstance(data, bytes) else "<bytes>")
-    src = io.BytesIO(data) if isinstance(data, bytes) else str(data)
+    if not isinstance(data, bytes):
+        try:
+            data = Path(data).read_bytes()
+        except OSError as e:
+            raise BadInputError(f"{name}: cannot read ({e.strerror or e})") from None
+    data, notes = fix_wav_sizes(data)
     try:
-        with sf.SoundFile(src) as f:
-            dtype, scale = _INT_READS.get(f.subtype, ("float32", None))
-            x = f.read(dtype=dtype, always_2d=True)
-            rate = f.samplerate
+        samples, rate, promised = _sndfile(data)
+        if samples.shape[1] < promised:
+            notes.append(f"truncated: the header promises {promised / rate:.3f} s, the file holds "
+                         f"{samples.shape[1] / rate:.3f} s (read as the shorter clip)")
+        if samples.shape[1] or not _av():          # 0 samples: FFmpeg may know better
+            return samples, rate, notes
+        problem = None
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, EOFError) as e:
-        raise BadInputError(f"{name}: not a readable audio file ({_short(e)})") from None
+        problem = f"libsndfile: {_short(e)}"
+    av = _av()
+    if av is None:
+        raise BadInputError(f"{name}: not a readable audio file ({problem}; other formats such as "
+                            f"AAC/.m4a, WMA or WebM need FFmpeg: pip install av)")
+    try:
+        decoded = _ffmpeg(av, data)
+    except Exception as e:     # noqa: BLE001 (PyAV raises FFmpegError, ValueError, IndexError...)
+        if problem is None:    # libsndfile read 0 samples, FFmpeg nothing at all: keep the 0
+            return samples, rate, notes
+        text = " ".join(str(e).split()).replace(": '<none>'", "")
+        raise BadInputError(f"{name}: not a readable audio file ({problem}; FFmpeg: {text})") from None
+    if problem is None and decoded[0].shape[1]:
+        notes.append(f"the header gives 0 samples (a writer that never closed the file?); "
+                     f"read the {decoded[0].shape[1] / decoded[1]:.3f} s that follow with FFmpeg")
+    return (*decoded, notes)
+
+
+def _av():
+    """PyAV (FFmpeg's decoders), or ``None`` when it is not installed."""
+    try:
+        import av
+    except ImportError:
+        return None
+    return av
+
+
+def _sndfile(data: bytes) -> tuple[np.ndarray, int, int]:
+    """libsndfile's ``(samples, rate, frames the header promises)``."""
+    with sf.SoundFile(io.BytesIO(data)) as f:
+        dtype, scale = _INT_READS.get(f.subtype, ("float32", None))
+        x = f.read(dtype=dtype, always_2d=True)
+        rate = f.samplerate
+        promised = 0 if f.format in ("MP3", "MPEG", "OGG") else f.frames   # theirs are estimates
     if scale is not None:
         x = x.astype(np.float32)
         x *= np.float32(scale)
     # reshape gives canonical strides: a (1, n) transpose of (n, 1) keeps stride 4 on its first
     # axis, which numpy calls contiguous but which sends torch down slow paths (a pad took 25x)
-    return np.ascontiguousarray(x.T).reshape(x.shape[1], -1), int(rate)
+    return np.ascontiguousarray(x.T).reshape(x.shape[1], -1), int(rate), int(promised)
+
+
+def _ffmpeg(av, data: bytes) -> tuple[np.ndarray, int]:
+    """FFmpeg's decoding of the first audio stream, as float32 ``(channels, samples)``."""
+    with av.open(io.BytesIO(data), mode="r") as container:
+        if not container.streams.audio:
+            raise ValueError(f"no audio stream in this {container.format.long_name or 'file'}")
+        stream = container.streams.audio[0]
+        to_float = av.AudioResampler(format="fltp")     # same layout and rate, planar float
+        blocks = []
+        for frame in container.decode(stream):
+            blocks += [f.to_ndarray() for f in to_float.resample(frame)]
+        blocks += [f.to_ndarray() for f in to_float.resample(None)]
+        rate = stream.rate or stream.codec_context.sample_rate
+    if not blocks:
+        return np.zeros((max(stream.channels, 1), 0), np.float32), int(rate)
+    return np.ascontiguousarray(np.concatenate(blocks, axis=1), dtype=np.float32), int(rate)
+
+
+def fix_wav_sizes(data: bytes) -> tuple[bytes, list[str]]:
+    """Check the sizes in a WAV (RIFF/RIFX) header against the file: a ``data`` chunk of size 0
+    followed by audio (a writer that never closed the file) is given the size of what follows;
+    a ``data`` chunk longer than the file (a cut download or copy) is reported. Returns the
+    (possibly patched) bytes and notes; other files come back as they are."""
+    if len(data) < 12 or data[:4] not in (b"RIFF", b"RIFX") or data[8:12] != b"WAVE":
+        return data, []
+    order = "<" if data[:4] == b"RIFF" else ">"
+    pos, block_align, byte_rate = 12, 0, 0
+    while pos + 8 <= len(data):
+        chunk, size = data[pos:pos + 4], struct.unpack(order + "I", data[pos + 4:pos + 8])[0]
+        body = pos + 8
+        if chunk == b"fmt " and size >= 16 and body + 16 <= len(data):
+            byte_rate, block_align = struct.unpack(order + "IH", data[body + 8:body + 14])
+        if chunk == b"data":
+            available = len(data) - body
+            if block_align:
+                available -= available % block_align
+            seconds = (lambda n: f"{n / byte_rate:.3f} s") if byte_rate else (lambda n: f"{n} bytes")
+            if size == 0 and available > 0:
+                fixed = bytearray(data)
+                fixed[pos + 4:pos + 8] = struct.pack(order + "I", available)
+                fixed[4:8] = struct.pack(order + "I", min(len(data) - 8, 0xFFFFFFFF))
+                return bytes(fixed), [f"the WAV header gives 0 data bytes (a writer that never "
+                                      f"closed the file); read the {seconds(available)} that follow"]
+            if available < size != 0xFFFFFFFF:        # 0xFFFFFFFF: "unknown", streaming
+                return data, [f"truncated: the WAV header promises {seconds(size)}, the file "
+                              f"holds {seconds(available)} (read as the shorter clip)"]
+            return data, []
+        pos = body + size + (size & 1)
+    return data, []
 
 
 def _short(e: Exception) -> str:
@@ -155,7 +258,7 @@ def load_audio(path: Union[str, Path], sample_rate: Union[int, None] = None, mon
     if not data:
         raise BadInputError(f"{path}: empty file (0 bytes)")
     checksum = "sha1:" + hashlib.sha1(data).hexdigest()
-    samples, rate = decode(data, str(path))
+    samples, rate, notes = decode_with_notes(data, str(path))
     del data
     duration = samples.shape[1] / rate
     check_signal(samples, str(path))
@@ -164,4 +267,5 @@ def load_audio(path: Union[str, Path], sample_rate: Union[int, None] = None, mon
         samples = resample(samples, rate, sample_rate)
         rate = sample_rate
     check_signal(samples, str(path))
-    return Audio(samples=samples, sample_rate=rate, checksum=checksum, duration=duration)
+    return Audio(samples=samples, sample_rate=rate, checksum=checksum, duration=duration,
+                 warnings=notes)

@@ -193,12 +193,11 @@ def list_midi_dataset(root: Path) -> list[tuple[str, str, str, str]]:
     """``(path relative to root, label, split, group)`` of every MIDI file of a dataset: the
     rows of ``root/manifest.csv``, or the files of one sub-folder per class."""
     from .sources import MIDI_EXTENSIONS
-    from .sources.generic import list_files, normalise_split
+    from .sources.generic import list_files, normalise_split, read_table
 
     manifest = root / "manifest.csv"
     if manifest.is_file():
-        with open(manifest, newline="", encoding="utf-8") as fh:
-            rows = list(csv.DictReader(fh))
+        rows = read_table(manifest)[1]
         if rows and not {"path", "label"} <= set(rows[0]):
             raise ValueError(f"{manifest}: needs columns path and label, has {list(rows[0])}")
         return [(r["path"], r["label"], normalise_split(r.get("split") or "", f"{manifest}: "),
