@@ -21,7 +21,7 @@ from typing import Union
 import numpy as np
 import soundfile as sf
 
-from .discover import AUDIO_EXTENSIONS  # noqa: F401  (file names listed as audio; content counts too)
+from .discover import AUDIO_EXTENSIONS, SNIFF_BYTES, sniff  # noqa: F401  (AUDIO_EXTENSIONS: re-exported)
 
 # Integer subtypes decode much faster as integers than through libsndfile's float path; the
 # scaled result is bit-identical to ``soundfile.read(..., dtype="float32")`` (tested).
@@ -90,6 +90,9 @@ def decode_with_notes(data: Union[bytes, str, Path], name: str = "") -> tuple[np
         problem = None
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, EOFError) as e:
         problem = f"libsndfile: {_short(e)}"
+    family, what = sniff(data[:SNIFF_BYTES])
+    if family == "other":                        # text, an image, an archive...
+        problem = f"it is {what}; {problem}"
     av = _av()
     if av is None:
         raise BadInputError(f"{name}: not a readable audio file ({problem}; other formats such as "
@@ -99,7 +102,7 @@ def decode_with_notes(data: Union[bytes, str, Path], name: str = "") -> tuple[np
     except Exception as e:     # noqa: BLE001 (PyAV raises FFmpegError, ValueError, IndexError...)
         if problem is None:    # libsndfile read 0 samples, FFmpeg nothing at all: keep the 0
             return samples, rate, notes
-        text = " ".join(str(e).split()).replace(": '<none>'", "")
+        text = re.sub(r"^\[Errno -?\d+\] ", "", " ".join(str(e).split()).replace(": '<none>'", ""))
         raise BadInputError(f"{name}: not a readable audio file ({problem}; FFmpeg: {text})") from None
     if problem is None and decoded[0].shape[1]:
         notes.append(f"the header gives 0 samples (a writer that never closed the file?); "

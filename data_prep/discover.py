@@ -7,9 +7,9 @@ all of them (``prepared + skipped + ignored = files under the root``):
 - **ignored**: leftovers of operating systems, archivers and file managers, and hidden files
   (:func:`is_leftover`): ``__MACOSX/``, AppleDouble ``._*`` files, ``.DS_Store``,
   ``Thumbs.db``, ``desktop.ini``, ``$RECYCLE.BIN/``, any name or folder starting with ``.``;
-- **candidate**: a file the decoders will try: a known extension of the family (audio or MIDI),
+- **candidate**: a file the readers will try: a known extension of the family (audio or MIDI),
   or content that looks like it (:func:`sniff`: ``take2.wave``, an ``.m4a``, a WAV without
-  extension, a MIDI file named ``.bin``). Whether it is readable is the decoder's to say;
+  extension, a MIDI file named ``.bin``). Whether it is readable is the reader's to say;
 - **skipped**: anything else, with what it is (``a JPEG image``, ``text``, ``a MIDI file``...).
 
 File names are kept as Python gives them: bytes that are not UTF-8 (old archives, Windows code
@@ -140,10 +140,8 @@ def classify(path: Path, midi: bool) -> Optional[str]:
     suffix = path.suffix.lower()
     family, what = sniff(read_head(path))
     want = "midi" if midi else "audio"
-    if family == want or (suffix in known and family != "other"):
+    if family == want or suffix in known:     # the reader says what is wrong, if anything
         return None
-    if suffix in known:                       # named like one, but holds something else
-        return f"not a readable {'MIDI' if midi else 'audio'} file (it is {what})"
     if family == "midi":
         return "a MIDI file: add --kind pianoroll to read MIDI"
     if family == "audio":

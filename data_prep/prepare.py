@@ -502,19 +502,24 @@ def _failure_lines(failures: list[dict], limit: int = 10) -> str:
     return "".join(lines)
 
 
+def _files(n: int) -> str:
+    return f"{n} file{'s' * (n != 1)}"
+
+
 def _summary(cache: FeatureCache, build: dict, elapsed: float, audio_seconds: float) -> str:
     """The one summary of a build: items prepared, files skipped (with reasons) and ignored,
     warnings about files that were read, and the speed."""
     failures = cache.failures
     ignored = cache.meta.get("ignored", {"count": 0, "examples": []})
-    parts = [f"wrote {cache.path}: {len(cache)} items prepared, {len(failures)} files skipped, "
+    parts = [f"wrote {cache.path}: {len(cache)} items prepared, {_files(len(failures))} skipped, "
              f"{ignored['count']} ignored; {len(cache.classes)} classes, splits {cache.meta['splits']}"]
     if build["resumed"]:
         parts.append(f" ({build['written']} this run, {build['resumed']} resumed)")
     parts.append(_failure_lines(failures))
     if ignored["count"]:
         shown = ", ".join(ignored["examples"][:3]) + (", ..." if ignored["count"] > 3 else "")
-        parts.append(f"\nignored {ignored['count']} operating-system leftovers and hidden files ({shown})")
+        parts.append(f"\nignored {_files(ignored['count'])}: operating-system leftovers and hidden "
+                     f"files ({shown})")
     for w in build.get("warnings", [])[:10]:
         parts.append(f"\n  warning: {w['source']}: {w['warning']}")
     if len(build.get("warnings", [])) > 10:

@@ -132,7 +132,7 @@ def test_cli_errors_are_non_zero_with_a_reason(tmp_path, capsys):
     (bad / "a.wav").write_bytes(b"nope")
     assert main(["folder", "--root", str(tmp_path / "allbad"), "--out", str(tmp_path / "c"), "--quiet"]) == 1
     err = capsys.readouterr().err
-    assert "no audio files under" in err and "cls/a.wav: not a readable audio file (it is text)" in err
+    assert "no usable item" in err and "cls/a.wav: not a readable audio file (it is text" in err
 
 
 def test_render_subcommand_dispatches(monkeypatch):
