@@ -129,12 +129,15 @@ class _ShardFile:
         """Write the first ``length`` bytes of the stage (a whole number of blocks, all it holds)."""
         if self.flushed == 0:
             self.first[:] = self.stage[:self.BLOCK]
-        view = memoryview(self.stage)[:length]
-        while len(view):
-            view = view[self._write(view):]
+        with memoryview(self.stage) as stage:
+            view = stage[:length]
+            try:
+                while len(view):
+                    view = view[self._write(view):]
+            finally:
+                view.release()
         self.flushed += length
         self.fill = 0
-        view.release()
 
     def _write(self, view: memoryview, offset: Optional[int] = None) -> int:
         try:
@@ -180,7 +183,7 @@ class _ShardFile:
         for close in (lambda: self.fd >= 0 and os.close(self.fd), self.stage.close, self.first.close):
             try:
                 close()
-            except (OSError, ValueError):
+            except (OSError, ValueError, BufferError):
                 pass
         self.tmp.unlink(missing_ok=True)
 
