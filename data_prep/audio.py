@@ -147,7 +147,7 @@ def _ffmpeg(av, data: bytes) -> tuple[np.ndarray, int]:
         blocks += [f.to_ndarray() for f in to_float.resample(None)]
         rate = stream.rate or stream.codec_context.sample_rate
     if not blocks:
-        return np.zeros((max(stream.channels, 1), 0), np.float32), int(rate)
+        return np.zeros((max(stream.codec_context.channels, 1), 0), np.float32), int(rate)
     return np.ascontiguousarray(np.concatenate(blocks, axis=1), dtype=np.float32), int(rate)
 
 
