@@ -124,23 +124,29 @@ def _looks_like_text(head: bytes) -> bool:
     return printable >= 0.95 * len(text)
 
 
-def read_head(path: Path, n: int = SNIFF_BYTES) -> bytes:
-    """The first ``n`` bytes of ``path`` (``b""`` when it cannot be read: the reader says why)."""
+def read_head(path: Path, n: int = SNIFF_BYTES) -> Optional[bytes]:
+    """The first ``n`` bytes of ``path``, or ``None`` when it cannot be read."""
     try:
         with open(path, "rb") as fh:
             return fh.read(n)
     except OSError:
-        return b"\0unreadable"
+        return None
 
 
 def classify(path: Path, midi: bool) -> Optional[str]:
     """``None`` when ``path`` is a candidate for the family (MIDI when ``midi``, else audio), or
-    the reason it is skipped. Leftovers are the caller's to drop first (:func:`is_leftover`)."""
+    the reason it is skipped. Leftovers are the caller's to drop first (:func:`is_leftover`).
+
+    A file named with a known extension, or one that cannot be opened (a broken link, no
+    permission), is a candidate without being opened here: its reader says what is wrong."""
     known = MIDI_EXTENSIONS if midi else AUDIO_EXTENSIONS
-    suffix = path.suffix.lower()
-    family, what = sniff(read_head(path))
-    want = "midi" if midi else "audio"
-    if family == want or suffix in known:     # the reader says what is wrong, if anything
+    if path.suffix.lower() in known:
+        return None
+    head = read_head(path)
+    if head is None:
+        return None
+    family, what = sniff(head)
+    if family == ("midi" if midi else "audio"):
         return None
     if family == "midi":
         return "a MIDI file: add --kind pianoroll to read MIDI"
@@ -164,12 +170,24 @@ def text_name(name: str) -> str:
 
 
 def walk(root: Path):
-    """Every regular file under ``root`` (recursively, sorted, symlinks to files included,
-    ``os.walk``'s order made deterministic), as ``(path, relative path)``."""
-    for folder, dirs, files in os.walk(root, followlinks=False):
+    """Every file under ``root`` as ``(path, path relative to root)``, recursively, in sorted
+    order. Links are followed (a class folder may be a link to elsewhere), each real folder once
+    (a link back up the tree is not a loop); links to nothing are included, for their reader to
+    report."""
+    seen = set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        try:
+            st = os.stat(folder)
+        except OSError:
+            dirs[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            dirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
         dirs.sort()
         base = Path(folder)
         for name in sorted(files):
             path = base / name
-            if path.is_file():
+            if path.is_file() or path.is_symlink():
                 yield path, path.relative_to(root)

@@ -309,12 +309,14 @@ def _describe(source: Source, root: Path, args: argparse.Namespace) -> dict:
 
 def _source_key(path: Path, root: Path) -> str:
     """What the manifest's ``source`` column holds: the path relative to the dataset root
-    (so a cache stays valid when the dataset moves), or absolute when outside it; a name that
+    (so a cache stays valid when the dataset moves), or absolute when outside it. Links are not
+    resolved: a file in a class folder that is a link keeps its name under the root. A name that
     is not UTF-8 is written with ``\\xNN`` escapes (:func:`data_prep.discover.text_name`)."""
+    path, root = Path(os.path.abspath(path)), Path(os.path.abspath(root))
     try:
-        key = path.resolve().relative_to(root.resolve()).as_posix()
+        key = path.relative_to(root).as_posix()
     except ValueError:
-        key = str(path.resolve())
+        key = str(path)
     return text_name(key)
 
 

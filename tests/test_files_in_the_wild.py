@@ -338,3 +338,21 @@ def test_classify_names_what_a_file_is(tmp_path):
     assert classify(put(tmp_path, "x.pdf", b"%PDF-1.4\n"), midi=False) == "not audio (a PDF document)"
     assert "extract it first" in classify(put(tmp_path, "x.zip", b"PK\x03\x04" + bytes(30)), midi=False)
     assert classify(put(tmp_path, "x.mid", b""), midi=True) is None        # named MIDI: the reader says why
+
+
+def test_links_loops_and_twins(tmp_path):
+    """A class folder that is a link, a link back up the tree, a link to nothing, and one
+    recording in two formats (same id without suffix)."""
+    elsewhere = tmp_path / "elsewhere"
+    put(elsewhere, "0.wav", wav_bytes())
+    put(elsewhere, "1.wav", wav_bytes(freq=500))
+    root = tmp_path / "data"
+    put(root, "a/x.wav", wav_bytes())
+    put(root, "a/x.flac", wav_bytes(fmt="FLAC"))
+    (root / "b").symlink_to(elsewhere, target_is_directory=True)
+    (root / "a" / "loop").symlink_to(root, target_is_directory=True)
+    (root / "a" / "gone.wav").symlink_to(tmp_path / "nothing.wav")
+    cache = prepare("folder", root, tmp_path / "c", FEATURES, workers=1, progress=False)
+    assert sorted(it["id"] for it in cache.items) == ["a/x.flac", "a/x.wav", "b/0", "b/1"]
+    assert [f["source"] for f in cache.failures] == ["a/gone.wav"]
+    assert "cannot read" in cache.failures[0]["reason"]

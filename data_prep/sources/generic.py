@@ -8,6 +8,7 @@ import argparse
 import csv
 import io
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Optional
 
@@ -183,6 +184,9 @@ class FolderSource(Source):
                                     text_name(group), text_name(item_id(path, root))))
         if not items:
             raise ValueError(_no_files_message(root, midi, skipped, ignored))
+        ids = Counter(it.id for it in items)          # x.wav beside x.flac: both keep their suffix
+        items = [_replace(it, id=text_name(it.path.relative_to(root).as_posix())) if ids[it.id] > 1
+                 else it for it in items]
         return Listing(assign_splits(items, args), skipped, ignored)
 
 
