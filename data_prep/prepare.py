@@ -137,10 +137,10 @@ def _from_slot(result: tuple, slots: Optional[list]) -> tuple:
     return ("ok", features, *result[2:])
 
 
-def _die_with(parent: int) -> None:
+def die_with(parent: int) -> None:
     """End this worker when the process ``parent`` ends, even by ``kill -9`` (which gives the
     pool no chance to stop its workers): Linux's ``PR_SET_PDEATHSIG``, else a thread that
-    watches the parent's pid."""
+    watches the parent's pid. The initializer of every worker pool of data_prep calls it."""
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         if libc.prctl(1, signal.SIGKILL, 0, 0, 0) != 0:          # 1: PR_SET_PDEATHSIG
@@ -157,12 +157,12 @@ def _die_with(parent: int) -> None:
 
 
 def _init_worker(config: FeatureConfig, slots: Optional[list] = None, parent: int = 0) -> None:
-    """Worker set-up: die with the parent (:func:`_die_with`), one thread each (the workers are
+    """Worker set-up: die with the parent (:func:`die_with`), one thread each (the workers are
     the parallelism), and malloc settings that keep large freed blocks for reuse instead of
     returning them to the kernel and paying for fresh zeroed pages on every file."""
     global _CONFIG, _SLOTS
     if parent:
-        _die_with(parent)
+        die_with(parent)
     _CONFIG, _SLOTS = config, slots
     if config.kind in AUDIO_KINDS:       # piano rolls never touch torch: don't pay its import
         import torch

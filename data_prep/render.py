@@ -241,7 +241,11 @@ def plan_jobs(items, programs: Sequence[Optional[int]]) -> list[Job]:
 _WORKER: dict = {}
 
 
-def _init(settings: dict) -> None:
+def _init(settings: dict, parent: int = 0) -> None:
+    if parent:
+        from .prepare import die_with
+
+        die_with(parent)            # a worker never outlives a killed render
     _WORKER.update(settings)
 
 
@@ -365,7 +369,7 @@ def _run(jobs: list[Job], state: dict, workers: Optional[int], progress: bool):
             return
         methods = multiprocessing.get_all_start_methods()
         context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-        with context.Pool(n, initializer=_init, initargs=(state,)) as pool:
+        with context.Pool(n, initializer=_init, initargs=(state, os.getpid())) as pool:
             for result in pool.imap(_render_job, jobs, chunksize=4):
                 yield result
                 bar.update(1)

@@ -92,6 +92,51 @@ def test_kill_9_of_prep_takes_its_workers_with_it(tmp_path, kind):
             pass
 
 
+OTHER_POOLS = textwrap.dedent("""
+    import multiprocessing, os, sys, time
+    if sys.argv[2] == "folk":
+        from data_prep.folk import _pool
+        pool = _pool(2)
+    else:
+        from data_prep import render
+        context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+        pool = context.Pool(2, initializer=render._init, initargs=({}, os.getpid()))
+    pool.map(abs, range(4))                              # the workers are up and initialised
+    pool.map_async(time.sleep, [100, 100], chunksize=1)  # and busy: they would not notice an EOF
+    time.sleep(0.5)
+    with open(sys.argv[1], "w") as fh:
+        fh.write(" ".join(str(p.pid) for p in multiprocessing.active_children()))
+    time.sleep(120)
+""")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+@pytest.mark.parametrize("pool", ["folk", "render"])
+def test_every_worker_pool_dies_with_its_parent(tmp_path, pool):
+    pids = tmp_path / "pids"
+    proc = subprocess.Popen([sys.executable, "-c", OTHER_POOLS, str(pids), pool], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 60
+        while not (pids.exists() and pids.read_text()):
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.time() < deadline, "the pool never started"
+            time.sleep(0.05)
+        workers = set(map(int, pids.read_text().split()))
+        assert len(workers) == 2
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        deadline = time.time() + 30
+        while any(alive(pid) for pid in workers) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not [pid for pid in workers if alive(pid)], "workers outlived their parent"
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def test_full_disk_is_one_line_leaves_no_temp_file_and_resumes(tmp_path, monkeypatch, capsys):
     """ENOSPC from every raw write under --out (what a full disk gives the shard writer)."""
     if not Path("/proc/self/fd").exists():
