@@ -169,13 +169,18 @@ def text_name(name: str) -> str:
         return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
-def walk(root: Path):
+def walk(root: Path, errors: Optional[list] = None):
     """Every file under ``root`` as ``(path, path relative to root)``, recursively, in sorted
     order. Links are followed (a class folder may be a link to elsewhere), each real folder once
     (a link back up the tree is not a loop); links to nothing are included, for their reader to
-    report."""
+    report. Folders that cannot be listed are appended to ``errors`` as ``(path, reason)``."""
     seen = set()
-    for folder, dirs, files in os.walk(root, followlinks=True):
+
+    def failed(error: OSError) -> None:
+        if errors is not None and error.filename is not None:
+            errors.append((Path(error.filename), f"cannot list this folder ({error.strerror or error})"))
+
+    for folder, dirs, files in os.walk(root, followlinks=True, onerror=failed):
         try:
             st = os.stat(folder)
         except OSError:

@@ -356,3 +356,21 @@ def test_links_loops_and_twins(tmp_path):
     assert sorted(it["id"] for it in cache.items) == ["a/x.flac", "a/x.wav", "b/0", "b/1"]
     assert [f["source"] for f in cache.failures] == ["a/gone.wav"]
     assert "cannot read" in cache.failures[0]["reason"]
+
+
+def test_a_folder_that_cannot_be_listed_is_reported(tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    for cls in ("a", "b"):
+        put(root, f"{cls}/0.wav", wav_bytes())
+    put(root, "b/locked/1.wav", wav_bytes())
+    real = os.scandir
+
+    def scandir(path="."):                   # what a folder without read permission gives (not root)
+        if os.fspath(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    cache = prepare("folder", root, tmp_path / "c", FEATURES, workers=1, progress=False)
+    assert len(cache) == 2
+    assert cache.failures == [{"source": "b/locked", "reason": "cannot list this folder (Permission denied)"}]

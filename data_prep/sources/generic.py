@@ -158,14 +158,15 @@ class FolderSource(Source):
         midi = getattr(args.features, "kind", "") == "pianoroll"
         if not root.is_dir():
             raise ValueError(f"--root {root}: not a folder")
-        files = sorted(walk(root))
+        unlistable: list = []
+        files = sorted(walk(root, unlistable))
         ignored = [p for p, rel in files if is_leftover(rel)]
         files = [(p, rel) for p, rel in files if not is_leftover(rel)]
         tops = {rel.parts[0] for _, rel in files if len(rel.parts) > 1}
         split_layout = bool(tops) and all(t.lower() in _SPLIT_NAMES for t in tops)
         depth = 3 if split_layout else 2          # parts of ROOT/[SPLIT/]CLASS/file
         pattern = re.compile(args.group_by) if args.group_by else None
-        items, skipped = [], []
+        items, skipped = [], [(p, why) for p, why in unlistable if not is_leftover(p.relative_to(root))]
         for path, rel in files:
             if len(rel.parts) < depth:
                 skipped.append((path, "not in a class folder (ROOT/CLASS/file"
