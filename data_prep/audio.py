@@ -89,7 +89,7 @@ def decode_with_notes(data: Union[bytes, str, Path], name: str = "") -> tuple[np
             return samples, rate, notes
         problem = None
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, EOFError) as e:
-        problem = f"libsndfile: {_short(e)}"
+        problem = f"libsndfile: {_short(e).rstrip('.')}"
     family, what = sniff(data[:SNIFF_BYTES])
     if family == "other":                        # text, an image, an archive...
         problem = f"it is {what}; {problem}"
