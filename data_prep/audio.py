@@ -21,6 +21,7 @@ from typing import Union
 import numpy as np
 import soundfile as sf
 
+from .audio_headers import fix_wav_sizes, truncation_note
 from .discover import AUDIO_EXTENSIONS, SNIFF_BYTES, sniff  # noqa: F401  (AUDIO_EXTENSIONS: re-exported)
 
 # Integer subtypes decode much faster as integers than through libsndfile's float path; the
@@ -71,8 +72,9 @@ def decode(data: Union[bytes, str, Path], name: str = "") -> tuple[np.ndarray, i
 
 
 def decode_with_notes(data: Union[bytes, str, Path], name: str = "") -> tuple[np.ndarray, int, list[str]]:
-    """:func:`decode`, also returning notes about what was read: a WAV cut short of what its
-    header promises, a WAV header with no data size."""
+    """:func:`decode`, also returning notes about what was read: a file cut short of what its
+    header promises (WAV, AIFF, CAF, AU, Wave64: :mod:`data_prep.audio_headers`) or cut inside
+    its compressed stream (FLAC, Ogg... read up to the cut by FFmpeg), a header without sizes."""
     name = name or (str(data) if not isinstance(data, bytes) else "<bytes>")
     if not isinstance(data, bytes):
         try:
@@ -82,11 +84,12 @@ def decode_with_notes(data: Union[bytes, str, Path], name: str = "") -> tuple[np
     data, notes = fix_wav_sizes(data)
     try:
         samples, rate, promised = _sndfile(data)
-        if samples.shape[1] < promised:
-            notes.append(f"truncated: the header promises {promised / rate:.3f} s, the file holds "
-                         f"{samples.shape[1] / rate:.3f} s (read as the shorter clip)")
         if samples.shape[1] or not _av():          # 0 samples: FFmpeg may know better
-            return samples, rate, notes
+            cut = truncation_note(data, samples.shape[1] / rate)
+            if cut is None and samples.shape[1] < promised:      # what libsndfile itself knows
+                cut = (f"truncated: the header promises {promised / rate:.3f} s, the file holds "
+                       f"{samples.shape[1] / rate:.3f} s (read as the shorter clip)")
+            return samples, rate, notes + ([cut] if cut else [])
         problem = None
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, EOFError) as e:
         problem = f"libsndfile: {_short(e).rstrip('.')}"
@@ -104,10 +107,12 @@ def decode_with_notes(data: Union[bytes, str, Path], name: str = "") -> tuple[np
             return samples, rate, notes
         text = re.sub(r"^\[Errno -?\d+\] ", "", " ".join(str(e).split()).replace(": '<none>'", ""))
         raise BadInputError(f"{name}: not a readable audio file ({problem}; FFmpeg: {text})") from None
-    if problem is None and decoded[0].shape[1]:
+    samples, rate, more = decoded
+    if problem is None and samples.shape[1]:
         notes.append(f"the header gives 0 samples (a writer that never closed the file?); "
-                     f"read the {decoded[0].shape[1] / decoded[1]:.3f} s that follow with FFmpeg")
-    return (*decoded, notes)
+                     f"read the {samples.shape[1] / rate:.3f} s that follow with FFmpeg")
+    cut = truncation_note(data, samples.shape[1] / rate) if samples.shape[1] else None
+    return samples, rate, notes + ([cut] if cut and not more else []) + more
 
 
 def _av():
@@ -134,54 +139,33 @@ def _sndfile(data: bytes) -> tuple[np.ndarray, int, int]:
     return np.ascontiguousarray(x.T).reshape(x.shape[1], -1), int(rate), int(promised)
 
 
-def _ffmpeg(av, data: bytes) -> tuple[np.ndarray, int]:
-    """FFmpeg's decoding of the first audio stream, as float32 ``(channels, samples)``."""
+def _ffmpeg(av, data: bytes) -> tuple[np.ndarray, int, list[str]]:
+    """FFmpeg's decoding of the first audio stream, as float32 ``(channels, samples)``, its rate
+    and notes. A decoding error after some audio (a cut FLAC or Ogg file) ends the clip there,
+    with a note; an error before any audio is raised."""
+    notes = []
     with av.open(io.BytesIO(data), mode="r") as container:
         if not container.streams.audio:
             raise ValueError(f"no audio stream in this {container.format.long_name or 'file'}")
         stream = container.streams.audio[0]
+        rate = stream.rate or stream.codec_context.sample_rate
         to_float = av.AudioResampler(format="fltp")     # same layout and rate, planar float
         blocks = []
-        for frame in container.decode(stream):
-            blocks += [f.to_ndarray() for f in to_float.resample(frame)]
+        try:
+            for frame in container.decode(stream):
+                blocks += [f.to_ndarray() for f in to_float.resample(frame)]
+        except Exception as e:       # noqa: BLE001
+            if not blocks:
+                raise
+            text = re.sub(r"^\[Errno -?\d+\] ", "", " ".join(str(e).split()))
+            done = sum(b.shape[1] for b in blocks) / rate
+            notes.append(f"truncated or damaged: decoding stopped at {done:.3f} s ({text}); "
+                         f"read as the shorter clip")
         blocks += [f.to_ndarray() for f in to_float.resample(None)]
-        rate = stream.rate or stream.codec_context.sample_rate
+        channels = max(stream.codec_context.channels, 1)
     if not blocks:
-        return np.zeros((max(stream.codec_context.channels, 1), 0), np.float32), int(rate)
-    return np.ascontiguousarray(np.concatenate(blocks, axis=1), dtype=np.float32), int(rate)
-
-
-def fix_wav_sizes(data: bytes) -> tuple[bytes, list[str]]:
-    """Check the sizes in a WAV (RIFF/RIFX) header against the file: a ``data`` chunk of size 0
-    followed by audio (a writer that never closed the file) is given the size of what follows;
-    a ``data`` chunk longer than the file (a cut download or copy) is reported. Returns the
-    (possibly patched) bytes and notes; other files come back as they are."""
-    if len(data) < 12 or data[:4] not in (b"RIFF", b"RIFX") or data[8:12] != b"WAVE":
-        return data, []
-    order = "<" if data[:4] == b"RIFF" else ">"
-    pos, block_align, byte_rate = 12, 0, 0
-    while pos + 8 <= len(data):
-        chunk, size = data[pos:pos + 4], struct.unpack(order + "I", data[pos + 4:pos + 8])[0]
-        body = pos + 8
-        if chunk == b"fmt " and size >= 16 and body + 16 <= len(data):
-            byte_rate, block_align = struct.unpack(order + "IH", data[body + 8:body + 14])
-        if chunk == b"data":
-            available = len(data) - body
-            if block_align:
-                available -= available % block_align
-            seconds = (lambda n: f"{n / byte_rate:.3f} s") if byte_rate else (lambda n: f"{n} bytes")
-            if size == 0 and available > 0:
-                fixed = bytearray(data)
-                fixed[pos + 4:pos + 8] = struct.pack(order + "I", available)
-                fixed[4:8] = struct.pack(order + "I", min(len(data) - 8, 0xFFFFFFFF))
-                return bytes(fixed), [f"the WAV header gives 0 data bytes (a writer that never "
-                                      f"closed the file); read the {seconds(available)} that follow"]
-            if available < size != 0xFFFFFFFF:        # 0xFFFFFFFF: "unknown", streaming
-                return data, [f"truncated: the WAV header promises {seconds(size)}, the file "
-                              f"holds {seconds(available)} (read as the shorter clip)"]
-            return data, []
-        pos = body + size + (size & 1)
-    return data, []
+        return np.zeros((channels, 0), np.float32), int(rate), notes
+    return np.ascontiguousarray(np.concatenate(blocks, axis=1), dtype=np.float32), int(rate), notes
 
 
 def _short(e: Exception) -> str:
