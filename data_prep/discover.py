@@ -9,7 +9,8 @@ all of them (``prepared + skipped + ignored = files under the root``):
   ``Thumbs.db``, ``desktop.ini``, ``$RECYCLE.BIN/``, any name or folder starting with ``.``;
 - **candidate**: a file the readers will try: a known extension of the family (audio or MIDI),
   or content that looks like it (:func:`sniff`: ``take2.wave``, an ``.m4a``, a WAV without
-  extension, a MIDI file named ``.bin``). Whether it is readable is the reader's to say;
+  extension, a MIDI file named ``.bin``), or content no signature here names that a decoder
+  recognises (:func:`decodable`). Whether it is readable is the reader's to say;
 - **skipped**: anything else, with what it is (``a JPEG image``, ``text``, ``a MIDI file``...).
 
 File names are kept as Python gives them: bytes that are not UTF-8 (old archives, Windows code
@@ -30,8 +31,7 @@ LEFTOVER_NAMES = frozenset({"__macosx", "thumbs.db", "ehthumbs.db", "ehthumbs_vi
 #: File extensions that libsndfile reads (``soundfile.available_formats``, lower case).
 SNDFILE_EXTENSIONS = (".wav", ".wave", ".bwf", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif",
                       ".aiff", ".aifc", ".au", ".snd", ".w64", ".caf", ".rf64", ".sd2", ".voc",
-                      ".wve", ".nist", ".sph", ".ircam", ".sf", ".mat", ".paf", ".pvf", ".xi",
-                      ".htk", ".8svx", ".iff", ".svx")
+                      ".wve", ".nist", ".sph", ".ircam", ".paf", ".pvf", ".xi", ".8svx", ".svx")
 #: More audio extensions, read through FFmpeg (PyAV) when it is installed.
 FFMPEG_EXTENSIONS = (".m4a", ".m4b", ".mp4", ".aac", ".adts", ".alac", ".wma", ".asf", ".webm",
                      ".weba", ".mka", ".mkv", ".wv", ".ape", ".amr", ".3gp", ".ac3", ".eac3",
@@ -146,7 +146,7 @@ def classify(path: Path, midi: bool) -> Optional[str]:
     if head is None:
         return None
     family, what = sniff(head)
-    if family == ("midi" if midi else "audio"):
+    if family == ("midi" if midi else "audio") or (family == "unknown" and not midi and decodable(path)):
         return None
     if family == "midi":
         return "a MIDI file: add --kind pianoroll to read MIDI"
@@ -156,6 +156,27 @@ def classify(path: Path, midi: bool) -> Optional[str]:
         return f"not {'MIDI' if midi else 'audio'}: content {what}" + (
             f", extension {path.suffix!r}" if path.suffix else ", no extension")
     return f"not {'MIDI' if midi else 'audio'} ({what})"
+
+
+def decodable(path: Path) -> bool:
+    """True when libsndfile or FFmpeg (PyAV, when installed) recognises ``path`` as audio from
+    its header: what decides for content no signature here names."""
+    import soundfile as sf
+
+    try:
+        sf.info(str(path))
+        return True
+    except Exception:            # noqa: BLE001 - any refusal means "not this decoder's"
+        pass
+    try:
+        import av
+    except ImportError:
+        return False
+    try:
+        with av.open(str(path), mode="r") as container:
+            return bool(container.streams.audio)
+    except Exception:            # noqa: BLE001
+        return False
 
 
 def text_name(name: str) -> str:

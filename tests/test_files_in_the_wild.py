@@ -348,6 +348,9 @@ def test_classify_names_what_a_file_is(tmp_path):
     assert classify(put(tmp_path, "x.pdf", b"%PDF-1.4\n"), midi=False) == "not audio (a PDF document)"
     assert "extract it first" in classify(put(tmp_path, "x.zip", b"PK\x03\x04" + bytes(30)), midi=False)
     assert classify(put(tmp_path, "x.mid", b""), midi=True) is None        # named MIDI: the reader says why
+    for fmt in ("IRCAM", "PAF", "NIST"):                  # no signature listed: a decoder recognises it
+        path = put(tmp_path, f"{fmt}.dat", wav_bytes(fmt=fmt))
+        assert classify(path, midi=False) is None and load_audio(path).samples.shape[1] == SR // 4
 
 
 def test_links_loops_and_twins(tmp_path):
