@@ -5,11 +5,14 @@
 1. resolve the feature config (the source's default, overridden by the user's fields);
 2. stop at once if ``CACHE`` is already built with that config ("up to date"), refuse if it
    was built with another one (naming the fields) unless ``force``;
-3. list the source's items, skip those an interrupted build already committed;
-4. extract features in worker processes, consumed *in order* from a bounded window (so memory
-   does not grow with the dataset and a resumed build writes the same shards), recording every
-   unusable file with its reason instead of stopping;
-5. publish the cache and print a summary.
+3. list the source's items (and, for sources that look at every file, the files they skipped
+   and the OS leftovers they ignored: :mod:`data_prep.discover`), skip those an interrupted
+   build already committed;
+4. extract features in worker processes (which die with this process), consumed *in order*
+   from a bounded window (so memory does not grow with the dataset and a resumed build writes
+   the same shards), recording every unusable file with its reason instead of stopping;
+5. publish the cache and print one summary: items prepared, files skipped with their reasons,
+   files ignored, warnings about files read with a caveat (a truncated WAV).
 
 :func:`extract_file` is the one-file entry point shared with prediction: it dispatches on the
 config's kind to :func:`data_prep.features.extract_audio_file` or ``data_prep.midi.pianoroll_file``.
@@ -350,12 +353,15 @@ def prepare(source: Union[str, Source], root: Union[str, Path], out: Union[str, 
 
     Returns:
         The opened :class:`~data_prep.cache.FeatureCache`. Its ``meta["build"]`` holds this
-        run's summary (``written``, ``skipped``, ``resumed``, ``seconds``, ``audio_hours``).
+        run's summary (``written``, ``skipped``, ``resumed``, ``seconds``, ``audio_hours``,
+        ``warnings``); ``failures`` every skipped file with its reason, ``meta["ignored"]`` the
+        number of OS leftovers passed over and up to 20 of their names.
 
     Raises:
         ValueError: bad options, no dataset at ``root``, no items.
-        CacheError: ``out`` holds another feature config (and not ``force``), or no file
-            was usable (the reasons are listed).
+        CacheError: ``out`` holds another feature config (and not ``force``), no file
+            was usable (the reasons are listed), or ``out`` cannot be written (a full or
+            read-only disk: one line naming the path; the unfinished shard is removed).
     """
     started = time.perf_counter()
     src = get_source(source) if isinstance(source, str) else source
