@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import io
 import re
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Union

@@ -1,9 +1,7 @@
 """Dataset folders as people have them: odd names, OS leftovers, unlisted and misnamed formats,
 header-size faults, spreadsheet encodings, MIDI timing variants. Every file is prepared, skipped
 with a reason, or ignored; inputs are built here, in temporary folders."""
-import csv
 import io
-import json
 import os
 import struct
 import subprocess
@@ -333,14 +331,27 @@ def test_smpte_time_division_is_read_in_seconds(tmp_path, division, fps):
         assert roll[5].argmax() == 60 and roll[20].argmax() == 67 and roll[12, 60] == 0
 
 
-def test_midi_wrappers_are_read(tmp_path):
+def test_midi_wrappers_and_container_variants_are_read(tmp_path):
+    """Each variant gives the roll of the plain file, with either reader."""
     plain = midi_bytes()
-    config = PianoRollFeatures(fs=10)
-    expected = pianoroll_file(put(tmp_path, "plain.mid", plain), config)
+    put(tmp_path, "plain.mid", plain)
     rmid = b"RIFF" + struct.pack("<I", 12 + len(plain)) + b"RMID" + b"data" + struct.pack("<I", len(plain)) + plain
     macbinary = bytes(128) + plain
-    for name, data in (("song.rmi", rmid), ("mac.mid", macbinary)):
-        assert np.array_equal(pianoroll_file(put(tmp_path, name, data), config), expected), name
+    track = plain.index(b"MTrk")
+    body = plain[track + 8:]
+    assert body.endswith(b"\x00\xff\x2f\x00")
+    variants = {
+        "song.rmi": rmid, "mac.mid": macbinary,
+        "format2.mid": plain[:8] + b"\x00\x02" + plain[10:],
+        "xf.mid": plain[:14] + b"XFIH" + struct.pack(">I", 4) + b"abcd" + plain[14:],      # an alien chunk
+        "header8.mid": plain[:4] + struct.pack(">I", 8) + plain[8:14] + b"\0\0" + plain[14:],
+        "no_eot.mid": plain[:track] + b"MTrk" + struct.pack(">I", len(body) - 4) + body[:-4],
+    }
+    for name, data in variants.items():
+        for compat in (False, True):
+            config = PianoRollFeatures(fs=10, pretty_midi_compat=compat)
+            assert np.array_equal(pianoroll_file(put(tmp_path, name, data), config),
+                                  pianoroll_file(tmp_path / "plain.mid", config)), (name, compat)
 
 
 def test_classify_names_what_a_file_is(tmp_path):
