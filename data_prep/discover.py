@@ -26,7 +26,7 @@ from typing import Optional
 #: Names (case-insensitive) of files and folders written by operating systems, not by people.
 LEFTOVER_NAMES = frozenset({"__macosx", "thumbs.db", "ehthumbs.db", "ehthumbs_vista.db",
                             "desktop.ini", "$recycle.bin", "system volume information",
-                            "lost+found", "icon\r"})
+                            "lost+found", "icon\r", "@eadir", "#recycle", "#snapshot"})
 
 #: File extensions that libsndfile reads (``soundfile.available_formats``, lower case).
 SNDFILE_EXTENSIONS = (".wav", ".wave", ".bwf", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif",
@@ -84,9 +84,10 @@ SNIFF_BYTES = 512
 
 
 def is_leftover(rel: Path) -> bool:
-    """True for a path (relative to the dataset root) that an OS, archiver or file manager left:
-    any part hidden (``.DS_Store``, ``._1.wav``, ``.git/``) or a known leftover name
-    (``__MACOSX/``, ``Thumbs.db``, ``desktop.ini``...), case-insensitive."""
+    """True for a path (relative to the dataset root) that an OS, archiver, file manager or NAS
+    left: any part hidden (``.DS_Store``, ``._1.wav``, ``.git/``), a known leftover name
+    (``__MACOSX/``, ``Thumbs.db``, ``desktop.ini``, Synology's ``@eaDir/``...,
+    case-insensitive), or an Office lock file (``~$name``)."""
     return any(part.startswith(".") or part.lower() in LEFTOVER_NAMES or part.startswith("~$")
                for part in rel.parts)
 

@@ -301,6 +301,31 @@ def test_manifest_in_the_encodings_spreadsheets_write(tmp_path, encoding, delimi
     assert len(cache) == 4 and cache.classes == ["chat", "chien"] and cache.failures == []
 
 
+def test_manifest_with_a_sep_line_and_names_in_the_other_unicode_form(tmp_path):
+    """Excel's "sep=;" first line; names composed in the CSV (é) and decomposed on disk (e + U+0301,
+    as macOS writes them)."""
+    import unicodedata
+
+    root = tmp_path / "d"
+    for i, (rel, _, _) in enumerate(ROWS):
+        put(root, unicodedata.normalize("NFD", rel), wav_bytes(freq=300 + 100 * i))
+    text = "sep=;\r\n" + "".join(";".join(row) + "\r\n" for row in [("path", "label", "split"), *ROWS])
+    (root / "labels.csv").write_text(unicodedata.normalize("NFC", text), encoding="utf-8")
+    cache = prepare("csv", root / "labels.csv", tmp_path / "c", FEATURES, workers=1, progress=False)
+    assert len(cache) == 4 and cache.failures == []
+
+
+@pytest.mark.parametrize("name", ["@eaDir/x.wav@SynoEAStream", "a/#recycle/0.wav", "a/~$draft.wav",
+                                  "a/.AppleDouble/0.wav", "a/Icon\r"])
+def test_more_leftovers_are_ignored(tmp_path, name):
+    root = tmp_path / "data"
+    for cls in ("a", "b"):
+        put(root, f"{cls}/0.wav", wav_bytes())
+    put(root, name, APPLEDOUBLE)
+    cache = prepare("folder", root, tmp_path / "c", FEATURES, workers=1, progress=False)
+    assert len(cache) == 2 and cache.failures == [] and cache.meta["ignored"]["count"] == 1
+
+
 def test_manifest_in_a_code_page_names_the_file_and_the_fix(tmp_path):
     manifest = write_manifest(tmp_path / "d", "cp1252")
     run = subprocess.run([sys.executable, "-m", "data_prep", "csv", "--root", str(manifest), "--out",

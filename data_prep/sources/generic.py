@@ -8,6 +8,7 @@ import argparse
 import csv
 import io
 import re
+import unicodedata
 from collections import Counter
 from pathlib import Path
 from typing import Optional
@@ -53,7 +54,7 @@ def text_encoding(raw: bytes) -> str:
 def read_table(path: Path, encoding: str = "auto") -> tuple[list[str], list[dict]]:
     """``(header, rows)`` of a CSV file as spreadsheets save it: any encoding of
     :func:`text_encoding` (``encoding="auto"``) or the one given, and the delimiter of its
-    header line (``,``, ``;`` as in European locales, tab, ``|``). Raises ``ValueError`` naming
+    header line (``,``, ``;`` as in European locales, tab, ``|``, or Excel's ``sep=X`` line). Raises ``ValueError`` naming
     the file, the line and the encoding to use when it cannot be decoded."""
     raw = path.read_bytes()
     name = text_encoding(raw) if encoding in ("auto", "", None) else encoding
@@ -70,6 +71,9 @@ def read_table(path: Path, encoding: str = "auto") -> tuple[list[str], list[dict
     text = text.lstrip("\ufeff")
     first = text.split("\n", 1)[0]
     delimiter = max(",;\t|", key=first.count) if any(c in first for c in ",;\t|") else ","
+    hint = first.strip().lower()
+    if len(hint) == 5 and hint.startswith("sep="):         # Excel's "sep=;" line before the header
+        delimiter, text = first.strip()[4], text.split("\n", 1)[1] if "\n" in text else ""
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
     header = [h.strip() for h in reader.fieldnames or []]
     reader.fieldnames = header
@@ -134,6 +138,18 @@ def _replace(item: SourceItem, **changes) -> SourceItem:
     from dataclasses import replace
 
     return replace(item, **changes)
+
+
+def _on_disk(path: Path) -> Path:
+    """``path``, or the same name in the other Unicode normal form when only that exists (macOS
+    writes decomposed names, é as e + U+0301; spreadsheets and other systems composed ones)."""
+    if path.exists():
+        return path
+    for form in ("NFC", "NFD"):
+        other = Path(unicodedata.normalize(form, str(path)))
+        if other != path and other.exists():
+            return other
+    return path
 
 
 @register_source
@@ -245,7 +261,7 @@ class CsvSource(Source):
             if not raw_path or not label:
                 raise ValueError(f"{where}empty {args.path_column!r} or {args.label_column!r}")
             path = Path(raw_path)
-            path = path if path.is_absolute() else base / path
+            path = _on_disk(path if path.is_absolute() else base / path)
             fold = (row.get("fold") or "").strip()
             try:
                 fold_value = int(fold) if fold else None
