@@ -32,13 +32,18 @@ def wav_bytes(seconds=0.25, freq=440.0, fmt="WAV", subtype="PCM_16", channels=1)
     return buf.getvalue()
 
 
-def m4a_bytes(seconds=0.25) -> bytes:
+def m4a_bytes(seconds=0.25, container_format="ipod", codec="aac") -> bytes:
+    """Audio encoded by FFmpeg (PyAV): AAC in an M4A container by default."""
     av = pytest.importorskip("av")
     x = (0.3 * np.sin(2 * np.pi * 440 * np.arange(int(16000 * seconds)) / 16000)).astype(np.float32)
     buf = io.BytesIO()
-    with av.open(buf, "w", format="ipod") as container:
-        stream = container.add_stream("aac", rate=16000, layout="mono")
-        frame = av.AudioFrame.from_ndarray(x[None], format="flt", layout="mono")
+    with av.open(buf, "w", format=container_format) as container:
+        stream = container.add_stream(codec, rate=16000, layout="mono")
+        sample_format = stream.codec_context.format.name
+        samples = (x * 32767).astype(np.int16) if sample_format.startswith("s16") else x
+        if sample_format.startswith("s32"):
+            samples = (x * 2**31).astype(np.int32)
+        frame = av.AudioFrame.from_ndarray(samples[None], format=sample_format, layout="mono")
         frame.sample_rate = 16000
         for packet in [*stream.encode(frame), *stream.encode(None)]:
             container.mux(packet)
@@ -211,6 +216,18 @@ def test_ffmpeg_reads_what_libsndfile_cannot(tmp_path, monkeypatch):
     monkeypatch.setattr(A, "_av", lambda: None)                     # PyAV not installed
     with pytest.raises(ValueError, match=r"x.m4a: not a readable audio file \(libsndfile: .*pip install av"):
         load_audio(path)
+
+
+@pytest.mark.parametrize("container_format,codec,ext", [("adts", "aac", ".aac"), ("ipod", "alac", ".m4a"),
+                                                        ("ogg", "libopus", ".opus"), ("webm", "libopus", ".webm"),
+                                                        ("mp3", "libmp3lame", ".mp3")])
+def test_compressed_formats_with_or_without_their_extension(tmp_path, container_format, codec, ext):
+    data = m4a_bytes(0.5, container_format, codec)
+    for name in (f"clip{ext}", "clip_without_extension"):
+        path = put(tmp_path, name, data)
+        assert classify(path, midi=False) is None, name
+        audio = load_audio(path, 16000)
+        assert 0.4 < audio.samples.shape[1] / 16000 < 0.7 and np.abs(audio.samples).max() > 0.1, name
 
 
 def zero_sizes(data: bytes, riff: bool = True) -> bytes:
