@@ -105,6 +105,18 @@ class Prepare(_Strict):
     def _expand(cls, v: Optional[str]) -> Optional[str]:
         return None if v is None else expand_path(v)
 
+    @model_validator(mode="after")
+    def _options(self) -> "Prepare":
+        """The source exists and takes these options, with values of the right types."""
+        from data_prep.prepare import source_arguments
+        from data_prep.sources import get_source
+
+        try:
+            source_arguments(get_source(self.source), **self.options)
+        except (TypeError, ValueError) as e:
+            raise ValueError(str(e)) from None
+        return self
+
 
 class CrossValidation(_Strict):
     """k-fold cross-validation: each test fold once, trained on the others."""

@@ -24,6 +24,7 @@ import ctypes
 import errno
 import hashlib
 import json
+import math
 import mmap
 import multiprocessing
 import os
@@ -283,9 +284,35 @@ def source_arguments(source: Source, **options: Any) -> argparse.Namespace:
     if unknown:
         raise TypeError(f"source {source.name!r} has no option {unknown[0]!r}; "
                         f"its options: {sorted(vars(args)) or 'none'}")
+    actions = {a.dest: a for a in parser._actions}
     for key, value in options.items():
-        setattr(args, key, value)
+        setattr(args, key, _option_value(actions[key], source.name, value))
     return args
+
+
+def _option_value(action: argparse.Action, source: str, value: Any) -> Any:
+    """``value`` for a source option given from Python or a recipe, checked as the command line
+    would check it: ``true``/``false`` for a switch, a (finite) number of the option's type, one
+    of its choices. ``ValueError`` names the option otherwise."""
+    name = f"{source} option {action.dest!r} ({action.option_strings[0]})"
+    if value is None:
+        return value
+    if action.nargs == 0:                                   # store_true / --x/--no-x switches
+        if not isinstance(value, bool):
+            raise ValueError(f"{name}: expected true or false, got {value!r}")
+        return value
+    if action.type in (int, float):
+        integer = action.type is int
+        if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)) \
+                or (not integer and not math.isfinite(value)):
+            raise ValueError(f"{name}: expected {'an integer' if integer else 'a finite number'}, "
+                             f"got {value!r}")
+        value = action.type(value)
+    elif action.type is not None and isinstance(value, str):
+        value = action.type(value)
+    if action.choices is not None and value not in action.choices:
+        raise ValueError(f"{name}: expected one of {list(action.choices)}, got {value!r}")
+    return value
 
 
 def resolve_features(source: Source, features: Union[dict, FeatureConfig, None] = None) -> FeatureConfig:
