@@ -83,7 +83,8 @@ def decode_with_notes(data: Union[bytes, str, Path], name: str = "") -> tuple[np
     data, notes = fix_wav_sizes(data)
     try:
         samples, rate, promised = _sndfile(data)
-        if samples.shape[1] or not _av():          # 0 samples: FFmpeg may know better
+        wav = data[:4] in (b"RIFF", b"RIFX") and data[8:12] == b"WAVE"   # sizes checked above
+        if samples.shape[1] or wav or not _av():    # 0 samples: FFmpeg may know better
             cut = truncation_note(data, samples.shape[1] / rate)
             if cut is None and samples.shape[1] < promised:      # what libsndfile itself knows
                 cut = (f"truncated: the header promises {promised / rate:.3f} s, the file holds "

@@ -29,6 +29,17 @@ def _chunks(data: bytes, pos: int, order: str, even: bool = True) -> Iterator[tu
         pos += 8 + size + (size & 1 if even else 0)
 
 
+def _only_chunks(data: bytes, pos: int, order: str) -> bool:
+    """True when the bytes from ``pos`` to the end are whole chunks with text ids (a ``LIST``
+    after a really empty ``data`` chunk), not audio."""
+    for chunk, size, body in _chunks(data, pos, order):
+        if not all(32 <= c < 127 for c in chunk) or body + size > len(data):
+            return False
+        if body + size + (size & 1) >= len(data):
+            return True
+    return False
+
+
 def fix_wav_sizes(data: bytes) -> tuple[bytes, list[str]]:
     """A WAV (RIFF/RIFX) whose ``data`` chunk has size 0 but is followed by audio, with the size
     of what follows (whole sample frames) and a note saying so; other files come back as they
@@ -43,7 +54,7 @@ def fix_wav_sizes(data: bytes) -> tuple[bytes, list[str]]:
         if chunk == b"data":
             available = len(data) - body
             available -= available % block_align if block_align else 0
-            if size != 0 or available <= 0:
+            if size != 0 or available <= 0 or _only_chunks(data, body, order):
                 return data, []
             fixed = bytearray(data)
             fixed[body - 4:body] = struct.pack(order + "I", available)

@@ -249,6 +249,15 @@ def test_wav_with_zero_sizes_is_read_to_its_end(tmp_path, riff, subtype, channel
     assert "0 data bytes" in audio.warnings[0]
 
 
+def test_an_empty_wav_with_metadata_after_its_data_chunk_stays_empty(tmp_path):
+    empty = bytearray(wav_bytes(0.0))
+    info = b"INFOINAM" + struct.pack("<I", 6) + b"title\0"
+    empty += b"LIST" + struct.pack("<I", len(info)) + info
+    empty[4:8] = struct.pack("<I", len(empty) - 8)
+    with pytest.raises(ValueError, match="empty audio"):
+        load_audio(put(tmp_path, "empty.wav", bytes(empty)))
+
+
 @pytest.mark.parametrize("fmt,subtype,seconds", [("WAV", "PCM_16", 1), ("WAV", "PCM_24", 1), ("AIFF", "PCM_16", 1),
                                                   ("CAF", "PCM_16", 1), ("W64", "PCM_16", 1), ("AU", "PCM_16", 1),
                                                   ("FLAC", "PCM_16", 5)])
