@@ -426,6 +426,9 @@ def prepare(source: Union[str, Source], root: Union[str, Path], out: Union[str, 
         return _build(writer, items, unlisted, ignored, src, root, out, config, workers, progress,
                       started, say)
     except OSError as e:          # the disk: full, read-only, gone; the writer cleaned up after itself
+        partial = out.with_name(out.name + ".partial")
+        if partial.is_dir() and not any(partial.glob("shards/*.json")):    # no work to keep
+            shutil.rmtree(partial, ignore_errors=True)
         raise CacheError(disk_error(e, out)) from None
 
 
