@@ -1,6 +1,9 @@
 """The generic sources: ``folder`` (one sub-folder per class) and ``csv`` (a manifest).
 
-Both list audio files, or MIDI files when the feature kind is ``pianoroll``.
+Both list audio files, or MIDI files when the feature kind is ``pianoroll``. ``folder`` accounts
+for every file under its root (an item, skipped with a reason, or ignored: see
+:mod:`data_prep.discover`); ``csv`` reads manifests as spreadsheets save them
+(:func:`read_table`).
 """
 from __future__ import annotations
 
@@ -220,9 +223,9 @@ class CsvSource(Source):
                                  "CSV file itself as --root). Relative paths in it are relative "
                                  "to its folder")
         parser.add_argument("--encoding", default=None,
-                            help="the manifest's text encoding (default: detected: UTF-8, or UTF-16/32 "
-                                 "with or without a byte-order mark, as spreadsheets save them), "
-                                 "e.g. cp1252")
+                            help="the manifest's text encoding (default: detected: UTF-8, UTF-16 "
+                                 "with or without a byte-order mark, UTF-32 with one, as "
+                                 "spreadsheets save them), e.g. cp1252")
         parser.add_argument("--path-column", default="path", help="column of file paths (default path)")
         parser.add_argument("--label-column", default="label", help="column of labels (default label)")
         parser.add_argument("--split-column", default="split",
