@@ -195,7 +195,8 @@ def walk(root: Path, errors: Optional[list] = None):
     """Every file under ``root`` as ``(path, path relative to root)``, recursively, in sorted
     order. Links are followed (a class folder may be a link to elsewhere), each real folder once
     (a link back up the tree is not a loop); links to nothing are included, for their reader to
-    report. Folders that cannot be listed are appended to ``errors`` as ``(path, reason)``."""
+    report; pipes and devices (which a reader would wait on forever) are not files here. Folders
+    that cannot be listed are appended to ``errors`` as ``(path, reason)``."""
     seen = set()
 
     def failed(error: OSError) -> None:
@@ -216,5 +217,5 @@ def walk(root: Path, errors: Optional[list] = None):
         base = Path(folder)
         for name in sorted(files):
             path = base / name
-            if path.is_file() or path.is_symlink():
+            if path.is_file() or (path.is_symlink() and not path.exists()):   # no FIFOs, devices
                 yield path, path.relative_to(root)

@@ -427,6 +427,8 @@ def test_links_loops_and_twins(tmp_path):
     (root / "b").symlink_to(elsewhere, target_is_directory=True)
     (root / "a" / "loop").symlink_to(root, target_is_directory=True)
     (root / "a" / "gone.wav").symlink_to(tmp_path / "nothing.wav")
+    os.mkfifo(root / "a" / "pipe.wav")                          # a reader would wait on it forever
+    (root / "a" / "zeros.wav").symlink_to("/dev/zero")           # ... or read it forever
     cache = prepare("folder", root, tmp_path / "c", FEATURES, workers=1, progress=False)
     assert sorted(it["id"] for it in cache.items) == ["a/x.flac", "a/x.wav", "b/0", "b/1"]
     assert [f["source"] for f in cache.failures] == ["a/gone.wav"]
