@@ -474,6 +474,10 @@ def _build(writer: CacheWriter, items: list[SourceItem], unlisted: list[tuple[st
         cache = writer.finish(extra_meta=extra)
     except CacheError as e:
         raise CacheError(f"{e}{_failure_lines(_partial_failures(out) or skipped)}") from None
+    except UnicodeEncodeError:      # rows an older version wrote with raw non-UTF-8 names
+        raise CacheError(f"{out.name}.partial holds file names that are not UTF-8 text, from an "
+                         f"interrupted build of an older version; run the same command with "
+                         f"--force to start it over") from None
     say(_summary(cache, build, elapsed, seconds))
     return cache
 

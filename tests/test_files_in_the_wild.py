@@ -451,3 +451,24 @@ def test_a_folder_that_cannot_be_listed_is_reported(tmp_path, monkeypatch):
     cache = prepare("folder", root, tmp_path / "c", FEATURES, workers=1, progress=False)
     assert len(cache) == 2
     assert cache.failures == [{"source": "b/locked", "reason": "cannot list this folder (Permission denied)"}]
+
+
+def test_a_partial_build_left_with_raw_non_utf8_names_says_how_to_get_unstuck(tmp_path):
+    """What an older version left: shard records whose sources are raw (surrogate-escaped) names;
+    the build then stops with a one-line way out instead of failing the same way forever."""
+    from data_prep import CacheError, CacheWriter
+    from data_prep.prepare import _describe, resolve_features, source_arguments
+    from data_prep.sources import get_source
+
+    root = tmp_path / "data"
+    for cls in ("a", "b"):
+        put(root, f"{cls}/0.wav", wav_bytes())
+    src, config = get_source("folder"), resolve_features(get_source("folder"), FEATURES)
+    args = source_arguments(src)
+    args.root, args.features = root, config
+    writer = CacheWriter(tmp_path / "c", config, _describe(src, root, args), shard_items=1)
+    x = np.zeros((3, config.feature_shape[0]), np.float32)
+    writer.add(x, id=os.fsdecode(b"a/caf\xe9"), source=os.fsdecode(b"a/caf\xe9.wav"), label="a", split="train")
+    with pytest.raises(CacheError, match="--force to start it over"):
+        prepare("folder", root, tmp_path / "c", FEATURES, workers=1, progress=False)
+    assert len(prepare("folder", root, tmp_path / "c", FEATURES, workers=1, progress=False, force=True)) == 2
