@@ -24,10 +24,11 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError,
+                      field_validator, model_validator)
 
 from .yamlio import load_yaml
 
@@ -63,6 +64,21 @@ def expand_path(value: str) -> str:
     return os.path.expanduser(value)
 
 
+def _not_bool(expected: str):
+    def check(value: Any) -> Any:
+        if isinstance(value, bool):        # YAML's true/yes/on: pydantic would take it as 1
+            raise ValueError(f"expected {expected}, got {str(value).lower()}")
+        return value
+    return BeforeValidator(check)
+
+
+# Numbers as recipes must give them: an integer field takes an integer (not true, 2.5 or "3"); a
+# float field a finite number (not .inf, .nan or true; YAML's 3e-3, read as text, is fine).
+Int = Annotated[int, _not_bool("an integer"), Strict()]
+Float = Annotated[float, _not_bool("a number"), Field(allow_inf_nan=False)]
+SEED_MAX = 2**32 - 1                       # numpy's seeds; Lightning's seed_everything takes this range
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -85,23 +101,35 @@ class Prepare(_Strict):
     source: str
     root: Optional[str] = None
     options: dict[str, Any] = Field(default_factory=dict)
-    workers: Optional[int] = Field(None, ge=1)
+    workers: Optional[Int] = Field(None, ge=1)
 
     @field_validator("root")
     @classmethod
     def _expand(cls, v: Optional[str]) -> Optional[str]:
         return None if v is None else expand_path(v)
 
+    @model_validator(mode="after")
+    def _options(self) -> "Prepare":
+        """The source exists and takes these options, with values of the right types."""
+        from data_prep.prepare import source_arguments
+        from data_prep.sources import get_source
+
+        try:
+            source_arguments(get_source(self.source), **self.options)
+        except (TypeError, ValueError) as e:
+            raise ValueError(str(e)) from None
+        return self
+
 
 class CrossValidation(_Strict):
     """k-fold cross-validation: each test fold once, trained on the others."""
 
-    cv: int = Field(ge=2, description="number of folds; the cache's own folds when it has them")
-    test: Optional[list[int]] = Field(None, description="the folds to run as test folds (default: all)")
+    cv: Int = Field(ge=2, description="number of folds; the cache's own folds when it has them")
+    test: Optional[list[Int]] = Field(None, description="the folds to run as test folds (default: all)")
     val: Literal["next", "none", "train"] = Field("next", description=(
         "validation: 'next' (the fold after the test fold), 'none', or 'train' (a held-out part of "
         "the training folds, val_fraction of each label and fold, items of one group together)"))
-    val_fraction: float = Field(0.15, gt=0, lt=1, description="the held-out part when val is 'train'")
+    val_fraction: Float = Field(0.15, gt=0, lt=1, description="the held-out part when val is 'train'")
 
 
 class Data(_Strict):
@@ -109,14 +137,14 @@ class Data(_Strict):
     prepare: Optional[Prepare] = None
     features: Optional[dict[str, Any]] = None
     normalize: Literal["per_bin", "global", "none"] = "per_bin"
-    crop_frames: int = Field(128, ge=1)
-    eval_hop: Optional[int] = Field(None, ge=1)
-    batch_size: int = Field(32, ge=1)
-    num_workers: int = Field(0, ge=0)
+    crop_frames: Int = Field(128, ge=1)
+    eval_hop: Optional[Int] = Field(None, ge=1)
+    batch_size: Int = Field(32, ge=1)
+    num_workers: Int = Field(0, ge=0)
     train_split: str = "train"
     val_split: Optional[str] = "valid"
     test_split: Optional[str] = "test"
-    folds: Optional[Union[list[int], CrossValidation]] = None
+    folds: Optional[Union[list[Int], CrossValidation]] = None
 
     @field_validator("cache")
     @classmethod
@@ -145,42 +173,42 @@ class Model(_Strict):
 # --- training ---------------------------------------------------------------------------------
 class EarlyStopping(_Toggle):
     metric: Literal[METRICS] = "val_accuracy"
-    patience: int = Field(10, ge=1)
+    patience: Int = Field(10, ge=1)
 
 
 class Train(_Strict):
-    max_epochs: int = Field(30, ge=1)
+    max_epochs: Int = Field(30, ge=1)
     optimizer: Literal["adamw", "sgd"] = "adamw"
-    lr: float = Field(3e-3, gt=0)
-    weight_decay: float = Field(0.01, ge=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
+    lr: Float = Field(3e-3, gt=0)
+    weight_decay: Float = Field(0.01, ge=0)
+    momentum: Float = Field(0.9, ge=0, lt=1)
     schedule: Literal["onecycle", "cosine", "none"] = "onecycle"
-    warmup: float = Field(0.1, ge=0, lt=1)
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    warmup: Float = Field(0.1, ge=0, lt=1)
+    label_smoothing: Float = Field(0.0, ge=0, lt=1)
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
 
 
 class SpecAugment(_Toggle):
-    freq_masks: int = Field(2, ge=0)
-    freq_width: int = Field(8, ge=1)
-    time_masks: int = Field(2, ge=0)
-    time_width: int = Field(16, ge=1)
+    freq_masks: Int = Field(2, ge=0)
+    freq_width: Int = Field(8, ge=1)
+    time_masks: Int = Field(2, ge=0)
+    time_width: Int = Field(16, ge=1)
 
 
 class PitchShift(_Toggle):
-    max_semitones: int = Field(3, ge=1)
+    max_semitones: Int = Field(3, ge=1)
 
 
 class Gain(_Toggle):
-    max_db: float = Field(6.0, gt=0)
+    max_db: Float = Field(6.0, gt=0)
 
 
 class TimeShift(_Toggle):
-    max_frames: Optional[int] = Field(None, ge=1)
+    max_frames: Optional[Int] = Field(None, ge=1)
 
 
 class Mixup(_Toggle):
-    alpha: float = Field(0.2, gt=0)
+    alpha: Float = Field(0.2, gt=0)
 
 
 class Augment(_Strict):
@@ -192,7 +220,7 @@ class Augment(_Strict):
 
 
 class Recipe(_Strict):
-    seed: int = 0
+    seed: Int = Field(0, ge=0, le=SEED_MAX)
     out_dir: Optional[str] = None
     data: Data
     model: Model = Field(default_factory=Model)

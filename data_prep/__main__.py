@@ -4,8 +4,11 @@
 options. ``python -m data_prep render ...`` renders a MIDI dataset to audio (see
 ``data_prep.render``); ``python -m data_prep verify CACHE`` checks a cache's checksums.
 
-Exit status: 0 when the cache is complete (even if some files were skipped), 1 when nothing
-usable was found, the cache holds another config, or a download failed, 2 for bad arguments.
+Exit status (``EXIT_*``): 0 when the cache is complete and holds every file found (operating
+system leftovers such as ``.DS_Store`` are ignored), 3 when it is complete but some files were
+skipped (the summary lists them with their reasons), 1 when no cache was written (nothing usable,
+another config in the way, a download failed, the disk is full or read-only), 2 for bad
+arguments, 130 when interrupted (run the same command again to resume).
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from .cache import CacheError
 from .config import AudioFeatures, PianoRollFeatures
 
 _NONE = ("none", "null")
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SKIPPED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
 def _field_help(cls: type) -> dict[str, str]:
@@ -173,9 +177,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except (OSError, ValueError) as e:
             print(f"error: download failed: {e}", file=sys.stderr)
             return 1
-    return run_resumable(lambda: prepare(src, args.root, args.out, features, force=args.force,
-                                         workers=args.workers, progress=not args.quiet, **options),
-                         args.out, errors=(CacheError, ValueError, TypeError))
+    built = []
+    status = run_resumable(lambda: built.append(prepare(
+        src, args.root, args.out, features, force=args.force, workers=args.workers,
+        progress=not args.quiet, **options)), args.out, errors=(CacheError, ValueError, TypeError))
+    if status == EXIT_OK and built and built[0].failures:
+        return EXIT_SKIPPED
+    return status
 
 
 def verify_main(argv: Sequence[str]) -> int:
@@ -205,17 +213,22 @@ def verify_main(argv: Sequence[str]) -> int:
 
 
 def run_resumable(work: Callable[[], object], out, errors: tuple = (ValueError,)) -> int:
-    """Run a resumable command's ``work``; the exit status: 0, 1 for a user error (printed),
-    130 on Ctrl-C (with how to resume ``out``). Shared by prepare and render."""
+    """Run a resumable command's ``work``; the exit status: 0, 1 for a user error or a disk
+    error (printed on one line), 130 on Ctrl-C (with how to resume ``out``). Shared by prepare
+    and render."""
     try:
         work()
     except errors as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return EXIT_ERROR
+    except OSError as e:          # the disk or a file, outside any one item: one line, no traceback
+        where = f"{e.filename}: " if e.filename is not None else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt:
         print(f"\ninterrupted: run the same command again to resume {out}", file=sys.stderr)
-        return 130
-    return 0
+        return EXIT_INTERRUPTED
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -64,13 +64,24 @@ class CacheError(Exception):
     while being read, or built with another feature config."""
 
 
+def _named(error: OSError, path: Path) -> OSError:
+    """``error`` with ``path`` as its file name when it has none (``os.write`` gives none)."""
+    if error.filename is not None:
+        return error
+    return type(error)(error.errno, error.strerror or str(error), str(path))
+
+
 def _write_atomic(path: Path, write) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        write(fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as e:             # a full or read-only disk: leave no temporary file behind
+        tmp.unlink(missing_ok=True)
+        raise _named(e, path) from None
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -246,12 +257,19 @@ class CacheWriter:
                              f"(frames>0, *{shape}) of the feature config")
         array = np.ascontiguousarray(features, dtype=np.float16)
         if self._shard is None:
-            self._shard = _ShardFile(self.shard_dir / f"{self._next_shard:05d}.npy", shape)
+            path = self.shard_dir / f"{self._next_shard:05d}.npy"
+            try:
+                self._shard = _ShardFile(path, shape)
+            except OSError as e:
+                raise _named(e, path) from None
         self._pending.append({"id": id, "source": source, "checksum": checksum, "label": label,
                               "split": split, "fold": "" if fold is None else int(fold),
                               "group": group, "frames": len(array), "shard": self._next_shard,
                               "offset": self._shard.frames})
-        self._shard.append(array)
+        try:
+            self._shard.append(array)
+        except OSError as e:
+            self._abort_shard(e)
         total, total_sq = item_sums(array) if sums is None else sums
         for key in ("train", "all") if split == "train" else ("all",):
             self._pending_sums[key].add(len(array), total, total_sq)
@@ -266,17 +284,34 @@ class CacheWriter:
         if not self._pending and not self._pending_failures:
             return
         name = f"{self._next_shard:05d}"
-        shard = self._shard or _ShardFile(self.shard_dir / f"{name}.npy", self.config.feature_shape)
-        file = shard.close()                         # the data on disk first, then the record
-        _write_json(self.shard_dir / f"{name}.json",
-                    {"rows": self._pending, "failures": self._pending_failures,
-                     "sums": {k: v.to_json() for k, v in self._pending_sums.items()}, "file": file})
+        try:
+            self._shard = self._shard or _ShardFile(self.shard_dir / f"{name}.npy", self.config.feature_shape)
+            file = self._shard.close()               # the data on disk first, then the record
+        except OSError as e:
+            self._abort_shard(e)
+        try:
+            _write_json(self.shard_dir / f"{name}.json",
+                        {"rows": self._pending, "failures": self._pending_failures,
+                         "sums": {k: v.to_json() for k, v in self._pending_sums.items()}, "file": file})
+        except OSError as e:                         # the shard is not committed: remove its data
+            self._shard.path.unlink(missing_ok=True)
+            self._abort_shard(e)
         self._rows += self._pending
         self._failures += self._pending_failures
         self._sums.append(self._pending_sums)
         self._shard, self._pending, self._pending_failures = None, [], []
         self._pending_sums = self._new_sums()
         self._next_shard += 1
+
+    def _abort_shard(self, error: OSError):
+        """Drop the shard being written (its items are written again on resume) and raise
+        ``error`` naming its file."""
+        shard, self._shard = self._shard, None
+        self._pending, self._pending_failures = [], []
+        self._pending_sums = self._new_sums()
+        if shard is not None:
+            shard.abort()
+        raise _named(error, shard.tmp if shard is not None else self.shard_dir) from None
 
     # -- publishing --------------------------------------------------------------------
     def finish(self, extra_meta: Optional[dict] = None) -> "FeatureCache":

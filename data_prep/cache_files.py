@@ -96,12 +96,15 @@ class _ShardFile:
         """Write the first ``length`` bytes of the stage (a whole number of blocks, all it holds)."""
         if self.flushed == 0:
             self.first[:] = self.stage[:self.BLOCK]
-        view = memoryview(self.stage)[:length]
-        while len(view):
-            view = view[self._write(view):]
+        with memoryview(self.stage) as stage:
+            view = stage[:length]
+            try:
+                while len(view):
+                    view = view[self._write(view):]
+            finally:
+                view.release()
         self.flushed += length
         self.fill = 0
-        view.release()
 
     def _write(self, view: memoryview, offset: Optional[int] = None) -> int:
         try:
@@ -138,10 +141,20 @@ class _ShardFile:
         except (AttributeError, OSError):              # not on macOS; only a hint anyway
             pass
         os.close(self.fd)
+        self.fd = -1
         self.stage.close()
         self.first.close()
         os.replace(self.tmp, self.path)
         return {"bytes": size, "data_sha256": self.sha256.hexdigest()}
+
+    def abort(self) -> None:
+        """Give up this shard after an error (a full disk): close it and remove its file."""
+        for close in (lambda: self.fd >= 0 and os.close(self.fd), self.stage.close, self.first.close):
+            try:
+                close()
+            except (OSError, ValueError, BufferError):
+                pass
+        self.tmp.unlink(missing_ok=True)
 
 
 def _file_record(path: Path) -> dict:

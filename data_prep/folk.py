@@ -458,8 +458,11 @@ def _cpu_count() -> int:
 
 
 def _pool(workers: int):
+    from .prepare import die_with
+
     methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("fork" if "fork" in methods else "spawn").Pool(workers)
+    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    return context.Pool(workers, initializer=die_with, initargs=(os.getpid(),))   # never outlive us
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
