@@ -181,8 +181,8 @@ class CacheWriter:
 
     def close(self) -> None:
         """Stop without publishing: release the lock, keep ``OUT.partial`` for a resume."""
-        if self._shard is not None:
-            os.close(self._shard.fd)
+        if self._shard is not None:               # the shard being written is not committed
+            self._shard.abort()
             self._shard = None
         self._lock.release()
 

@@ -487,6 +487,8 @@ def disk_error(error: OSError, out: Path) -> str:
     went wrong, and what to do."""
     where = error.filename if error.filename is not None else out
     text = f"cannot write {where}: {error.strerror or error}"
+    if error.errno in (errno.EEXIST, errno.ENOTDIR) and Path(where).is_file():
+        text = f"cannot write {where}: Not a directory (a file is in the way of --out)"
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         text += ("; free some space or choose another --out, then run the same command again "
                  "(complete shards are kept and resumed)")

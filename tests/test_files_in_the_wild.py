@@ -469,6 +469,7 @@ def test_a_partial_build_left_with_raw_non_utf8_names_says_how_to_get_unstuck(tm
     writer = CacheWriter(tmp_path / "c", config, _describe(src, root, args), shard_items=1)
     x = np.zeros((3, config.feature_shape[0]), np.float32)
     writer.add(x, id=os.fsdecode(b"a/caf\xe9"), source=os.fsdecode(b"a/caf\xe9.wav"), label="a", split="train")
+    writer.close()                                # the old build stopped: its lock is gone, its shards stay
     with pytest.raises(CacheError, match="--force to start it over"):
         prepare("folder", root, tmp_path / "c", FEATURES, workers=1, progress=False)
     assert len(prepare("folder", root, tmp_path / "c", FEATURES, workers=1, progress=False, force=True)) == 2
