@@ -21,6 +21,7 @@ The full key reference is in ``docs/training.md``.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -86,7 +87,7 @@ class _Strict(BaseModel):
 class _Toggle(_Strict):
     """An augmentation that is off or on; ``true``/``false`` alone is short for ``{enabled: ...}``."""
 
-    enabled: bool = False
+    enabled: bool = Field(False, description="on or off")
 
     @model_validator(mode="before")
     @classmethod
@@ -98,10 +99,17 @@ class _Toggle(_Strict):
 class Prepare(_Strict):
     """How to build the cache when it is missing: ``data_prep.prepare(source, root, cache, ...)``."""
 
-    source: str
-    root: Optional[str] = None
-    options: dict[str, Any] = Field(default_factory=dict)
-    workers: Optional[Int] = Field(None, ge=1)
+    source: str = Field(
+        description=(
+            "a `data_prep` source: `folk`, `folder`, `csv`, `gtzan`, `esc50`, `urbansound8k`, "
+            "`speechcommands`, `nsynth`, `maestro`, `lakh` (`python -m data_prep --help`)"))
+    root: Optional[str] = Field(None, description="the dataset folder (or manifest) given to the source")
+    options: dict[str, Any] = Field(default_factory=dict,
+        description=(
+            "the source's options by name, e.g. `{split: filtered}`, `{min_per_class: 20}`, "
+            "`{other_splits: real}`"))
+    workers: Optional[Int] = Field(None, ge=1,
+        description="processes that extract features", json_schema_extra={'shown': "all cores"})
 
     @field_validator("root")
     @classmethod
@@ -124,27 +132,61 @@ class Prepare(_Strict):
 class CrossValidation(_Strict):
     """k-fold cross-validation: each test fold once, trained on the others."""
 
-    cv: Int = Field(ge=2, description="number of folds; the cache's own folds when it has them")
-    test: Optional[list[Int]] = Field(None, description="the folds to run as test folds (default: all)")
+    cv: Int = Field(ge=2, description=(
+        "number of folds: the cache's own folds (ESC-50: 5, UrbanSound8K: 10), or seeded "
+        "stratified folds made from a cache that has none (items of one `group` stay together)"))
+    test: Optional[list[Int]] = Field(None, json_schema_extra={"shown": "all"}, description=(
+        "the test folds to run (`[2]` runs only fold 2, e.g. one study cell per fold)"))
     val: Literal["next", "none", "train"] = Field("next", description=(
-        "validation: 'next' (the fold after the test fold), 'none', or 'train' (a held-out part of "
-        "the training folds, val_fraction of each label and fold, items of one group together)"))
-    val_fraction: Float = Field(0.15, gt=0, lt=1, description="the held-out part when val is 'train'")
+        "validation: `next` (the fold after the test fold; training gets the rest), `none`, or "
+        "`train`: a held-out part of the training folds, `val_fraction` of every (label, fold) "
+        "stratum, items of one `group` on one side, seeded by `seed` (for leave-one-out folds "
+        "such as a soundfont or a game, so that validation is neither the test domain nor one "
+        "other fold)"))
+    val_fraction: Float = Field(0.15, gt=0, lt=1, description=(
+        "the held-out part of the training folds when `val: train` (rounded per stratum: at 0.15 "
+        "a (label, fold) with fewer than 4 items gives none)"))
 
 
 class Data(_Strict):
-    cache: str
-    prepare: Optional[Prepare] = None
-    features: Optional[dict[str, Any]] = None
-    normalize: Literal["per_bin", "global", "none"] = "per_bin"
-    crop_frames: Int = Field(128, ge=1)
-    eval_hop: Optional[Int] = Field(None, ge=1)
-    batch_size: Int = Field(32, ge=1)
-    num_workers: Int = Field(0, ge=0)
-    train_split: str = "train"
-    val_split: Optional[str] = "valid"
-    test_split: Optional[str] = "test"
-    folds: Optional[Union[list[Int], CrossValidation]] = None
+    """Where the features come from and how they are batched and split."""
+
+    cache: str = Field(description="the feature cache folder (`python -m data_prep ... --out CACHE`)")
+    prepare: Optional[Prepare] = Field(None,
+        description=(
+            "how to build the cache when it is missing; without it a missing cache is an error that "
+            "says which command builds it"))
+    features: Optional[dict[str, Any]] = Field(None,
+        description=(
+            "the feature config (`data_prep.feature_config` fields). Used to build the cache; if the "
+            "cache exists and was built with another config, training is refused with the differing "
+            "fields"))
+    normalize: Literal["per_bin", "global", "none"] = Field("per_bin",
+        description=(
+            "`per_bin` (each frequency/pitch bin to mean 0, std 1 with the cache's train statistics),"
+            " `global` (one mean/std per channel: keeps bins comparable, use it for piano rolls and "
+            "pitch shifts), `none`"))
+    crop_frames: Int = Field(128, ge=1,
+        description=(
+            "frames per training example (a random crop of each item, every epoch; shorter items are "
+            "padded with silence) and per evaluation window"))
+    eval_hop: Optional[Int] = Field(None, ge=1,
+        description=(
+            "frames between evaluation windows; the last window is aligned to the clip's end, so "
+            "every frame is seen"), json_schema_extra={'shown': "`crop_frames`"})
+    batch_size: Int = Field(32, ge=1, description="examples per step (per device under DDP)")
+    num_workers: Int = Field(0, ge=0,
+        description="DataLoader worker processes; they share the memory-mapped cache")
+    train_split: str = Field("train",
+        description=(
+            "the cache's split names for the three roles (`data_prep` writes `train`, `valid`, "
+            "`test`)"))
+    val_split: Optional[str] = Field("valid", description="`null`: no validation (the last epoch's model is kept)")
+    test_split: Optional[str] = Field("test", description="`null`: no test split")
+    folds: Optional[Union[list[Int], CrossValidation]] = Field(None,
+        description=(
+            "cross-validation instead of splits: a list of the cache's fold numbers to use as test "
+            "folds, or a mapping (next rows)"))
 
     @field_validator("cache")
     @classmethod
@@ -172,61 +214,116 @@ class Model(_Strict):
 
 # --- training ---------------------------------------------------------------------------------
 class EarlyStopping(_Toggle):
-    metric: Literal[METRICS] = "val_accuracy"
-    patience: Int = Field(10, ge=1)
+    """Early stopping on a validation metric (the same metric always picks the best checkpoint)."""
+
+    enabled: bool = Field(False, description="stop when `metric` has not improved for `patience` epochs")
+    metric: Literal[METRICS] = Field("val_accuracy",
+        description=(
+            "the validation metric that picks the best checkpoint (always) and stops training (when "
+            "enabled): `val_accuracy`, `val_balanced_accuracy`, `val_macro_f1`, `val_loss`"))
+    patience: Int = Field(10, ge=1, description="epochs")
 
 
 class Train(_Strict):
-    max_epochs: Int = Field(30, ge=1)
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    lr: Float = Field(3e-3, gt=0)
-    weight_decay: Float = Field(0.01, ge=0)
-    momentum: Float = Field(0.9, ge=0, lt=1)
-    schedule: Literal["onecycle", "cosine", "none"] = "onecycle"
-    warmup: Float = Field(0.1, ge=0, lt=1)
-    label_smoothing: Float = Field(0.0, ge=0, lt=1)
-    early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
+    """The optimiser, learning-rate schedule and early stopping."""
+
+    max_epochs: Int = Field(30, ge=1, description="epochs")
+    optimizer: Literal["adamw", "sgd"] = Field("adamw",
+        description=(
+            "`adamw` or `sgd` (Nesterov momentum); weight decay applies to conv/linear weights, not "
+            "to norms and biases"))
+    lr: Float = Field(3e-3, gt=0, description="peak learning rate")
+    weight_decay: Float = Field(0.01, ge=0,
+        description="AdamW / SGD weight decay (on conv and linear weights only)")
+    momentum: Float = Field(0.9, ge=0, lt=1, description="SGD momentum")
+    schedule: Literal["onecycle", "cosine", "none"] = Field("onecycle",
+        description="`onecycle`, `cosine` (linear warm-up then cosine to 0) or `none`, stepped every batch")
+    warmup: Float = Field(0.1, ge=0, lt=1, description="fraction of the steps spent warming up")
+    label_smoothing: Float = Field(0.0, ge=0, lt=1, description="label smoothing of the cross-entropy")
+    early_stopping: EarlyStopping = Field(default_factory=EarlyStopping,
+        description="`true`/`false` or a mapping (next rows)")
 
 
 class SpecAugment(_Toggle):
-    freq_masks: Int = Field(2, ge=0)
-    freq_width: Int = Field(8, ge=1)
-    time_masks: Int = Field(2, ge=0)
-    time_width: Int = Field(16, ge=1)
+    """SpecAugment (Park et al. 2019): frequency and time masks after normalisation."""
+
+    freq_masks: Int = Field(2, ge=0, description="number of frequency masks ...")
+    freq_width: Int = Field(8, ge=1, description="... each of up to this many bins")
+    time_masks: Int = Field(2, ge=0, description="number of time masks ...")
+    time_width: Int = Field(16, ge=1, description="... each of up to this many frames")
 
 
 class PitchShift(_Toggle):
-    max_semitones: Int = Field(3, ge=1)
+    """Transposition of piano rolls and CQT features."""
+
+    max_semitones: Int = Field(3, ge=1, description="largest transposition, semitones")
 
 
 class Gain(_Toggle):
-    max_db: Float = Field(6.0, gt=0)
+    """A random level change."""
+
+    max_db: Float = Field(6.0, gt=0, description="largest level change, dB")
 
 
 class TimeShift(_Toggle):
-    max_frames: Optional[Int] = Field(None, ge=1)
+    """A circular shift of each crop in time."""
+
+    max_frames: Optional[Int] = Field(None, ge=1,
+        description="largest shift, frames (`null`: a quarter of the crop)")
 
 
 class Mixup(_Toggle):
-    alpha: Float = Field(0.2, gt=0)
+    """mixup (Zhang et al. 2018) of batch pairs, with soft targets."""
+
+    alpha: Float = Field(0.2, gt=0, description="lambda ~ Beta(alpha, alpha)")
 
 
 class Augment(_Strict):
-    specaugment: SpecAugment = Field(default_factory=SpecAugment)
-    pitch_shift: PitchShift = Field(default_factory=PitchShift)
-    gain: Gain = Field(default_factory=Gain)
-    time_shift: TimeShift = Field(default_factory=TimeShift)
-    mixup: Mixup = Field(default_factory=Mixup)
+    """Training-time augmentation; every kind is off unless enabled."""
+
+    specaugment: SpecAugment = Field(default_factory=SpecAugment,
+        description=(
+            "frequency and time masks after normalisation (Park et al. 2019); `true` or a mapping "
+            "(next rows)"))
+    pitch_shift: PitchShift = Field(default_factory=PitchShift,
+        description=(
+            "transpose by up to `max_semitones` (piano rolls; CQT by `bins_per_octave / 12` bins per "
+            "semitone); refused for other features"))
+    gain: Gain = Field(default_factory=Gain,
+        description=(
+            "a random level change of up to `max_db` dB, applied as the feature kind needs (added to "
+            "dB features, a factor on magnitudes and velocities)"))
+    time_shift: TimeShift = Field(default_factory=TimeShift,
+        description="circular shift of each crop by up to `max_frames` (default a quarter of the crop)")
+    mixup: Mixup = Field(default_factory=Mixup,
+        description="mixup of batch pairs with soft targets (Zhang et al. 2018)")
 
 
 class Recipe(_Strict):
-    seed: Int = Field(0, ge=0, le=SEED_MAX)
-    out_dir: Optional[str] = None
-    data: Data
-    model: Model = Field(default_factory=Model)
-    train: Train = Field(default_factory=Train)
-    augment: Augment = Field(default_factory=Augment)
-    trainer: dict[str, Any] = Field(default_factory=dict)
+    """A training recipe: a seed, a run folder and the sections below. Every field carries its
+    description; :func:`key_table` renders them as docs/training.md's table of every key."""
+
+    seed: Int = Field(0, ge=0, le=SEED_MAX,
+        description=(
+            "seeds model init, crops, augmentation, shuffling and fold assignment: a CPU run repeats "
+            "exactly"))
+    out_dir: Optional[str] = Field(None,
+        description="the run folder (below)", json_schema_extra={'shown': "`runs/<recipe name>`"})
+    data: Data = Field(
+        description=(
+            "where the features come from: the cache, how to build it, crops, batches, splits or "
+            "folds (next rows)"))
+    model: Model = Field(default_factory=Model, description="the classifier: stem, body and head (next rows)")
+    train: Train = Field(default_factory=Train, description="the optimiser and schedule (next rows)")
+    augment: Augment = Field(default_factory=Augment,
+        description="training-time augmentation, all off by default (next rows)")
+    trainer: dict[str, Any] = Field(default_factory=dict,
+        description=(
+            "passed to `lightning.Trainer`: `accelerator`, `devices`, `num_nodes`, `strategy`, "
+            "`precision` (`bf16-mixed` on a GPU), `gradient_clip_val`, `accumulate_grad_batches`, "
+            "`limit_train_batches`, `enable_progress_bar`, ... (any Trainer argument except those the"
+            " run sets itself: `max_epochs`, `logger`, `callbacks`, `default_root_dir`, "
+            "`enable_checkpointing`, `use_distributed_sampler`, `num_sanity_val_steps`)"))
 
     @field_validator("out_dir")
     @classmethod
@@ -247,6 +344,37 @@ class Recipe(_Strict):
     def to_dict(self) -> dict[str, Any]:
         """The resolved recipe as plain data (what ``recipe.yaml`` in a run folder holds)."""
         return self.model_dump(mode="json")
+
+
+def key_table() -> str:
+    """The Markdown table of every recipe key, its default and its description, from the schema
+    (docs/training.md holds it; a test keeps the two the same). Regenerate it with
+    ``python -c "from audiostem.recipe import key_table; print(key_table())"``."""
+    lines = ["| key | default | meaning |", "|---|---|---|"]
+
+    def shown(field) -> str:
+        extra = field.json_schema_extra or {}
+        if "shown" in extra:
+            return extra["shown"]
+        if field.is_required():
+            return "required"
+        value = field.get_default(call_default_factory=True)
+        if isinstance(value, _Toggle):
+            return "off"
+        if isinstance(value, BaseModel):          # a section: its keys follow
+            return ""
+        if value is None:
+            return "none"
+        return f"`{value if isinstance(value, str) else json.dumps(value)}`"
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            lines.append(f"| `{prefix}{name}` | {shown(field)} | {field.description or ''} |")
+            for sub in getattr(field.annotation, "__args__", (field.annotation,)):
+                if isinstance(sub, type) and issubclass(sub, BaseModel):
+                    walk(sub, f"{prefix}{name}.")
+    walk(Recipe, "")
+    return "\n".join(lines)
 
 
 # --- loading ----------------------------------------------------------------------------------
