@@ -332,7 +332,7 @@ def check_model(recipe: Recipe, source: str = "recipe") -> None:
                  "model.body" if msg.startswith(("body", "replace_stem")) else
                  "model.pretrained" if msg.startswith("pretrained") else
                  "model.head" if msg.startswith("head") else "model.stem")
-        msg = msg.removeprefix("body: ").removeprefix("head: ").removeprefix("pretrained: ")
+        msg = msg.removeprefix("body: ").removeprefix("head: ").removeprefix("pretrained: ").removeprefix("stem: ")
         raise RecipeError(f"{source}: {field}: {msg}") from None
 
 

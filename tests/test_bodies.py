@@ -245,3 +245,59 @@ def test_with_stride():
 
 def test_public_api():
     assert audiostem.replace_stem is replace_stem and audiostem.describe_model is describe_model
+
+
+# --- recipes and the training CLI ------------------------------------------------------------------
+def _recipe(tmp_path, cache):
+    import yaml
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({
+        "seed": 0, "out_dir": str(tmp_path / "run"),
+        "data": {"cache": str(cache), "crop_frames": 32, "eval_hop": 16, "batch_size": 8, "normalize": "global"},
+        "model": {"stem": "deep3", "stem_args": {"coord": True}, "body": "narrow"},
+        "train": {"max_epochs": 1},
+        "trainer": {"accelerator": "cpu", "enable_progress_bar": False, "enable_model_summary": False}}))
+    return path
+
+
+@pytest.mark.parametrize("overrides", [["model.body=timm:test_resnet", "model.stem=octave"],
+                                       ["model.body=torchvision:resnet18", "model.stem=native"]])
+def test_train_cli_with_a_library_body(tmp_path, overrides):
+    """python -m audiostem.train RECIPE model.body=... model.stem=... on a roll cache (88 pitches,
+    with the recipe's pitch-position channel), then the checkpoint classifies again."""
+    import json
+
+    from audiostem.inference import load_classifier
+    from audiostem.train import main
+    from fixtures import synthetic_cache
+    cache = synthetic_cache(tmp_path / "cache", per_class=6, kind="pianoroll", frames=(32, 48))
+    assert main([str(_recipe(tmp_path, cache.path)), *overrides, f"out_dir={tmp_path / 'run'}"]) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["test"]["accuracy"] is not None and metrics["output_stride"] == [32, 32]
+    assert metrics["stem"]["name"] == overrides[1].split("=")[1] or overrides[1].endswith("native")
+    assert metrics["stem"]["stride"] == [4, 4] and len(metrics["receptive_field"]) == 2
+    model, info = load_classifier(tmp_path / "run")
+    assert model(torch.zeros(1, 1, 88, 32)).shape == (1, len(info["classes"]))
+
+
+@pytest.mark.parametrize("overrides,error", [
+    (["model.body=timm:resnet1800"], r"model\.body: timm has no model 'resnet1800'"),
+    (["model.body=narrow", "model.stem=native"], r"model\.stem: 'native' keeps a timm: or torchvision: body"),
+    (["model.body=narrow", "model.pretrained=true"], r"model\.pretrained: the body 'narrow' has no pretrained"),
+    (["model.body=timm:test_resnet", "model.stem=native", "model.stem_args.width=8"],
+     r"model\.stem_args: stem 'native': unknown override 'width'"),
+    (["model.body=timm:test_resnet", "model.head=freq_time"], r"model\.head: a library body"),
+])
+def test_recipe_errors_for_library_bodies(tmp_path, overrides, error):
+    from audiostem.recipe import RecipeError, load_recipe
+    with pytest.raises(RecipeError, match=error):
+        load_recipe(_recipe(tmp_path, tmp_path / "cache"), overrides)
+
+
+def test_recipe_pretrained_without_local_weights(tmp_path, empty_caches):
+    from audiostem.recipe import RecipeError, load_recipe
+    with pytest.raises(RecipeError, match=r"model\.pretrained: no local weights for torchvision:resnet18 "
+                                          r"\(looked in .*resnet18-f37072fd\.pth\); audiostem never downloads"):
+        load_recipe(_recipe(tmp_path, tmp_path / "cache"), ["model.body=torchvision:resnet18", "model.pretrained=true"])
+    r = load_recipe(_recipe(tmp_path, tmp_path / "cache"), ["model.body=timm:test_resnet", "model.stem=native"])
+    assert r.model.body == "timm:test_resnet" and r.model.pretrained is False
