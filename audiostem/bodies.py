@@ -79,17 +79,22 @@ def find_stem(model: nn.Module) -> tuple[str, ...]:
                      "EfficientNet, MobileNetV3, ConvNeXt and RegNet, and models laid out like them")
 
 
+class NativeStem(nn.Sequential):
+    """A body's own stem layers gathered in one module (sharing their parameters), as ``stem_of``
+    gives them: ``(batch, C, F, T) -> (batch, C', F / s, T / s)``."""
+
+
 def stem_of(model: nn.Module) -> nn.Module:
     """The stem of an audiostem, timm or torchvision classifier as one module: ``model.stem`` of an
     ``AudioResNet``, the audiostem stem ``replace_stem`` put in, or the model's own stem layers
-    gathered in an ``nn.Sequential`` (sharing their parameters)."""
+    (a ``NativeStem``)."""
     from .models import AudioResNet
     if isinstance(model, AudioResNet):
         return model.stem
     modules = [model.get_submodule(p) for p in find_stem(model)]
     if isinstance(modules[0], (Stem, ProjectedStem)) and all(isinstance(m, nn.Identity) for m in modules[1:]):
         return modules[0]
-    return nn.Sequential(*modules)
+    return NativeStem(*modules)
 
 
 class ProjectedStem(nn.Module):
