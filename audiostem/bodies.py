@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from .geometry import output_stride
-from .stems import FreqCoord, Stem, build_stem, normalize_spec, stem_overrides
+from .stems import FreqCoord, Stem, build_stem, list_stems, normalize_spec, stem_overrides
 from .stems.spec import with_stride
 
 # Each layout: the attribute paths of a stem, in forward order. The first layout whose paths all
@@ -211,11 +211,17 @@ def replace_stem(model: nn.Module, stem: str | dict | nn.Module, *, in_channels:
                      "in_channels": in_channels, "projected": isinstance(new, ProjectedStem)}
     model.audiostem_stem = record
     if verbose:
-        print(f"audiostem: replaced the stem of {record['model']} ({', '.join(paths)}: "
-              f"{record['old']['params']:,} params, {channels} channels at stride {stride[0]}) by {name} "
-              f"({record['new']['params']:,} params, {in_channels} input channel{'s' * (in_channels != 1)}"
-              f"{', 1x1 projection' if record['new']['projected'] else ''})", file=sys.stderr)
+        print(swap_line(record), file=sys.stderr)
     return model
+
+
+def swap_line(record: dict) -> str:
+    """One line saying what ``replace_stem`` replaced (from a model's ``audiostem_stem`` record)."""
+    old, new = record["old"], record["new"]
+    return (f"audiostem: replaced the stem of {record['model']} ({', '.join(record['replaced'])}: "
+            f"{old['params']:,} params, {old['channels']} channels at stride {old['stride'][0]}) by {new['stem']} "
+            f"({new['params']:,} params, {new['in_channels']} input channel{'s' * (new['in_channels'] != 1)}"
+            f"{', 1x1 projection' if new['projected'] else ''})")
 
 
 def _has_coord(stem: nn.Sequential) -> bool:
@@ -248,17 +254,12 @@ def _adapted(stem: str | dict | nn.Module, in_channels: int, channels: int, stri
                              f"this stem, whose body expects stride {tuple(stride)}")
         return stem if have == channels else ProjectedStem(stem, channels)
     args = dict(stem_args)
-    if isinstance(stem, str) and "out_channels" in stem_overrides(stem) and stem in _presets():
+    if isinstance(stem, str) and stem in list_stems() and "out_channels" in stem_overrides(stem):
         args.setdefault("out_channels", channels)
     built = build_stem(stem, in_channels, **args)
     if built.stride != tuple(stride):
         built = Stem(normalize_spec(with_stride(built.spec, stride)))
     return built if built.out_channels == channels else ProjectedStem(built, channels)
-
-
-def _presets() -> list[str]:
-    from .stems import list_stems
-    return list_stems()
 
 
 # --- library bodies by name -----------------------------------------------------------------------

@@ -161,6 +161,10 @@ def fit_run(recipe: Recipe, cache, split: dict, run_dir: Path, callbacks: Sequen
             "stats": {k: v.tolist() for k, v in dm.stats.items()}, "normalize": recipe.data.normalize,
             "crop_frames": dm.crop, "eval_hop": dm.eval_hop, "fold": fold, "cache": str(cache.path)}
     task = ClassifierTask(recipe.to_dict(), cache.classes, dm.in_channels, dm.bins, info)
+    swap = getattr(task.model, "audiostem_stem", None)       # a timm / torchvision body: say what changed
+    if swap is not None and _is_rank_zero():
+        from .bodies import swap_line
+        print(swap_line(swap), file=sys.stderr)
     has_val, has_test = bool(split["val"]), bool(split["test"])
     es = recipe.train.early_stopping
     ckpt_dir = run_dir / "checkpoints"
