@@ -82,7 +82,9 @@ def _span(probe: nn.Module, in_channels: int, axis: int, length: int, other: int
     axis (``other`` on the other); and whether it reached an edge of the input."""
     shape = [1, in_channels, other, other]
     shape[2 + axis] = length
-    x = (torch.rand(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) + 0.5).requires_grad_()
+    device = next(probe.parameters(), torch.zeros(())).device
+    x = torch.rand(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) + 0.5
+    x = x.to(device).requires_grad_()
     with _NoGlobalContext():
         fmap = feature_map(probe, x)
     index = [0, slice(None), fmap.shape[2] // 2, fmap.shape[3] // 2]
@@ -104,7 +106,8 @@ def _out_len(fn: Callable[[torch.Tensor], torch.Tensor], in_channels: int, axis:
 @torch.no_grad()
 def output_stride(model: nn.Module, in_channels: int, base: int = 64) -> tuple[int, int]:
     """Output stride ``(s_f, s_t)`` of ``model``'s feature map (see :func:`feature_map`), measured
-    with inputs ``base`` and ``2 * base`` long per axis (``base`` a multiple of the stride)."""
+    per axis from inputs ``2 * base`` and ``4 * base`` long (``2 * base`` on the other axis; ``2 *
+    base`` must be a multiple of the stride)."""
     param = next(model.parameters(), torch.zeros(()))
     was = model.training
     model.eval()

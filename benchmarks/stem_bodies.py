@@ -8,9 +8,11 @@ body's native stem, on CPU.
 For each body, two models (``--stem``, and ``native``: the body's own stem with its first conv
 summed to one channel) train on the same random batch: forward, cross-entropy, backward, SGD
 step (``audiostem.models.step_time``: the fastest of ``--steps`` steps after a warm-up step).
-The configurations are measured side by side, interleaved round by round (A B C D, A B C D, ...)
-so that a shared machine's load drifting over time hits all of them alike; the median over
-rounds is reported, with the ratio stem / native and the forward FLOPs of each model.
+The two models of a body are measured side by side, interleaved round by round (A B, then B A,
+...) so that a shared machine's load drifting over time hits both alike; each round gives a paired
+ratio stem / native, and the median of those ratios is reported with their range, beside the
+median step times and the forward FLOPs of each model. On a shared machine use ``--threads 1``:
+two threads on two busy cores mostly wait for each other.
 """
 from __future__ import annotations
 
@@ -41,17 +43,23 @@ def main(argv: list[str] | None = None) -> None:
     models = {c: build_model(c[1], c[0], num_classes=10, in_channels=shape[0]) for c in configs}
     flops = {c: describe_model(m, shape, receptive_field=False)["flops"] for c, m in models.items()}
     times: dict[tuple[str, str], list[float]] = {c: [] for c in configs}
-    for _ in range(args.rounds):
-        for c in configs:
-            times[c].append(step_time(models[c], shape, args.batch_size, args.steps))
+    ratios: dict[str, list[float]] = {body: [] for body in args.bodies}
+    for r in range(args.rounds):
+        for body in args.bodies:
+            pair = (args.stem, "native") if r % 2 == 0 else ("native", args.stem)   # A B, then B A
+            for stem in pair:
+                times[(body, stem)].append(step_time(models[(body, stem)], shape, args.batch_size, args.steps))
+            ratios[body].append(times[(body, args.stem)][-1] / times[(body, "native")][-1])
     threads = torch.get_num_threads()
-    print(f"training step, batch {args.batch_size} x {'x'.join(map(str, shape))}, CPU ({threads} threads), "
-          f"median of {args.rounds} interleaved rounds:")
+    print(f"training step, batch {args.batch_size} x {'x'.join(map(str, shape))}, CPU ({threads} "
+          f"thread{'s' * (threads != 1)}), {args.rounds} interleaved rounds (median; ratio: median of "
+          "the rounds' paired ratios, with their range):")
     for body in args.bodies:
         mine, native = (statistics.median(times[(body, s)]) for s in (args.stem, "native"))
-        print(f"  {body}: {args.stem} {mine:.3f} s, native {native:.3f} s, ratio {mine / native:.2f}x "
-              f"(forward GFLOPs per item {flops[(body, args.stem)] / 1e9:.2f} vs {flops[(body, 'native')] / 1e9:.2f})")
-
+        rs = ratios[body]
+        print(f"  {body}: {args.stem} {mine:.3f} s, native {native:.3f} s, {args.stem} / native "
+              f"{statistics.median(rs):.2f}x ({min(rs):.2f}-{max(rs):.2f}); forward GFLOPs per item "
+              f"{flops[(body, args.stem)] / 1e9:.2f} vs {flops[(body, 'native')] / 1e9:.2f}")
 
 if __name__ == "__main__":
     main()
