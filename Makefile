@@ -1,6 +1,7 @@
 # The two set-up commands of the README:
 #   make demo   installs audiostem, builds the built-in folk dataset and trains recipes/folk.yaml on CPU
-#   make test   installs audiostem with its test tools and runs the test suite (what CI runs)
+#   make test   installs audiostem with its test tools and the export extra (ONNX) and runs the test
+#               suite (what CI runs)
 #
 # The virtual environment lives outside the clone (a torch venv is ~6 GB) and is reused by every
 # clone and CI run; it is created when missing. Override with `make test VENV=/path/to/venv`.
@@ -12,7 +13,7 @@ PYTHON ?= python3
 
 install:
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,export]'
 
 demo: install
 	$(PY) -m audiostem.train recipes/folk.yaml
@@ -24,3 +25,4 @@ bench: install
 	$(PY) benchmarks/prep_audio.py
 	$(PY) benchmarks/prep_midi.py
 	$(PY) benchmarks/train_loop.py
+	$(PY) benchmarks/export_latency.py

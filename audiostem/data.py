@@ -276,11 +276,33 @@ def resolve_splits(cache, recipe: Recipe) -> list[Split]:
         if test not in present:
             raise RecipeError(f"data.folds: fold {test} is not in the cache's folds {present}")
         val = present[(present.index(test) + 1) % len(present)] if cv.val == "next" else None
-        runs.append({"fold": test,
-                     "train": [i for i, f in enumerate(folds) if f not in (test, val)],
-                     "val": [i for i, f in enumerate(folds) if f == val],
-                     "test": [i for i, f in enumerate(folds) if f == test]})
+        run = {"fold": test,
+               "train": [i for i, f in enumerate(folds) if f not in (test, val)],
+               "val": [i for i, f in enumerate(folds) if f == val],
+               "test": [i for i, f in enumerate(folds) if f == test]}
+        if cv.val == "train":
+            run["train"], run["val"] = held_out(cache.items, run["train"], folds, cv.val_fraction, recipe.seed)
+            if not run["val"]:
+                raise RecipeError(f"data.folds.val: holding out {cv.val_fraction} of the training folds "
+                                  f"of test fold {test} left no validation item (each label and fold has "
+                                  f"one group only?); raise data.folds.val_fraction or use val: next")
+        runs.append(run)
     return runs
+
+
+def held_out(items: list[dict], indices: list[int], folds: list, fraction: float,
+             seed: int) -> tuple[list[int], list[int]]:
+    """``(train, val)``: ``indices`` split so that ``val`` holds about ``fraction`` of every
+    (label, fold) stratum, items of one ``group`` on one side (seeded by ``seed``; the split of
+    :func:`data_prep.sources.group_split`)."""
+    from data_prep.sources import group_split
+
+    chosen = [items[i] for i in indices]
+    sides = group_split([it["id"] for it in chosen], [f"{it['label']}|{folds[i]}" for i, it in zip(indices, chosen)],
+                        [it.get("group") or "" for it in chosen], {"train": 1 - fraction, "valid": fraction},
+                        seed=seed)
+    return ([i for i, s in zip(indices, sides) if s == "train"],
+            [i for i, s in zip(indices, sides) if s == "valid"])
 
 
 def train_stats(cache, indices: list[int]) -> tuple[np.ndarray, np.ndarray]:

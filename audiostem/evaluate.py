@@ -26,7 +26,12 @@ ROLES = {"test": "test", "val": "val", "valid": "val", "train": "train"}
 def evaluate_checkpoint(checkpoint: Union[str, Path], split: str = "test", cache_path: Optional[str] = None,
                         batch_size: int = 64, device: str = "cpu") -> dict:
     """Score one checkpoint on ``split`` of its cache. Returns ``{"metrics", "items",
-    "log_probs", "target", "classes", "fold"}``."""
+    "log_probs", "target", "classes", "fold"}``.
+
+    The model's own cache (``cache_path`` not given) must still be the build it was trained on
+    (the checkpoint records the build id); a rebuilt one is refused with
+    :class:`~audiostem.inference.CheckpointError`. A cache rebuilt while it is being scored
+    raises :class:`data_prep.CacheError`."""
     import data_prep
     from data_prep.config import config_diff
     from torch.utils.data import DataLoader
@@ -37,6 +42,12 @@ def evaluate_checkpoint(checkpoint: Union[str, Path], split: str = "test", cache
 
     model, info = load_classifier(checkpoint, device)
     cache = data_prep.open_cache(cache_path or info["cache"])
+    built = info.get("cache_build_id")
+    if cache_path is None and built is not None and built != cache.build_id:
+        raise CheckpointError(f"{cache.path}: rebuilt since {checkpoint} was trained on it (model: build "
+                              f"{built[:12]}, cache now: build {cache.build_id[:12]}); its items and "
+                              "features may differ from the model's. Retrain, or pass --cache "
+                              f"{cache.path} to score the model on the new build anyway")
     diff = config_diff(cache.meta["features"], info["features"])
     if diff:
         raise CheckpointError(f"{cache.path}: built with another feature config than the model "

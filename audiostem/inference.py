@@ -12,11 +12,10 @@ from typing import Iterable, Union
 
 import torch
 
+from .checkpoint import CheckpointError, load_checkpoint
 from .models import build_model, use_channels_last
 
-
-class CheckpointError(ValueError):
-    """A path that is not a usable audiostem checkpoint or run folder."""
+__all__ = ["CheckpointError", "clip_logits", "find_checkpoint", "load_classifier", "stats_of"]
 
 
 def find_checkpoint(path: Union[str, Path]) -> Path:
@@ -34,25 +33,28 @@ def find_checkpoint(path: Union[str, Path]) -> Path:
 
 
 def load_classifier(path: Union[str, Path], device: Union[str, torch.device] = "cpu") -> tuple[torch.nn.Module, dict]:
-    """Rebuild a trained model from a checkpoint, loaded with ``weights_only=True`` (no pickled
-    code runs). Returns ``(model in eval mode on device, info)`` where ``info`` holds ``recipe``,
+    """Rebuild a trained model from a checkpoint, verified and loaded with ``weights_only=True``
+    (:func:`audiostem.checkpoint.load_checkpoint`: no pickled code runs, damaged bytes are
+    refused). Returns ``(model in eval mode on device, info)`` where ``info`` holds ``recipe``,
     ``classes``, ``features``, ``stats`` (``mean``/``std``/``pad``, each ``(C, F)``),
     ``crop_frames``, ``eval_hop``, ``input_shape``, ``fold``, ``cache``."""
     path = find_checkpoint(path)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:                       # noqa: BLE001 - any unreadable file
-        raise CheckpointError(f"{path}: cannot be read as a checkpoint ({type(e).__name__}: {e})") from None
-    info = ckpt.get("audiostem") if isinstance(ckpt, dict) else None
-    if info is None:
-        raise CheckpointError(f"{path}: not an audiostem checkpoint (no 'audiostem' entry); "
+    ckpt = load_checkpoint(path)
+    info = ckpt.get("audiostem")
+    if not isinstance(info, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        raise CheckpointError(f"{path}: not an audiostem checkpoint (no 'audiostem' or 'state_dict' entry); "
                               "train one with python -m audiostem.train")
-    m = info["recipe"]["model"]
-    model = build_model(stem=m["stem"], body=m["body"], num_classes=len(info["classes"]),
-                        in_channels=info["input_shape"][0], head=m["head"],
-                        stem_overrides=dict(m["stem_args"]), dropout=m["dropout"])
-    state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    model.load_state_dict(state)
+    try:
+        m = info["recipe"]["model"]
+        model = build_model(stem=m["stem"], body=m["body"], num_classes=len(info["classes"]),
+                            in_channels=info["input_shape"][0], head=m["head"],
+                            stem_overrides=dict(m["stem_args"]), dropout=m["dropout"])
+        state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+        model.load_state_dict(state)
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
+        text = " ".join(str(e).split())[:300]
+        raise CheckpointError(f"{path}: its model does not rebuild from what it stores "
+                              f"({type(e).__name__}: {text})") from None
     model = model.to(device).eval()
     if use_channels_last(m.get("channels_last", False), device):
         model = model.to(memory_format=torch.channels_last)     # convs then run NHWC whatever the input

@@ -73,14 +73,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    from data_prep.discover import text_name      # a name that is not UTF-8 prints as \xNN
+
     if args.json:
         print(json.dumps(results, indent=1))
     else:
         for r in results:
             if "error" in r:
-                print(f"{r['file']}: error: {r['error']}", file=sys.stderr)
+                print(f"{text_name(r['file'])}: error: {r['error']}", file=sys.stderr)
             else:
-                print(f"{r['file']}: " + ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top"]))
+                print(f"{text_name(r['file'])}: " + ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top"]))
     return 1 if any("error" in r for r in results) else 0
 
 

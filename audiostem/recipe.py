@@ -11,7 +11,8 @@ A recipe is plain data (a YAML file) that names a feature cache, a model and a s
     model: {stem: deep3, body: narrow}
     train: {max_epochs: 20, lr: 0.003}
 
-:func:`load_recipe` reads it with ``yaml.safe_load`` (no object tags), applies overrides such
+:func:`load_recipe` reads it as plain data at bounded cost (:mod:`audiostem.yamlio`: no object
+tags, no aliases, capped size and depth), applies overrides such
 as ``model.stem=resnet7 train.max_epochs=5`` (values parsed as YAML, so ``[1, 2]`` is a list
 and ``{cv: 5}`` a mapping) and validates the result. Every error names the field path and
 what would be right. Paths take ``~``, ``$VAR`` and ``${VAR:-default}``.
@@ -23,10 +24,13 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError,
+                      field_validator, model_validator)
+
+from .yamlio import load_yaml
 
 METRICS = ("val_accuracy", "val_balanced_accuracy", "val_macro_f1", "val_loss")
 # Trainer arguments the run itself sets; a recipe cannot pass them through.
@@ -42,7 +46,7 @@ TRAINER_KEYS = ("accelerator", "strategy", "devices", "num_nodes", "precision", 
                 "benchmark", "inference_mode", "profiler", "detect_anomaly", "barebones", "plugins",
                 "sync_batchnorm", "reload_dataloaders_every_n_epochs", "enable_autolog_hparams",
                 "model_registry")
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"   # package data; the repository's recipes/ links here
 
 
 class RecipeError(ValueError):
@@ -58,6 +62,21 @@ def expand_path(value: str) -> str:
         raise ValueError(f"environment variable {left.group(0).lstrip('${')} is not set in {value!r} "
                          "(set it, or give a default: ${VAR:-default})")
     return os.path.expanduser(value)
+
+
+def _not_bool(expected: str):
+    def check(value: Any) -> Any:
+        if isinstance(value, bool):        # YAML's true/yes/on: pydantic would take it as 1
+            raise ValueError(f"expected {expected}, got {str(value).lower()}")
+        return value
+    return BeforeValidator(check)
+
+
+# Numbers as recipes must give them: an integer field takes an integer (not true, 2.5 or "3"); a
+# float field a finite number (not .inf, .nan or true; YAML's 3e-3, read as text, is fine).
+Int = Annotated[int, _not_bool("an integer"), Strict()]
+Float = Annotated[float, _not_bool("a number"), Field(allow_inf_nan=False)]
+SEED_MAX = 2**32 - 1                       # numpy's seeds; Lightning's seed_everything takes this range
 
 
 class _Strict(BaseModel):
@@ -82,20 +101,35 @@ class Prepare(_Strict):
     source: str
     root: Optional[str] = None
     options: dict[str, Any] = Field(default_factory=dict)
-    workers: Optional[int] = Field(None, ge=1)
+    workers: Optional[Int] = Field(None, ge=1)
 
     @field_validator("root")
     @classmethod
     def _expand(cls, v: Optional[str]) -> Optional[str]:
         return None if v is None else expand_path(v)
 
+    @model_validator(mode="after")
+    def _options(self) -> "Prepare":
+        """The source exists and takes these options, with values of the right types."""
+        from data_prep.prepare import source_arguments
+        from data_prep.sources import get_source
+
+        try:
+            source_arguments(get_source(self.source), **self.options)
+        except (TypeError, ValueError) as e:
+            raise ValueError(str(e)) from None
+        return self
+
 
 class CrossValidation(_Strict):
     """k-fold cross-validation: each test fold once, trained on the others."""
 
-    cv: int = Field(ge=2, description="number of folds; the cache's own folds when it has them")
-    test: Optional[list[int]] = Field(None, description="the folds to run as test folds (default: all)")
-    val: Literal["next", "none"] = "next"
+    cv: Int = Field(ge=2, description="number of folds; the cache's own folds when it has them")
+    test: Optional[list[Int]] = Field(None, description="the folds to run as test folds (default: all)")
+    val: Literal["next", "none", "train"] = Field("next", description=(
+        "validation: 'next' (the fold after the test fold), 'none', or 'train' (a held-out part of "
+        "the training folds, val_fraction of each label and fold, items of one group together)"))
+    val_fraction: Float = Field(0.15, gt=0, lt=1, description="the held-out part when val is 'train'")
 
 
 class Data(_Strict):
@@ -103,14 +137,14 @@ class Data(_Strict):
     prepare: Optional[Prepare] = None
     features: Optional[dict[str, Any]] = None
     normalize: Literal["per_bin", "global", "none"] = "per_bin"
-    crop_frames: int = Field(128, ge=1)
-    eval_hop: Optional[int] = Field(None, ge=1)
-    batch_size: int = Field(32, ge=1)
-    num_workers: int = Field(0, ge=0)
+    crop_frames: Int = Field(128, ge=1)
+    eval_hop: Optional[Int] = Field(None, ge=1)
+    batch_size: Int = Field(32, ge=1)
+    num_workers: Int = Field(0, ge=0)
     train_split: str = "train"
     val_split: Optional[str] = "valid"
     test_split: Optional[str] = "test"
-    folds: Optional[Union[list[int], CrossValidation]] = None
+    folds: Optional[Union[list[Int], CrossValidation]] = None
 
     @field_validator("cache")
     @classmethod
@@ -140,42 +174,42 @@ class Model(_Strict):
 # --- training ---------------------------------------------------------------------------------
 class EarlyStopping(_Toggle):
     metric: Literal[METRICS] = "val_accuracy"
-    patience: int = Field(10, ge=1)
+    patience: Int = Field(10, ge=1)
 
 
 class Train(_Strict):
-    max_epochs: int = Field(30, ge=1)
+    max_epochs: Int = Field(30, ge=1)
     optimizer: Literal["adamw", "sgd"] = "adamw"
-    lr: float = Field(3e-3, gt=0)
-    weight_decay: float = Field(0.01, ge=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
+    lr: Float = Field(3e-3, gt=0)
+    weight_decay: Float = Field(0.01, ge=0)
+    momentum: Float = Field(0.9, ge=0, lt=1)
     schedule: Literal["onecycle", "cosine", "none"] = "onecycle"
-    warmup: float = Field(0.1, ge=0, lt=1)
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    warmup: Float = Field(0.1, ge=0, lt=1)
+    label_smoothing: Float = Field(0.0, ge=0, lt=1)
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
 
 
 class SpecAugment(_Toggle):
-    freq_masks: int = Field(2, ge=0)
-    freq_width: int = Field(8, ge=1)
-    time_masks: int = Field(2, ge=0)
-    time_width: int = Field(16, ge=1)
+    freq_masks: Int = Field(2, ge=0)
+    freq_width: Int = Field(8, ge=1)
+    time_masks: Int = Field(2, ge=0)
+    time_width: Int = Field(16, ge=1)
 
 
 class PitchShift(_Toggle):
-    max_semitones: int = Field(3, ge=1)
+    max_semitones: Int = Field(3, ge=1)
 
 
 class Gain(_Toggle):
-    max_db: float = Field(6.0, gt=0)
+    max_db: Float = Field(6.0, gt=0)
 
 
 class TimeShift(_Toggle):
-    max_frames: Optional[int] = Field(None, ge=1)
+    max_frames: Optional[Int] = Field(None, ge=1)
 
 
 class Mixup(_Toggle):
-    alpha: float = Field(0.2, gt=0)
+    alpha: Float = Field(0.2, gt=0)
 
 
 class Augment(_Strict):
@@ -187,7 +221,7 @@ class Augment(_Strict):
 
 
 class Recipe(_Strict):
-    seed: int = 0
+    seed: Int = Field(0, ge=0, le=SEED_MAX)
     out_dir: Optional[str] = None
     data: Data
     model: Model = Field(default_factory=Model)
@@ -225,9 +259,10 @@ def parse_overrides(overrides: list[str]) -> list[tuple[list[str], Any]]:
         if not sep or not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", key.strip()):
             raise RecipeError(f"override {text!r}: expected dotted.key=value, e.g. train.max_epochs=5")
         try:
-            parsed = yaml.safe_load(value) if value.strip() else None
+            parsed = load_yaml(value, f"override {key}") if value.strip() else None
         except yaml.YAMLError as e:
-            raise RecipeError(f"override {text!r}: the value is not valid YAML ({e.problem})") from None
+            raise RecipeError(f"override {text!r}: the value is not valid YAML "
+                              f"({getattr(e, 'problem', None) or e})") from None
         out.append((key.strip().split("."), parsed))
     return out
 
@@ -337,7 +372,7 @@ def check_model(recipe: Recipe, source: str = "recipe") -> None:
 
 
 def find_recipe(path: Union[str, Path]) -> Path:
-    """A recipe file: the path itself, or ``recipes/NAME.yaml`` of this repository for a bare name."""
+    """A recipe file: the path itself, or the shipped ``audiostem/recipes/NAME.yaml`` for a bare name."""
     p = Path(path)
     if p.exists():
         return p
@@ -350,7 +385,8 @@ def find_recipe(path: Union[str, Path]) -> Path:
 
 
 def load_recipe(path: Union[str, Path], overrides: Optional[list[str]] = None) -> Recipe:
-    """Load a YAML recipe (``yaml.safe_load``), apply ``dotted.key=value`` overrides and validate.
+    """Load a YAML recipe (plain data at bounded cost: :func:`audiostem.yamlio.load_yaml`, which
+    refuses aliases, deep nesting and huge files), apply ``dotted.key=value`` overrides and validate.
 
     Args:
         path: a recipe file, or the name of a shipped recipe (``folk`` -> ``recipes/folk.yaml``).
@@ -361,7 +397,7 @@ def load_recipe(path: Union[str, Path], overrides: Optional[list[str]] = None) -
     """
     path = find_recipe(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path.read_text(encoding="utf-8"), str(path))
     except yaml.YAMLError as e:
         raise RecipeError(f"{path}: not valid YAML: {e}") from None
     return validate_recipe(apply_overrides(data or {}, list(overrides or [])), str(path), path.stem)
@@ -378,10 +414,11 @@ def check_data(recipe: Recipe) -> Optional[dict]:
 
     Raises :class:`RecipeError` when the cache is missing and no ``data.prepare`` section
     exists (saying which command builds it), or when ``data.features`` differs from the
-    feature config the cache was built with (naming the differing fields).
+    feature config the cache was built with (naming the differing fields);
+    :class:`data_prep.CacheError` when the cache is damaged (naming the file and the command
+    that rebuilds it).
     """
-    import json
-
+    from data_prep.cache import open_cache
     from data_prep.config import config_diff
     cache = Path(recipe.data.cache)
     meta_path = cache / "meta.json"
@@ -395,7 +432,7 @@ def check_data(recipe: Recipe) -> Optional[dict]:
             f"  python -m data_prep SOURCE --root DATASET_FOLDER --out {cache}\n"
             "(`python -m data_prep --help` lists the sources), or add a data.prepare section "
             "(source, root, options) so that training builds it.")
-    meta = json.loads(meta_path.read_text())
+    meta = open_cache(cache).meta        # CacheError naming a damaged file and the rebuild command
     if recipe.data.features is not None:
         diff = config_diff(meta["features"], recipe.data.features)
         if diff:

@@ -60,9 +60,10 @@ def classification_metrics(logits: torch.Tensor, target: torch.Tensor, classes: 
 
 def prediction_rows(items: list[dict], log_probs: torch.Tensor, target: torch.Tensor, classes: list[str],
                     fold: Optional[int] = None) -> list[dict]:
-    """One row per clip: ``id, label, pred, correct, fold, p_<class>...`` (probabilities).
+    """One row per clip: ``id, label, pred, correct, fold, p_<class>..., group`` (probabilities).
 
-    ``fold`` is the test fold of a cross-validation run, else the item's own fold (may be empty).
+    ``fold`` is the test fold of a cross-validation run, else the item's own fold (may be empty);
+    ``group`` is the item's group in the cache (a piece, a speaker, a game; may be empty).
     """
     probs = log_probs.exp()
     rows = []
@@ -72,15 +73,20 @@ def prediction_rows(items: list[dict], log_probs: torch.Tensor, target: torch.Te
         row = {"id": item["id"], "label": classes[y], "pred": classes[pred], "correct": int(pred == y),
                "fold": "" if f is None else f}
         row.update({f"p_{c}": f"{float(v):.6f}" for c, v in zip(classes, p)})
+        row["group"] = item.get("group") or ""
         rows.append(row)
     return rows
 
 
 def write_predictions(path: PathLike, rows: list[dict], classes: list[str]) -> None:
+    """Write :func:`prediction_rows` as CSV: ``id, label, pred, correct, fold, p_<class>...``,
+    and a last column ``group`` when any row has one (a cache with groups)."""
     fields = ["id", "label", "pred", "correct", "fold"] + [f"p_{c}" for c in classes]
+    if any(r.get("group") for r in rows):
+        fields.append("group")
     tmp = Path(str(path) + ".tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fields)
+        w = csv.DictWriter(fh, fields, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
     os.replace(tmp, path)

@@ -22,10 +22,11 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-import yaml
 from data_prep import CacheError
 
+from .checkpoint import CheckpointError, load_checkpoint, verified_checkpoint_io
 from .recipe import Recipe, RecipeError, check_data, dump_recipe, load_recipe
+from .yamlio import load_yaml
 
 # Lightning is imported by the functions that train, so that checking a recipe (--print, or an
 # error in it) answers in the time it takes to import torch.
@@ -102,7 +103,8 @@ def prepare_run_folder(recipe: Recipe, restart: bool = False) -> Path:
         for fold_dir in out.glob("fold_*"):
             shutil.rmtree(fold_dir)
     if stored.exists():
-        diff = recipe_changes(yaml.safe_load(stored.read_text()), recipe.to_dict())
+        diff = recipe_changes(load_yaml(stored.read_text(encoding="utf-8"), str(stored)) or {},
+                              recipe.to_dict())
         if diff:
             raise RecipeError(f"out_dir: {out} holds a run of a different recipe ({'; '.join(diff[:5])}); "
                               "choose another out_dir, or pass --restart to discard that run")
@@ -138,6 +140,57 @@ def csv_logger(run_dir: Path):
     return logger
 
 
+# --- the cache's build ----------------------------------------------------------------------------
+def cache_build_check(cache):
+    """A Lightning callback that checks, before every phase that reads features (each training,
+    validation, test and predict epoch), that ``cache`` on disk is still the build this run
+    opened (:meth:`data_prep.FeatureCache.check_build`): a cache rebuilt under a running training
+    stops it with a :class:`~data_prep.CacheError` instead of mixing two builds. Shards opened
+    later by DataLoader workers are checked by the cache itself."""
+    from lightning.pytorch.callbacks import Callback
+
+    class CacheBuildCheck(Callback):
+        def _check(self, *_):
+            cache.check_build()
+
+        on_train_epoch_start = on_validation_epoch_start = on_test_epoch_start = _check
+        on_predict_epoch_start = _check
+
+    return CacheBuildCheck()
+
+
+def check_resume(path: str, cache, run_dir: Path, own: bool, task=None) -> None:
+    """Verify the checkpoint a run resumes from (:func:`~audiostem.checkpoint.load_checkpoint`),
+    that it holds this model's weights (``task``'s parameter names and shapes), and that it was
+    trained on the cache's current build; :class:`CheckpointError` or
+    :class:`~data_prep.CacheError` saying how to go on otherwise (``own``: the run's own
+    ``last.ckpt``, which ``--restart`` discards)."""
+    how = (f"pass --restart to train this run again from the start (or delete {path})" if own
+           else "resume from another checkpoint, or leave out --resume")
+    try:
+        ckpt = load_checkpoint(path)
+    except CheckpointError as e:
+        raise CheckpointError(f"{e}. Cannot resume from it: {how}") from None
+    state = ckpt.get("state_dict")
+    if not isinstance(state, dict) or "audiostem" not in ckpt:
+        raise CheckpointError(f"{path}: not an audiostem training checkpoint (no state_dict or audiostem "
+                              f"entry). Cannot resume from it: {how}")
+    if task is not None:
+        mine = {k: tuple(v.shape) for k, v in task.state_dict().items()}
+        theirs = {k: tuple(getattr(v, "shape", ())) for k, v in state.items()}
+        bad = sorted(set(mine) ^ set(theirs)) or [k for k in mine if mine[k] != theirs[k]]
+        if bad:
+            k = bad[0]
+            raise CheckpointError(f"{path}: holds another model's weights ({k}: {theirs.get(k, 'missing')} "
+                                  f"in the checkpoint, {mine.get(k, 'missing')} in this recipe's model). "
+                                  f"Cannot resume from it: {how}")
+    built = (ckpt.get("audiostem") or {}).get("cache_build_id")
+    if built is not None and built != cache.build_id:
+        raise CacheError(f"{cache.path}: rebuilt since {path} was written (the run trained on build "
+                         f"{built[:12]}, the cache is now build {cache.build_id[:12]}); resuming would "
+                         f"mix two builds' features: pass --restart to train {run_dir} again on it")
+
+
 # --- one run ------------------------------------------------------------------------------------
 def fit_run(recipe: Recipe, cache, split: dict, run_dir: Path, callbacks: Sequence = (),
             resume_from: Optional[str] = None) -> dict:
@@ -154,12 +207,14 @@ def fit_run(recipe: Recipe, cache, split: dict, run_dir: Path, callbacks: Sequen
     from .task import ClassifierTask, History
     if (run_dir / "metrics.json").exists():
         return json.loads((run_dir / "metrics.json").read_text())
+    cache.check_build()
     pl.seed_everything(recipe.seed, workers=True, verbose=False)
     dm = CacheDataModule(cache, recipe, split)
     fold = split["fold"]
     info = {"features": cache.config.to_dict(), "feature_shape": list(cache.meta["feature_shape"]),
             "stats": {k: v.tolist() for k, v in dm.stats.items()}, "normalize": recipe.data.normalize,
-            "crop_frames": dm.crop, "eval_hop": dm.eval_hop, "fold": fold, "cache": str(cache.path)}
+            "crop_frames": dm.crop, "eval_hop": dm.eval_hop, "fold": fold, "cache": str(cache.path),
+            "cache_build_id": cache.build_id}
     task = ClassifierTask(recipe.to_dict(), cache.classes, dm.in_channels, dm.bins, info)
     swap = getattr(task.model, "audiostem_stem", None)       # a timm / torchvision body: say what changed
     if swap is not None and _is_rank_zero():
@@ -173,17 +228,21 @@ def fit_run(recipe: Recipe, cache, split: dict, run_dir: Path, callbacks: Sequen
                                  save_on_train_epoch_end=True, enable_version_counter=False,
                                  auto_insert_metric_name=False)
     history = History(run_dir / "history.csv")
-    cbs = [history, checkpoint, *callbacks]
+    cbs = [history, checkpoint, cache_build_check(cache), *callbacks]
     if es.enabled and has_val:
         cbs.append(EarlyStopping(monitor=es.metric, mode=checkpoint.mode, patience=es.patience))
     last = ckpt_dir / "last.ckpt"
     ckpt_path = resume_from or (str(last) if last.exists() else None)
+    if ckpt_path:
+        check_resume(ckpt_path, cache, run_dir, own=resume_from is None, task=task)
     if ckpt_path is None and _is_rank_zero():
         for stale in (ckpt_dir, run_dir / "logs"):     # leftovers of a run that never finished an epoch
             shutil.rmtree(stale, ignore_errors=True)
     loggers = [csv_logger(run_dir), TensorBoardLogger(run_dir, name="logs", version="")]
     steps = max(1, len(split["train"]) // recipe.data.batch_size)
     trainer_args = {"log_every_n_steps": min(50, steps), **recipe.trainer}
+    # every checkpoint Lightning reads (the resume) is verified and loaded weights_only
+    trainer_args["plugins"] = [*_as_list(trainer_args.get("plugins")), verified_checkpoint_io()]
     if not has_val:
         trainer_args["limit_val_batches"] = 0
     trainer = pl.Trainer(max_epochs=recipe.train.max_epochs, logger=loggers, callbacks=cbs,
@@ -194,7 +253,7 @@ def fit_run(recipe: Recipe, cache, split: dict, run_dir: Path, callbacks: Sequen
     trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path)
 
     best = checkpoint.best_model_path or str(last)
-    state = torch.load(best, map_location=task.device, weights_only=True)
+    state = load_checkpoint(best, map_location=task.device)
     task.load_state_dict(state["state_dict"])
     results = {}
     for stage, present in (("val", has_val), ("test", has_test)):
@@ -227,10 +286,14 @@ def fit_run(recipe: Recipe, cache, split: dict, run_dir: Path, callbacks: Sequen
         "output_stride": list(described["stride"]),
         "classes": cache.classes, "seed": recipe.seed, "fold": fold,
         "input_shape": list(task.input_shape), "cache": str(cache.path),
-        "checkpoint": str(best), "device": _device_name(trainer),
+        "checkpoint": str(best), "device": _device_name(trainer), "cache_build_id": cache.build_id,
     }
     write_json(run_dir / "metrics.json", metrics)
     return metrics
+
+
+def _as_list(value) -> list:
+    return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def _device_name(trainer) -> str:
@@ -311,7 +374,7 @@ def pool_folds(out: Path, fold_dirs: list[Path], fold_metrics: list[dict], class
         "train_seconds": round(sum(m["train_seconds"] for m in fold_metrics), 3),
         "train_samples_per_second": round(_mean([m["train_samples_per_second"] for m in fold_metrics]), 2),
         **{k: first.get(k) for k in ("params", "stem", "total_flops", "classes", "seed", "input_shape", "cache",
-                                     "device")},
+                                     "device", "cache_build_id")},
         "checkpoint": str(out / "checkpoints" / "best.ckpt"),
     }
 
@@ -320,7 +383,30 @@ def pool_folds(out: Path, fold_dirs: list[Path], fold_metrics: list[dict], class
 def train(recipe: Recipe, callbacks: Sequence = (), restart: bool = False,
           resume_from: Optional[str] = None) -> dict:
     """Train (or resume, or read back) the run of ``recipe``; returns its ``metrics.json`` dict
-    (``{}`` on ranks other than 0). ``callbacks`` are extra Lightning callbacks for every run."""
+    (``{}`` on ranks other than 0). ``callbacks`` are extra Lightning callbacks for every run.
+
+    One process trains a run folder at a time: rank 0 holds ``OUT_DIR/run.lock`` throughout,
+    and a second ``train`` of the same ``out_dir`` is refused (:class:`RecipeError` naming the
+    holder's pid, host and start time) instead of writing the same checkpoints."""
+    from data_prep.cache_files import CacheBusyError, CacheLock
+
+    lock = None
+    if _is_rank_zero():
+        out = Path(recipe.out_dir)
+        lock = CacheLock(out, out / "run.lock", busy="being trained by {holder} (lock {lock}); one run "
+                         "per out_dir at a time: wait for it, or stop it and run again (it resumes)")
+        try:
+            lock.acquire()
+        except CacheBusyError as e:
+            raise RecipeError(f"out_dir: {e}") from None
+    try:
+        return _train(recipe, callbacks, restart, resume_from)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(recipe: Recipe, callbacks: Sequence, restart: bool, resume_from: Optional[str]) -> dict:
     from .data import resolve_splits
     from .report import write_json
     quiet_lightning()
@@ -383,6 +469,16 @@ def quiet_lightning() -> None:
         log.addFilter(_NoTips())
 
 
+def one_message(error: Exception) -> str:
+    """An error's own message, without the traceback text that a DataLoader worker's exception
+    carries when it is raised again in the main process."""
+    text = str(error)
+    if "Original Traceback" in text:
+        last = text.strip().splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return text
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m audiostem.train", description=__doc__.split("\n\n")[0],
@@ -411,8 +507,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       f"splits {meta.get('splits')}, features {meta['features']['kind']}")
             return 0
         metrics = train(recipe, restart=args.restart, resume_from=args.resume)
-    except (RecipeError, CacheError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (RecipeError, CacheError, CheckpointError) as e:
+        print(f"error: {one_message(e)}", file=sys.stderr)
         return 2
     if metrics and _is_rank_zero():
         print("\n".join(summary_lines(metrics, Path(recipe.out_dir))))

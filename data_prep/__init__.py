@@ -2,9 +2,10 @@
 
 Files and signals only, never models. See ``python -m data_prep --help``.
 """
-from .cache import CacheError, CacheWriter, FeatureCache, check_existing, open_cache
+from .cache import CacheError, CacheWriter, FeatureCache, check_existing, open_cache, verify_cache
 from .config import AudioFeatures, PianoRollFeatures, config_diff, feature_config
 from .folk import build_folk
+from .polyphony import build_polyphony
 from .midi import piano_roll, pianoroll_file
 from .render import render_dataset, render_midi
 from .audio import BadInputError, load_audio
@@ -22,6 +23,6 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'data_prep' has no attribute {name!r}")
 
 __all__ = ["AudioFeatures", "CacheError", "CacheWriter", "FeatureCache", "PianoRollFeatures",
-           "check_existing", "config_diff", "feature_config", "open_cache", "piano_roll",
-           "pianoroll_file", "build_folk", "render_dataset", "render_midi",
+           "check_existing", "config_diff", "feature_config", "open_cache", "verify_cache", "piano_roll",
+           "pianoroll_file", "build_folk", "build_polyphony", "render_dataset", "render_midi",
            "BadInputError", "extract_file", "load_audio", "prepare", *_FEATURES]

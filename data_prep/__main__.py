@@ -2,10 +2,13 @@
 
 ``python -m data_prep --help`` lists the sources, ``python -m data_prep SOURCE --help`` their
 options. ``python -m data_prep render ...`` renders a MIDI dataset to audio (see
-``data_prep.render``).
+``data_prep.render``); ``python -m data_prep verify CACHE`` checks a cache's checksums.
 
-Exit status: 0 when the cache is complete (even if some files were skipped), 1 when nothing
-usable was found, the cache holds another config, or a download failed, 2 for bad arguments.
+Exit status (``EXIT_*``): 0 when the cache is complete and holds every file found (operating
+system leftovers such as ``.DS_Store`` are ignored), 3 when it is complete but some files were
+skipped (the summary lists them with their reasons), 1 when no cache was written (nothing usable,
+another config in the way, a download failed, the disk is full or read-only), 2 for bad
+arguments, 130 when interrupted (run the same command again to resume).
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from .cache import CacheError
 from .config import AudioFeatures, PianoRollFeatures
 
 _NONE = ("none", "null")
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SKIPPED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
 def _field_help(cls: type) -> dict[str, str]:
@@ -110,6 +114,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
                "  python -m data_prep gtzan --root ~/data/gtzan --out caches/gtzan\n"
                "  python -m data_prep esc50 --root ~/data/ESC-50 --out caches/esc50 --download\n"
                "  python -m data_prep folder --root my_sounds --out caches/mine --n-mels 64\n"
+               "  python -m data_prep verify caches/mine      (check a cache's checksums)\n"
                "Run 'python -m data_prep SOURCE --help' for a source's options.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="source", metavar="SOURCE", title="sources")
@@ -147,6 +152,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from . import render
 
         return render.main(argv[1:]) or 0
+    if argv[:1] == ["verify"]:
+        return verify_main(argv[1:])
     parser, subparsers = build_parser()
     if not argv:
         parser.print_help()
@@ -170,23 +177,58 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except (OSError, ValueError) as e:
             print(f"error: download failed: {e}", file=sys.stderr)
             return 1
-    return run_resumable(lambda: prepare(src, args.root, args.out, features, force=args.force,
-                                         workers=args.workers, progress=not args.quiet, **options),
-                         args.out, errors=(CacheError, ValueError, TypeError))
+    built = []
+    status = run_resumable(lambda: built.append(prepare(
+        src, args.root, args.out, features, force=args.force, workers=args.workers,
+        progress=not args.quiet, **options)), args.out, errors=(CacheError, ValueError, TypeError))
+    if status == EXIT_OK and built and built[0].failures:
+        return EXIT_SKIPPED
+    return status
+
+
+def verify_main(argv: Sequence[str]) -> int:
+    """``python -m data_prep verify CACHE...``: check every file of each cache against the
+    size and SHA-256 its build recorded. Exit status 0 when all are whole, 1 otherwise."""
+    from .cache import verify_cache
+
+    parser = argparse.ArgumentParser(prog="python -m data_prep verify",
+                                     description="Check that feature caches are whole: every file's "
+                                                 "size and SHA-256 against what its build recorded.")
+    parser.add_argument("caches", nargs="+", type=Path, metavar="CACHE")
+    args = parser.parse_args(argv)
+    status = 0
+    for path in args.caches:
+        try:
+            cache = verify_cache(path)
+        except CacheError as e:
+            print(f"error: {e}", file=sys.stderr)
+            status = 1
+            continue
+        files = cache.meta.get("files")
+        what = (f"{len(files)} files match their checksums" if files else
+                "sizes and headers whole (built before checksums were recorded: rebuild with "
+                "--force to get them)")
+        print(f"{path}: ok, build {cache.build_id[:12]}, {len(cache)} items; {what}")
+    return status
 
 
 def run_resumable(work: Callable[[], object], out, errors: tuple = (ValueError,)) -> int:
-    """Run a resumable command's ``work``; the exit status: 0, 1 for a user error (printed),
-    130 on Ctrl-C (with how to resume ``out``). Shared by prepare and render."""
+    """Run a resumable command's ``work``; the exit status: 0, 1 for a user error or a disk
+    error (printed on one line), 130 on Ctrl-C (with how to resume ``out``). Shared by prepare
+    and render."""
     try:
         work()
     except errors as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return EXIT_ERROR
+    except OSError as e:          # the disk or a file, outside any one item: one line, no traceback
+        where = f"{e.filename}: " if e.filename is not None else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt:
         print(f"\ninterrupted: run the same command again to resume {out}", file=sys.stderr)
-        return 130
-    return 0
+        return EXIT_INTERRUPTED
+    return EXIT_OK
 
 
 if __name__ == "__main__":

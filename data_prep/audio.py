@@ -13,16 +13,15 @@ from __future__ import annotations
 import hashlib
 import io
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Union
 
 import numpy as np
 import soundfile as sf
 
-#: File extensions read as audio (anything libsndfile can decode; MP3 needs libsndfile >= 1.1).
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc",
-                    ".au", ".snd", ".w64", ".caf", ".rf64")
+from .audio_headers import fix_wav_sizes, truncation_note
+from .discover import AUDIO_EXTENSIONS, SNIFF_BYTES, sniff  # noqa: F401  (AUDIO_EXTENSIONS: re-exported)
 
 # Integer subtypes decode much faster as integers than through libsndfile's float path; the
 # scaled result is bit-identical to ``soundfile.read(..., dtype="float32")`` (tested).
@@ -44,38 +43,129 @@ class Audio:
         sample_rate: in Hz.
         checksum: ``sha1:<hex>`` of the file's bytes, as read.
         duration: length of the file in seconds (before any resampling).
+        warnings: notes about how it was read (a truncated file, a header without sizes).
     """
 
     samples: np.ndarray
     sample_rate: int
     checksum: str
     duration: float
+    warnings: list[str] = field(default_factory=list)
 
 
 def decode(data: Union[bytes, str, Path], name: str = "") -> tuple[np.ndarray, int]:
-    """Decode audio bytes (or a path) with soundfile.
+    """Decode audio bytes (or a path): libsndfile (soundfile), then FFmpeg (PyAV) for what
+    libsndfile cannot read.
 
-    Any bit depth and channel count that libsndfile reads (WAV, FLAC, OGG/Vorbis, Opus, MP3,
-    AIFF, AU...). Returns ``(samples, sample_rate)`` with ``samples`` of shape
+    libsndfile reads WAV, FLAC, OGG/Vorbis, Opus, MP3, AIFF, AU, CAF... at any bit depth and
+    channel count; FFmpeg adds AAC/ALAC (``.m4a``, ``.mp4``), WMA, WebM/Matroska, WavPack, APE,
+    AMR, AC-3... when PyAV is installed (``pip install av``). A WAV whose header gives 0 data
+    bytes (a streaming writer that never closed the file) is read to its end, as ``sox
+    --ignore-length`` and FFmpeg do. Returns ``(samples, sample_rate)`` with ``samples`` of shape
     ``(channels, samples)``, float32 in [-1, 1].
 
-    Raises :class:`BadInputError` for anything libsndfile cannot read.
+    Raises :class:`BadInputError` for anything neither can read, with both reasons.
     """
+    samples, rate, _ = decode_with_notes(data, name)
+    return samples, rate
+
+
+def decode_with_notes(data: Union[bytes, str, Path], name: str = "") -> tuple[np.ndarray, int, list[str]]:
+    """:func:`decode`, also returning notes about what was read: a file cut short of what its
+    header promises (WAV, AIFF, CAF, AU, Wave64: :mod:`data_prep.audio_headers`) or cut inside
+    its compressed stream (FLAC, Ogg... read up to the cut by FFmpeg), a header without sizes."""
     name = name or (str(data) if not isinstance(data, bytes) else "<bytes>")
-    src = io.BytesIO(data) if isinstance(data, bytes) else str(data)
+    if not isinstance(data, bytes):
+        try:
+            data = Path(data).read_bytes()
+        except OSError as e:
+            raise BadInputError(f"{name}: cannot read ({e.strerror or e})") from None
+    data, notes = fix_wav_sizes(data)
     try:
-        with sf.SoundFile(src) as f:
-            dtype, scale = _INT_READS.get(f.subtype, ("float32", None))
-            x = f.read(dtype=dtype, always_2d=True)
-            rate = f.samplerate
+        samples, rate, promised = _sndfile(data)
+        wav = data[:4] in (b"RIFF", b"RIFX") and data[8:12] == b"WAVE"   # sizes checked above
+        if samples.shape[1] or wav or not _av():    # 0 samples: FFmpeg may know better
+            cut = truncation_note(data, samples.shape[1] / rate)
+            if cut is None and samples.shape[1] < promised:      # what libsndfile itself knows
+                cut = (f"truncated: the header promises {promised / rate:.3f} s, the file holds "
+                       f"{samples.shape[1] / rate:.3f} s (read as the shorter clip)")
+            return samples, rate, notes + ([cut] if cut else [])
+        problem = None
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, EOFError) as e:
-        raise BadInputError(f"{name}: not a readable audio file ({_short(e)})") from None
+        problem = f"libsndfile: {_short(e).rstrip('.')}"
+    family, what = sniff(data[:SNIFF_BYTES])
+    if family == "other":                        # text, an image, an archive...
+        problem = f"it is {what}; {problem}"
+    av = _av()
+    if av is None:
+        raise BadInputError(f"{name}: not a readable audio file ({problem}; other formats such as "
+                            f"AAC/.m4a, WMA or WebM need FFmpeg: pip install av)")
+    try:
+        decoded = _ffmpeg(av, data)
+    except Exception as e:     # noqa: BLE001 (PyAV raises FFmpegError, ValueError, IndexError...)
+        if problem is None:    # libsndfile read 0 samples, FFmpeg nothing at all: keep the 0
+            return samples, rate, notes
+        text = re.sub(r"^\[Errno -?\d+\] ", "", " ".join(str(e).split()).replace(": '<none>'", ""))
+        raise BadInputError(f"{name}: not a readable audio file ({problem}; FFmpeg: {text})") from None
+    samples, rate, more = decoded
+    if problem is None and samples.shape[1]:
+        notes.append(f"the header gives 0 samples (a writer that never closed the file?); "
+                     f"read the {samples.shape[1] / rate:.3f} s that follow with FFmpeg")
+    cut = truncation_note(data, samples.shape[1] / rate) if samples.shape[1] else None
+    return samples, rate, notes + ([cut] if cut and not more else []) + more
+
+
+def _av():
+    """PyAV (FFmpeg's decoders), or ``None`` when it is not installed."""
+    try:
+        import av
+    except ImportError:
+        return None
+    return av
+
+
+def _sndfile(data: bytes) -> tuple[np.ndarray, int, int]:
+    """libsndfile's ``(samples, rate, frames the header promises)``."""
+    with sf.SoundFile(io.BytesIO(data)) as f:
+        dtype, scale = _INT_READS.get(f.subtype, ("float32", None))
+        x = f.read(dtype=dtype, always_2d=True)
+        rate = f.samplerate
+        promised = 0 if f.format in ("MP3", "MPEG", "OGG") else f.frames   # theirs are estimates
     if scale is not None:
         x = x.astype(np.float32)
         x *= np.float32(scale)
     # reshape gives canonical strides: a (1, n) transpose of (n, 1) keeps stride 4 on its first
     # axis, which numpy calls contiguous but which sends torch down slow paths (a pad took 25x)
-    return np.ascontiguousarray(x.T).reshape(x.shape[1], -1), int(rate)
+    return np.ascontiguousarray(x.T).reshape(x.shape[1], -1), int(rate), int(promised)
+
+
+def _ffmpeg(av, data: bytes) -> tuple[np.ndarray, int, list[str]]:
+    """FFmpeg's decoding of the first audio stream, as float32 ``(channels, samples)``, its rate
+    and notes. A decoding error after some audio (a cut FLAC or Ogg file) ends the clip there,
+    with a note; an error before any audio is raised."""
+    notes = []
+    with av.open(io.BytesIO(data), mode="r") as container:
+        if not container.streams.audio:
+            raise ValueError(f"no audio stream in this {container.format.long_name or 'file'}")
+        stream = container.streams.audio[0]
+        rate = stream.rate or stream.codec_context.sample_rate
+        to_float = av.AudioResampler(format="fltp")     # same layout and rate, planar float
+        blocks = []
+        try:
+            for frame in container.decode(stream):
+                blocks += [f.to_ndarray() for f in to_float.resample(frame)]
+        except Exception as e:       # noqa: BLE001
+            if not blocks:
+                raise
+            text = re.sub(r"^\[Errno -?\d+\] ", "", " ".join(str(e).split()))
+            done = sum(b.shape[1] for b in blocks) / rate
+            notes.append(f"truncated or damaged: decoding stopped at {done:.3f} s ({text}); "
+                         f"read as the shorter clip")
+        blocks += [f.to_ndarray() for f in to_float.resample(None)]
+        channels = max(stream.codec_context.channels, 1)
+    if not blocks:
+        return np.zeros((channels, 0), np.float32), int(rate), notes
+    return np.ascontiguousarray(np.concatenate(blocks, axis=1), dtype=np.float32), int(rate), notes
 
 
 def _short(e: Exception) -> str:
@@ -155,7 +245,7 @@ def load_audio(path: Union[str, Path], sample_rate: Union[int, None] = None, mon
     if not data:
         raise BadInputError(f"{path}: empty file (0 bytes)")
     checksum = "sha1:" + hashlib.sha1(data).hexdigest()
-    samples, rate = decode(data, str(path))
+    samples, rate, notes = decode_with_notes(data, str(path))
     del data
     duration = samples.shape[1] / rate
     check_signal(samples, str(path))
@@ -164,4 +254,5 @@ def load_audio(path: Union[str, Path], sample_rate: Union[int, None] = None, mon
         samples = resample(samples, rate, sample_rate)
         rate = sample_rate
     check_signal(samples, str(path))
-    return Audio(samples=samples, sample_rate=rate, checksum=checksum, duration=duration)
+    return Audio(samples=samples, sample_rate=rate, checksum=checksum, duration=duration,
+                 warnings=notes)

@@ -10,8 +10,10 @@ One folder per prepared dataset::
       shards/00001.npy     contiguous slice [offset, offset + frames) of one shard
       ...
 
-It is built in ``CACHE.partial/`` and renamed when complete, so a folder named ``CACHE`` is
-always whole. While building, items are appended to ``NNNNN.npy.tmp`` as they arrive, and a
+It is built in ``CACHE.partial/`` and swapped in when complete, so a folder named ``CACHE`` is
+always whole, and a rebuild (``--force``) leaves the old cache in place until the new one is
+complete. One build at a time: a writer holds ``CACHE.lock`` for the whole build and a second
+one is refused, naming the holder (see :mod:`data_prep.cache_files`). While building, items are appended to ``NNNNN.npy.tmp`` as they arrive, and a
 shard is committed by renaming it to ``NNNNN.npy`` once it is on disk (fsync) and then writing
 ``NNNNN.json`` (its manifest rows, failures and per-bin sums for the statistics); a shard
 without its ``.json`` is incomplete and is rebuilt. Items arrive in a deterministic order and
@@ -20,23 +22,33 @@ cache as one that was not.
 
 Readers open shards with ``mmap_mode="r"``: many DataLoader workers and DDP ranks share the
 page cache and nothing is loaded into memory until it is sliced.
+
+Every build has a random ``build_id`` (in ``meta.json``), and ``meta.json`` records the size and
+SHA-256 of every shard and of the manifest. Opening a cache checks that every file is whole
+(sizes and ``.npy`` headers against the manifest: a stat and a 4-KB read per shard, done every
+time); :func:`verify_cache` (``python -m data_prep verify CACHE``) also checks the checksums.
+A reader remembers the build id it opened and checks it again after opening each shard
+(:meth:`FeatureCache.check_build`), so a cache rebuilt under it is refused, not mixed in.
 """
 from __future__ import annotations
 
 import csv
-import errno
+import hashlib
 import io
 import json
-import mmap
 import os
 import shutil
 import sys
 import time
+import uuid
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
 import numpy as np
 
+from .cache_files import (CacheBusyError, CacheLock, _file_record, _fsync_dir, _ShardFile, checksum_problems,
+                          read_json, rebuild_command, shard_problems, swap_in)
 from .config import FeatureConfig, config_diff, feature_config
 from .stats import Sums, item_sums
 
@@ -48,120 +60,48 @@ SHARD_ITEMS = 2048         # ... or this many items
 
 
 class CacheError(Exception):
-    """A cache that is missing, incomplete, or built with another feature config."""
+    """A cache that is missing, incomplete, damaged, being built by another process, rebuilt
+    while being read, or built with another feature config."""
+
+
+def _named(error: OSError, path: Path) -> OSError:
+    """``error`` with ``path`` as its file name when it has none (``os.write`` gives none)."""
+    if error.filename is not None:
+        return error
+    return type(error)(error.errno, error.strerror or str(error), str(path))
 
 
 def _write_atomic(path: Path, write) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        write(fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as e:             # a full or read-only disk: leave no temporary file behind
+        tmp.unlink(missing_ok=True)
+        raise _named(e, path) from None
 
 
 def _write_json(path: Path, obj: Any) -> None:
     _write_atomic(path, lambda fh: fh.write(json.dumps(obj, indent=1).encode()))
 
 
-class _ShardFile:
-    """A shard being written: items are appended as raw float16 bytes behind a ``.npy`` header
-    that :meth:`close` rewrites with the final number of frames. NumPy pads a header so that
-    its first dimension can grow to any size in place, so the file is exactly what ``np.save``
-    of the concatenated items would write, without holding the shard in memory.
-
-    Where the file system allows it (Linux, not tmpfs) the file is written with ``O_DIRECT``,
-    from an aligned staging buffer in whole 4-KiB blocks: the disk reads the bytes from that
-    buffer, with no copy into the page cache, which was the costliest CPU work of a piano-roll
-    build (a 728-MB cache: 0.3 s of CPU buffered, 0.15 s direct; see docs/midi.md). Elsewhere the
-    same blocks go through the page cache.
-    """
-    BLOCK = 4096                 # O_DIRECT alignment of offsets, lengths and buffer addresses
-    STAGE = 8 * 2**20
-
-    def __init__(self, path: Path, feature_shape: tuple[int, ...]):
-        self.path, self.tmp = path, path.with_name(path.name + ".tmp")
-        self.feature_shape, self.frames, self.nbytes = feature_shape, 0, 0
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-        try:
-            self.fd = os.open(self.tmp, flags | getattr(os, "O_DIRECT", 0))
-        except OSError:                                  # e.g. EINVAL on tmpfs
-            self.fd = os.open(self.tmp, flags)
-        self.stage = mmap.mmap(-1, self.STAGE)           # page-aligned, reused for the whole shard
-        self.first = mmap.mmap(-1, self.BLOCK)           # the first block, kept for the header
-        self.flushed = 0                                 # file bytes written before the stage
-        self.fill = self._header_into(self.stage)
-        self.data_start = self.fill
-
-    def _header_into(self, block: mmap.mmap) -> int:
-        header = io.BytesIO()
-        np.lib.format.write_array_header_1_0(header, {
-            "descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)), "fortran_order": False,
-            "shape": (self.frames, *self.feature_shape)})
-        block[:header.tell()] = header.getbuffer()
-        return header.tell()
-
-    def append(self, array: np.ndarray) -> None:
-        data = memoryview(np.ascontiguousarray(array)).cast("B")
-        done = 0
-        while done < len(data):
-            n = min(len(data) - done, self.STAGE - self.fill)
-            self.stage[self.fill:self.fill + n] = data[done:done + n]
-            self.fill += n
-            done += n
-            if self.fill == self.STAGE:
-                self._flush(self.STAGE)
-        self.frames += len(array)
-        self.nbytes += array.nbytes
-
-    def _flush(self, length: int) -> None:
-        """Write the first ``length`` bytes of the stage (a whole number of blocks, all it holds)."""
-        if self.flushed == 0:
-            self.first[:] = self.stage[:self.BLOCK]
-        view = memoryview(self.stage)[:length]
-        while len(view):
-            view = view[self._write(view):]
-        self.flushed += length
-        self.fill = 0
-        view.release()
-
-    def _write(self, view: memoryview, offset: Optional[int] = None) -> int:
-        try:
-            return os.write(self.fd, view) if offset is None else os.pwrite(self.fd, view, offset)
-        except OSError as e:     # a file system that opens O_DIRECT files but refuses the writes
-            direct = getattr(os, "O_DIRECT", 0)
-            if e.errno != errno.EINVAL or not direct:
-                raise
-            import fcntl
-
-            flags = fcntl.fcntl(self.fd, fcntl.F_GETFL)
-            if not flags & direct:
-                raise
-            fcntl.fcntl(self.fd, fcntl.F_SETFL, flags & ~direct)
-            return self._write(view, offset)
-
-    def close(self) -> None:
-        """Write the real header, put the file on disk, and only then name it ``.npy``."""
-        size = self.flushed + self.fill
-        if self.fill:                                    # the last, partial block: padded, cut below
-            padded = -(-self.fill // self.BLOCK) * self.BLOCK
-            self.stage[self.fill:padded] = bytes(padded - self.fill)
-            self._flush(padded)
-        if self._header_into(self.first) != self.data_start:   # cannot happen with NumPy's padding
-            raise RuntimeError(f"{self.tmp}: the .npy header changed size")
-        self._write(memoryview(self.first), 0)
-        os.ftruncate(self.fd, size)
-        os.fsync(self.fd)
-        try:
-            # On disk: let the kernel reuse the pages (if any were used) for the next shard rather
-            # than find fresh memory for every shard (3-4x faster writes here, see docs/midi.md).
-            os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        except (AttributeError, OSError):              # not on macOS; only a hint anyway
-            pass
-        os.close(self.fd)
-        self.stage.close()
-        self.first.close()
-        os.replace(self.tmp, self.path)
+def _shard_record(shard_dir: Path, n: int) -> Optional[dict]:
+    """The record of committed shard ``n`` of a partial build, or ``None`` when it is not
+    committed (no record, or a record or shard that a crash left incomplete)."""
+    record_path, npy = shard_dir / f"{n:05d}.json", shard_dir / f"{n:05d}.npy"
+    try:
+        record = json.loads(record_path.read_text())
+        size = npy.stat().st_size
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or "rows" not in record or "failures" not in record:
+        return None
+    if "file" in record and record["file"].get("bytes") != size:
+        return None
+    return record
 
 
 def _versions() -> dict[str, str]:
@@ -191,6 +131,13 @@ class CacheWriter:
             config is discarded, not resumed.
         classes: the class list, in label-index order (``None``: sorted labels of the items).
 
+        restart: discard an interrupted build instead of resuming it (``--force``). A complete
+            cache at ``out`` is never touched before :meth:`finish` replaces it.
+
+    The writer holds the cache's lock from here until :meth:`finish` or :meth:`close` (it is
+    a context manager); a second writer of the same cache, in this process or another, is
+    refused with a :class:`CacheError` naming the holder.
+
     Call :meth:`is_done` to skip sources a previous, interrupted build already wrote, then
     :meth:`add` / :meth:`add_failure` for every remaining source *in the same order as
     before*, then :meth:`finish`.
@@ -198,7 +145,7 @@ class CacheWriter:
 
     def __init__(self, out: Union[str, Path], config: FeatureConfig, source: dict,
                  classes: Optional[list[str]] = None, *,
-                 shard_bytes: int = SHARD_BYTES, shard_items: int = SHARD_ITEMS):
+                 shard_bytes: int = SHARD_BYTES, shard_items: int = SHARD_ITEMS, restart: bool = False):
         self.out = Path(out)
         self.config = feature_config(config)
         self.source = source
@@ -215,25 +162,54 @@ class CacheWriter:
         self._pending_sums = self._new_sums()
         self._done: set[str] = set()
         self.resumed_items = 0
-        self._open()
+        if self.out.is_dir() and any(self.out.iterdir()) and not any(
+                (self.out / name).exists() for name in ("meta.json", "manifest.csv", "shards")):
+            raise CacheError(f"{self.out} exists and is not a feature cache (no meta.json, manifest.csv or "
+                             "shards/); a build would replace it: choose another --out, or remove it yourself")
+        if self.out.exists() and not self.out.is_dir():
+            raise CacheError(f"{self.out} is a file, not a cache folder; choose another --out")
+        self._lock = CacheLock(self.out)
+        try:
+            self._lock.acquire()
+        except CacheBusyError as e:
+            raise CacheError(str(e)) from None
+        try:
+            self._open(restart)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def close(self) -> None:
+        """Stop without publishing: release the lock, keep ``OUT.partial`` for a resume."""
+        if self._shard is not None:               # the shard being written is not committed
+            self._shard.abort()
+            self._shard = None
+        self._lock.release()
+
+    def __enter__(self) -> "CacheWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # -- set-up and resume -------------------------------------------------------------
-    def _open(self) -> None:
+    def _open(self, restart: bool) -> None:
         header = {"format": FORMAT_VERSION, "features": self.config.to_dict(), "source": self.source}
         header_path = self.dir / "build.json"
-        if header_path.exists():
+        for trash in self.out.parent.glob(f"{glob_escape(self.out.name)}.old-*"):
+            shutil.rmtree(trash, ignore_errors=True)       # left by a swap that was killed
+        if self.dir.exists():
             try:
                 old = json.loads(header_path.read_text())
             except (OSError, ValueError):
                 old = None
-            if old != header:
+            if old != header or restart:
                 shutil.rmtree(self.dir)      # a partial build of something else: start over
         self.shard_dir.mkdir(parents=True, exist_ok=True)
         if not header_path.exists():
             _write_json(header_path, header)
         n = 0
-        while (self.shard_dir / f"{n:05d}.json").exists() and (self.shard_dir / f"{n:05d}.npy").exists():
-            record = json.loads((self.shard_dir / f"{n:05d}.json").read_text())
+        while (record := _shard_record(self.shard_dir, n)) is not None:
             self._rows += record["rows"]
             self._failures += record["failures"]
             self._sums.append(self._load_sums(n, record))
@@ -281,12 +257,19 @@ class CacheWriter:
                              f"(frames>0, *{shape}) of the feature config")
         array = np.ascontiguousarray(features, dtype=np.float16)
         if self._shard is None:
-            self._shard = _ShardFile(self.shard_dir / f"{self._next_shard:05d}.npy", shape)
+            path = self.shard_dir / f"{self._next_shard:05d}.npy"
+            try:
+                self._shard = _ShardFile(path, shape)
+            except OSError as e:
+                raise _named(e, path) from None
         self._pending.append({"id": id, "source": source, "checksum": checksum, "label": label,
                               "split": split, "fold": "" if fold is None else int(fold),
                               "group": group, "frames": len(array), "shard": self._next_shard,
                               "offset": self._shard.frames})
-        self._shard.append(array)
+        try:
+            self._shard.append(array)
+        except OSError as e:
+            self._abort_shard(e)
         total, total_sq = item_sums(array) if sums is None else sums
         for key in ("train", "all") if split == "train" else ("all",):
             self._pending_sums[key].add(len(array), total, total_sq)
@@ -301,11 +284,18 @@ class CacheWriter:
         if not self._pending and not self._pending_failures:
             return
         name = f"{self._next_shard:05d}"
-        shard = self._shard or _ShardFile(self.shard_dir / f"{name}.npy", self.config.feature_shape)
-        shard.close()                                # the data on disk first, then the record
-        _write_json(self.shard_dir / f"{name}.json",
-                    {"rows": self._pending, "failures": self._pending_failures,
-                     "sums": {k: v.to_json() for k, v in self._pending_sums.items()}})
+        try:
+            self._shard = self._shard or _ShardFile(self.shard_dir / f"{name}.npy", self.config.feature_shape)
+            file = self._shard.close()               # the data on disk first, then the record
+        except OSError as e:
+            self._abort_shard(e)
+        try:
+            _write_json(self.shard_dir / f"{name}.json",
+                        {"rows": self._pending, "failures": self._pending_failures,
+                         "sums": {k: v.to_json() for k, v in self._pending_sums.items()}, "file": file})
+        except OSError as e:                         # the shard is not committed: remove its data
+            self._shard.path.unlink(missing_ok=True)
+            self._abort_shard(e)
         self._rows += self._pending
         self._failures += self._pending_failures
         self._sums.append(self._pending_sums)
@@ -313,10 +303,30 @@ class CacheWriter:
         self._pending_sums = self._new_sums()
         self._next_shard += 1
 
+    def _abort_shard(self, error: OSError):
+        """Drop the shard being written (its items are written again on resume) and raise
+        ``error`` naming its file."""
+        shard, self._shard = self._shard, None
+        self._pending, self._pending_failures = [], []
+        self._pending_sums = self._new_sums()
+        if shard is not None:
+            shard.abort()
+        raise _named(error, shard.tmp if shard is not None else self.shard_dir) from None
+
     # -- publishing --------------------------------------------------------------------
     def finish(self, extra_meta: Optional[dict] = None) -> "FeatureCache":
-        """Commit the last shard, compute train statistics, write manifest and meta, publish."""
-        self._commit_shard()
+        """Commit the last shard, compute train statistics, write manifest and meta, publish
+        (replacing an older cache at ``out`` in one step), and release the lock.
+
+        Raises :class:`CacheError` when no item was usable or a label is not a class; the
+        older cache, if any, is then left as it was, and the lock is released."""
+        try:
+            self._commit_shard()
+            return self._publish(extra_meta)
+        finally:
+            self._lock.release()
+
+    def _publish(self, extra_meta: Optional[dict]) -> "FeatureCache":
         if not self._rows:
             raise CacheError(f"{self.out}: no usable item was found "
                              f"({len(self._failures)} sources failed)")
@@ -324,10 +334,16 @@ class CacheWriter:
         unknown = sorted({r["label"] for r in self._rows} - set(classes))
         if unknown:
             raise CacheError(f"{self.out}: labels {unknown} are not in the class list {classes}")
-        with open(self.dir / "manifest.csv", "w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, MANIFEST_FIELDS)
-            writer.writeheader()
-            writer.writerows(self._rows)
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, MANIFEST_FIELDS)
+        writer.writeheader()
+        writer.writerows(self._rows)
+        manifest = text.getvalue().encode("utf-8")
+        _write_atomic(self.dir / "manifest.csv", lambda fh: fh.write(manifest))
+        files = {"manifest.csv": {"bytes": len(manifest), "sha256": hashlib.sha256(manifest).hexdigest()}}
+        for n in range(self._next_shard):
+            record = _shard_record(self.shard_dir, n) or {}
+            files[f"shards/{n:05d}.npy"] = record.get("file") or _file_record(self.shard_dir / f"{n:05d}.npy")
         over = "train" if any(r["split"] == "train" for r in self._rows) else "all"
         total = Sums(self.config.feature_shape)
         for shard in self._sums:                   # in shard order: a resumed build adds alike
@@ -335,6 +351,7 @@ class CacheWriter:
         mean, std = total.mean_std()
         meta = {
             "format": FORMAT_VERSION,
+            "build_id": uuid.uuid4().hex,
             "features": self.config.to_dict(),
             "feature_shape": list(self.config.feature_shape),
             "dtype": "float16",
@@ -349,13 +366,14 @@ class CacheWriter:
             "failures": self._failures,
             "versions": _versions(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "files": files,
             **(extra_meta or {}),
         }
         _write_json(self.dir / "meta.json", meta)
         (self.dir / "build.json").unlink()
-        if self.out.exists():
-            shutil.rmtree(self.out)
-        os.replace(self.dir, self.out)
+        _fsync_dir(self.dir)
+        swap_in(self.dir, self.out, self.out.with_name(f"{self.out.name}.old-{meta['build_id'][:8]}"))
+        _fsync_dir(self.out.parent)
         return open_cache(self.out)
 
 
@@ -363,16 +381,23 @@ def check_existing(out: Union[str, Path], config: FeatureConfig, force: bool = F
                    source: Optional[dict] = None) -> Optional[str]:
     """Decide what to do about an existing cache at ``out`` before building it.
 
-    Returns ``"up to date"`` when a complete cache with the same feature config (and, when
-    ``source`` is given, the same source name and options) exists, and ``None`` when a build
-    should go ahead (no cache, or ``force`` removed the old one). Raises :class:`CacheError`
-    naming the differing fields when they differ and ``force`` is false. The dataset's root
-    folder is not compared, so a cache stays valid when its dataset moves.
+    Returns ``"up to date"`` when a complete, whole cache with the same feature config (and,
+    when ``source`` is given, the same source name and options) exists, and ``None`` when a
+    build should go ahead (no cache, a damaged one, or ``force``). Raises :class:`CacheError`
+    naming the differing fields when they differ and ``force`` is false. Nothing is deleted
+    here: a rebuild replaces the old cache only when the new one is complete
+    (:meth:`CacheWriter.finish`). The dataset's root folder is not compared, so a cache stays
+    valid when its dataset moves.
     """
     out = Path(out)
     if not (out / "meta.json").exists():
         return None
-    meta = json.loads((out / "meta.json").read_text())
+    try:
+        meta = open_cache(out).meta
+    except CacheError:
+        if force:
+            return None
+        raise
     diff = config_diff(meta["features"], config)
     if source is not None:
         old = meta.get("source", {})
@@ -382,14 +407,10 @@ def check_existing(out: Union[str, Path], config: FeatureConfig, force: bool = F
         diff += [f"--{k.replace('_', '-')}: {old_opts.get(k)!r} != {new_opts.get(k)!r}"
                  for k in sorted(set(old_opts) | set(new_opts)) if old_opts.get(k) != new_opts.get(k)]
     if not diff:
-        if force:
-            shutil.rmtree(out)
-            return None
-        return "up to date"
+        return None if force else "up to date"
     if not force:
         raise CacheError(f"{out} was built with another feature config or source "
                          f"({'; '.join(diff)}); use --force to rebuild it or choose another --out")
-    shutil.rmtree(out)
     return None
 
 
@@ -404,25 +425,65 @@ class FeatureCache:
         classes: class names; an item's label index is ``classes.index(item["label"])``.
         items: one dict per item with ``id``, ``source``, ``checksum``, ``label``, ``split``,
             ``fold`` (int or ``None``), ``group``, ``frames``, ``shard``, ``offset``.
+        build_id: the identity of this build (``meta["build_id"]``; for caches built before
+            it existed, a digest of ``meta.json``). A rebuild gets a new one.
+
+    Opening checks that the files are whole (see :func:`open_cache`); reading a shard the first
+    time checks that the cache is still the build that was opened (:meth:`check_build`).
     """
 
     def __init__(self, path: Union[str, Path]):
         self.path = Path(path)
-        meta_path = self.path / "meta.json"
-        if not meta_path.exists():
-            hint = (" (an interrupted build: run the same data_prep command again to resume it)"
-                    if _partial(self.path).exists() else "")
-            raise CacheError(f"{self.path}: not a feature cache, no meta.json{hint}")
-        self.meta: dict = json.loads(meta_path.read_text())
-        if self.meta.get("format") != FORMAT_VERSION:
-            raise CacheError(f"{self.path}: cache format {self.meta.get('format')!r}, "
-                             f"this version reads {FORMAT_VERSION}; rebuild it with --force")
-        self.config = feature_config(self.meta["features"])
-        self.classes: list[str] = list(self.meta["classes"])
-        with open(self.path / "manifest.csv", newline="", encoding="utf-8") as fh:
-            self.items: list[dict] = [_parse_row(r) for r in csv.DictReader(fh)]
+        for _ in range(3):              # a rebuild swapped in between reading meta and manifest
+            self.meta, self.build_id = _read_meta(self.path)
+            self.items: list[dict] = self._read_manifest()
+            if _read_meta(self.path)[1] == self.build_id:
+                break
+        else:
+            raise CacheError(f"{self.path}: rebuilt again and again while being opened; try later")
+        problems = shard_problems(self.path, self.meta, self.items)
+        if problems:
+            raise CacheError(_damaged(self.path, self.meta, problems))
         self._class_index = {c: i for i, c in enumerate(self.classes)}
         self._shards: dict[int, np.ndarray] = {}
+
+    def _read_manifest(self) -> list[dict]:
+        manifest = self.path / "manifest.csv"
+        try:
+            self.config = feature_config(self.meta["features"])
+            self.classes: list[str] = list(self.meta["classes"])
+            tuple(self.meta["feature_shape"]), self.meta["stats"]["mean"], self.meta["failures"]
+        except (KeyError, TypeError, ValueError) as e:
+            raise CacheError(_damaged(self.path, self.meta, [f"{self.path / 'meta.json'}: damaged "
+                                                              f"({type(e).__name__}: {' '.join(str(e).split())})"])) from None
+        try:
+            want = (self.meta.get("files") or {}).get("manifest.csv", {}).get("bytes")
+            if want is not None and manifest.stat().st_size != want:
+                raise ValueError(f"{manifest.stat().st_size} bytes, the build wrote {want}")
+            with open(manifest, newline="", encoding="utf-8") as fh:
+                rows = [_parse_row(r) for r in csv.DictReader(fh)]
+            unknown = sorted({r["label"] for r in rows} - set(self.classes))
+            if unknown:
+                raise ValueError(f"labels {unknown[:3]} are not in meta.json's classes")
+            return rows
+        except FileNotFoundError as e:
+            raise CacheError(_damaged(self.path, self.meta, [f"{e.filename}: missing"])) from None
+        except (KeyError, TypeError, ValueError) as e:
+            raise CacheError(_damaged(self.path, self.meta, [f"{manifest}: damaged ({type(e).__name__}: "
+                                                              f"{' '.join(str(e).split())})"])) from None
+
+    def check_build(self) -> None:
+        """Raise :class:`CacheError` when the cache on disk is no longer the build this object
+        opened (it was rebuilt since): reading on would mix two builds' features."""
+        try:
+            now = _read_meta(self.path)[1]
+        except CacheError:
+            now = None
+        if now != self.build_id:
+            raise CacheError(
+                f"{self.path}: the cache was rebuilt (or removed) while it was being read (opened as "
+                f"build {self.build_id[:12]}, now {now[:12] if now else 'none'}); results would mix two "
+                "builds' features. Run again on the new cache (train with --restart)")
 
     def __len__(self) -> int:
         return len(self.items)
@@ -436,7 +497,13 @@ class FeatureCache:
         item = self.items[i]
         shard = self._shards.get(item["shard"])
         if shard is None:
-            shard = np.load(self.path / "shards" / f"{item['shard']:05d}.npy", mmap_mode="r")
+            file = self.path / "shards" / f"{item['shard']:05d}.npy"
+            try:
+                shard = np.load(file, mmap_mode="r")
+            except (OSError, ValueError) as e:
+                self.check_build()
+                raise CacheError(_damaged(self.path, self.meta, [f"{file}: cannot be read ({e})"])) from None
+            self.check_build()          # after the open: the mapped file is this build's
             self._shards[item["shard"]] = shard
         return shard[item["offset"]:item["offset"] + item["frames"]]
 
@@ -473,6 +540,47 @@ def _parse_row(row: dict) -> dict:
     return row
 
 
+def _read_meta(path: Path) -> tuple[dict, str]:
+    """``(meta, build_id)`` of the cache at ``path``; :class:`CacheError` naming the file and
+    the rebuild command when it is missing, damaged or of another format."""
+    meta_path = path / "meta.json"
+    if not meta_path.exists():
+        hint = (" (an interrupted build: run the same data_prep command again to resume it)"
+                if _partial(path).exists() else "")
+        raise CacheError(f"{path}: not a feature cache, no meta.json{hint}")
+    try:
+        raw = meta_path.read_bytes()
+        meta = read_json(meta_path)
+    except (OSError, ValueError) as e:
+        raise CacheError(f"{e}; rebuild the cache with {rebuild_command(path, None)}") from None
+    if meta.get("format") != FORMAT_VERSION:
+        raise CacheError(f"{path}: cache format {meta.get('format')!r}, "
+                         f"this version reads {FORMAT_VERSION}; rebuild it with --force")
+    return meta, str(meta.get("build_id") or "legacy-" + hashlib.sha256(raw).hexdigest()[:16])
+
+
+def _damaged(path: Path, meta: Optional[dict], problems: list[str]) -> str:
+    shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+    return f"{path}: damaged cache: {shown}. Rebuild it with: {rebuild_command(path, meta)}"
+
+
 def open_cache(path: Union[str, Path]) -> FeatureCache:
-    """Open a prepared feature cache for reading (see :class:`FeatureCache`)."""
+    """Open a prepared feature cache for reading (see :class:`FeatureCache`).
+
+    Raises :class:`CacheError` when there is no cache at ``path``, or when ``meta.json`` or
+    ``manifest.csv`` is damaged, or a shard is missing, truncated or does not hold the frames
+    the manifest places in it (sizes and headers: cheap, checked on every open); the message
+    names each damaged file and the command that rebuilds the cache."""
     return FeatureCache(path)
+
+
+def verify_cache(path: Union[str, Path]) -> FeatureCache:
+    """Open the cache at ``path`` and check every file's SHA-256 against the one its build
+    recorded (``meta["files"]``; reads every byte). Returns the cache; raises
+    :class:`CacheError` naming each damaged file and the rebuild command. A cache built before
+    checksums were recorded is checked for sizes only (say so with ``meta.get("files")``)."""
+    cache = open_cache(path)
+    problems = checksum_problems(cache.path, cache.meta)
+    if problems:
+        raise CacheError(_damaged(cache.path, cache.meta, problems))
+    return cache

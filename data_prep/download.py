@@ -175,7 +175,10 @@ def _fetch(url: str, part: Path, timeout: float, quiet: bool) -> bool:
 
 def extract(archive: Path, root: Path) -> None:
     """Extract a ``.zip`` or ``.tar[.gz|.bz2|.xz]`` into ``root``; members with absolute
-    paths or ``..`` that would land outside ``root`` are refused."""
+    paths or ``..`` that would land outside ``root`` are refused (``ValueError`` naming the
+    archive and member). Tar archives go through Python's ``data`` extraction filter, which
+    refuses links out of the root; on a Python without filters (before 3.10.12 and 3.11.4)
+    only regular files and folders are extracted and any link or special member is refused."""
     root = Path(root).resolve()
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as zf:
@@ -186,17 +189,52 @@ def extract(archive: Path, root: Path) -> None:
     try:
         with tarfile.open(archive) as tf:
             if hasattr(tarfile, "data_filter"):
+                _check_tar(tf, root, archive)          # before anything is written
                 tf.extractall(root, filter="data")
-            else:                               # Python without extraction filters
-                for member in tf.getmembers():
-                    _inside(root, member.name, archive)
-                    if member.issym() or member.islnk():
-                        _inside(root, str(Path(member.name).parent / member.linkname), archive)
-                tf.extractall(root)
+            else:                               # Python without extraction filters (< 3.10.12, 3.11.4)
+                _extract_plain(tf, root, archive)
     except tarfile.TarError as e:
         if isinstance(e, getattr(tarfile, "FilterError", ())):
             raise ValueError(f"{archive}: refused an unsafe member ({e})") from None
         raise ValueError(f"{archive}: not a zip or tar archive ({e})") from None
+
+
+def _check_tar(tf: tarfile.TarFile, root: Path, archive: Path) -> None:
+    """Refuse, before extracting anything, a member outside ``root``, a link whose target is
+    outside it, and a member whose path goes through a link of the archive (``d/l -> ..``
+    then ``d/l/../x``: each looks harmless alone, the filter only sees it once the link is on
+    disk)."""
+    links = set()
+    for member in tf.getmembers():
+        parts = Path(member.name).parts
+        through = next((str(Path(*parts[:k])) for k in range(1, len(parts)) if str(Path(*parts[:k])) in links), None)
+        if through is not None:
+            raise ValueError(f"{archive}: member {member.name!r} goes through the link {through!r}; refused")
+        _inside(root, member.name, archive)
+        if member.issym():
+            _inside(root, str(Path(member.name).parent / member.linkname), archive)
+        elif member.islnk():
+            _inside(root, member.linkname, archive)
+        if member.issym() or member.islnk():
+            links.add(str(Path(member.name)))
+
+
+def _extract_plain(tf: tarfile.TarFile, root: Path, archive: Path) -> None:
+    """Extract only regular files and folders, each inside ``root``, without the archive's
+    permission bits or owners: any link (symbolic or hard), device or FIFO member refuses the
+    archive before anything is written. A dataset needs none of them, and a link is how a
+    later member escapes the root (``d/l -> ..`` then ``d/l/../x``; a hard link to an outside
+    file that a later member overwrites)."""
+    members = tf.getmembers()
+    for member in members:
+        if not (member.isfile() or member.isdir()):
+            kind = ("a symbolic link" if member.issym() else "a hard link" if member.islnk()
+                    else "a device or FIFO")
+            raise ValueError(f"{archive}: member {member.name!r} is {kind}; refused (this Python "
+                             "has no tar extraction filters, so only files and folders are extracted)")
+        _inside(root, member.name, archive)
+    for member in members:
+        tf.extract(member, root, set_attrs=False)
 
 
 def _inside(root: Path, name: str, archive: Path) -> None:

@@ -442,6 +442,10 @@ def extract_audio_file(path: Union[str, Path], config: AudioFeatures) -> np.ndar
 
     Returns ``(frames, *config.feature_shape)`` float32 (what a cache stores for the file).
     Raises :class:`~data_prep.audio.BadInputError` (a ``ValueError``) naming the file and the
-    reason when it is unusable: unreadable, empty, NaN/Inf samples.
+    reason when it is unusable: unreadable, empty, NaN/Inf samples. A file read with a
+    caveat (truncated: shorter than its header says) gives a ``UserWarning`` saying so.
     """
-    return extract_audio(path, config)[0]
+    features, audio = extract_audio(path, config)
+    for note in audio.warnings:               # e.g. a truncated WAV, read as the shorter clip
+        warnings.warn(f"{path}: {note}", stacklevel=2)
+    return features

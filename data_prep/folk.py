@@ -300,21 +300,45 @@ def build_folk(root: os.PathLike | str = DEFAULT_ROOT, per_class: int = 300,
     A folder already built with the same ``per_class``, ``classes`` and music21 version is
     left as it is. A folder built with other settings is rebuilt; any other non-empty folder is
     refused (``ValueError``), never deleted. The work runs in ``workers`` processes (default:
-    the usable cores) and is published atomically (built in ``ROOT.partial``, then renamed).
+    the usable cores) and is published atomically (built in ``ROOT.partial``, then swapped in).
+    One build at a time: a second one, in any process, is refused (``ValueError`` naming the
+    holder) while ``ROOT.lock`` is held.
     """
     root = Path(root).expanduser()
     classes = list(dict.fromkeys(classes))
     if per_class < 1 or len(classes) < 2:
         raise ValueError(f"need per_class >= 1 and at least two classes, got {per_class} and {classes}")
     request = _request(per_class, classes)
-    marker = root / "folk.json"
-    if marker.exists() and not force:
-        try:
-            built = json.loads(marker.read_text())
-        except ValueError:
-            built = {}
-        if built.get("request") == request and (root / "manifest.csv").exists():
+    if not force and _built(root, request):
+        return root
+    from .cache_files import CacheBusyError, CacheLock
+
+    lock = CacheLock(root, busy="being built by {holder} (lock {lock}); one build at a time: wait for "
+                                "it to finish, or stop it and run this command again")   # ROOT.lock
+    try:
+        lock.acquire()
+    except CacheBusyError as e:
+        raise ValueError(str(e)) from None
+    try:
+        if not force and _built(root, request):     # built by the process we waited for
             return root
+        return _build_locked(root, request, per_class, classes, workers, progress)
+    finally:
+        lock.release()
+
+
+def _built(root: Path, request: dict) -> bool:
+    """Whether ``root`` holds a folk dataset built for ``request``."""
+    try:
+        built = json.loads((root / "folk.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(built, dict) and built.get("request") == request and (root / "manifest.csv").exists()
+
+
+def _build_locked(root: Path, request: dict, per_class: int, classes: list[str], workers: Optional[int],
+                  progress: bool) -> Path:
+    marker = root / "folk.json"
     if root.exists() and any(root.iterdir()) and not marker.exists():
         raise ValueError(f"{root} is not empty and holds no folk dataset (no folk.json); "
                          f"choose an empty or new folder for the folk dataset")
@@ -344,10 +368,10 @@ def build_folk(root: os.PathLike | str = DEFAULT_ROOT, per_class: int = 300,
     (partial / "manifest.csv").write_bytes(text.getvalue().encode("utf-8"))
     (partial / "folk.json").write_text(json.dumps({"request": request, "built": report}, indent=1,
                                                   sort_keys=True) + "\n", encoding="utf-8")
-    if root.exists():
-        shutil.rmtree(root)
+    from .cache_files import swap_in
+
     root.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(partial, root)
+    swap_in(partial, root, root.with_name(root.name + ".old"))   # readers never see it half replaced
     counts = {label: report[label]["written"] for label in classes}
     skipped = sum(report[label]["failed"] for label in classes)
     say(f"built {root}: {counts}, {skipped} tunes skipped (see folk.json), "
@@ -434,8 +458,11 @@ def _cpu_count() -> int:
 
 
 def _pool(workers: int):
+    from .prepare import die_with
+
     methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("fork" if "fork" in methods else "spawn").Pool(workers)
+    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    return context.Pool(workers, initializer=die_with, initargs=(os.getpid(),))   # never outlive us
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

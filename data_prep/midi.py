@@ -145,7 +145,90 @@ def _midi_bytes(midi: MidiInput) -> bytes:
                         f"got {type(midi).__name__}")
     if len(data) > MAX_FILE_BYTES:
         raise ValueError(f"{len(data) / 2**20:.0f} MiB is too large for a MIDI file")
-    return data
+    return standard_midi(data)
+
+
+def _standard_chunks(data: bytes) -> bytes:
+    """``data`` (starting ``MThd``) with a 6-byte header, its ``MTrk`` chunks only, each ending
+    with an End of Track event; the bytes unchanged when they already are so. A track chunk
+    whose length runs past the end of the file is left as it is (the parser reports it)."""
+    header_len = int.from_bytes(data[4:8], "big")
+    pos = 8 + header_len
+    tracks, changed = [], header_len != 6
+    while pos + 8 <= len(data):
+        chunk, length = data[pos:pos + 4], int.from_bytes(data[pos + 4:pos + 8], "big")
+        body = data[pos + 8:pos + 8 + length]
+        pos += 8 + length
+        if chunk != b"MTrk":
+            changed = True
+            continue
+        if len(body) == length and not body.endswith(b"\xff\x2f\x00"):
+            body += b"\x00\xff\x2f\x00"                # delta 0, End of Track
+            changed = True
+        tracks.append(body if len(body) == length or changed else data[pos - 8 - length:pos])
+    if not changed or header_len < 6:
+        return data
+    return (b"MThd\x00\x00\x00\x06" + data[8:14]
+            + b"".join(b"MTrk" + len(t).to_bytes(4, "big") + t for t in tracks))
+
+
+def standard_midi(data: bytes) -> bytes:
+    """A Standard MIDI File with metrical timing (ticks per quarter note) for what readers
+    expect, from the variants found in the wild:
+
+    - a RIFF MIDI file (``.rmi``, ``RIFF....RMID``): the SMF in its ``data`` chunk;
+    - a file with a header before ``MThd`` (MacBinary's 128 bytes): what starts at ``MThd``;
+    - a header chunk longer than 6 bytes (the standard lets later versions add fields), chunks
+      other than ``MTrk`` (Yamaha XF's ``XFIH``...: readers must skip them), a track without its
+      End of Track event: the standard form (:func:`_standard_chunks`);
+    - SMPTE time division (a negative frames-per-second byte -24, -25, -29 (29.97 drop-frame)
+      or -30 and ticks per frame, e.g. ``0xE728``: 25 fps x 40 = 1000 ticks per second): the
+      same events, with ``round(fps) x ticks per frame`` ticks per quarter note and one tempo
+      that makes a quarter note last ``round(fps) / fps`` seconds; tempo events, which SMPTE
+      time ignores (SMF 1.0, "Time Division"), are dropped. Timing in seconds is unchanged.
+
+    Other bytes are returned unchanged (the parser then says what is wrong).
+    """
+    if data[:4] == b"RIFF" and data[8:12] == b"RMID":
+        at = data.find(b"data", 12)
+        if at > 0:
+            data = data[at + 8:at + 8 + int.from_bytes(data[at + 4:at + 8], "little")]
+    start = data.find(b"MThd", 0, 512)
+    if start > 0:
+        data = data[start:]
+    if data[:4] != b"MThd" or len(data) < 14:
+        return data
+    data = _standard_chunks(data)
+    if not data[12] & 0x80:
+        return data
+    fps = {232: 24.0, 231: 25.0, 227: 30000 / 1001, 226: 30.0}.get(data[12])
+    per_frame = data[13]
+    if fps is None or per_frame == 0:
+        raise ValueError(f"SMPTE time division {data[12:14].hex()} is not valid (frames per "
+                         f"second must be -24, -25, -29 or -30, ticks per frame positive)")
+    import mido
+
+    try:
+        smf = mido.MidiFile(file=io.BytesIO(data[:12] + b"\x01\xe0" + data[14:]))
+    except Exception as e:                   # noqa: BLE001  (mido raises many kinds)
+        raise ValueError(f"unreadable MIDI with SMPTE timing ({type(e).__name__}: {e})") from None
+    smf.ticks_per_beat = round(fps) * per_frame
+    for track in smf.tracks:
+        carry = 0
+        kept = []
+        for msg in track:
+            if msg.type == "set_tempo":
+                carry += msg.time
+                continue
+            kept.append(msg.copy(time=msg.time + carry))
+            carry = 0
+        track[:] = kept
+    tempo = round(1e6 * round(fps) / fps)            # microseconds per quarter note
+    if smf.tracks:
+        smf.tracks[0].insert(0, mido.MetaMessage("set_tempo", tempo=tempo, time=0))
+    out = io.BytesIO()
+    smf.save(file=out)
+    return out.getvalue()
 
 
 def read_score(midi: MidiInput):

@@ -5,11 +5,14 @@
 1. resolve the feature config (the source's default, overridden by the user's fields);
 2. stop at once if ``CACHE`` is already built with that config ("up to date"), refuse if it
    was built with another one (naming the fields) unless ``force``;
-3. list the source's items, skip those an interrupted build already committed;
-4. extract features in worker processes, consumed *in order* from a bounded window (so memory
-   does not grow with the dataset and a resumed build writes the same shards), recording every
-   unusable file with its reason instead of stopping;
-5. publish the cache and print a summary.
+3. list the source's items (and, for sources that look at every file, the files they skipped
+   and the OS leftovers they ignored: :mod:`data_prep.discover`), skip those an interrupted
+   build already committed;
+4. extract features in worker processes (which die with this process), consumed *in order*
+   from a bounded window (so memory does not grow with the dataset and a resumed build writes
+   the same shards), recording every unusable file with its reason instead of stopping;
+5. publish the cache and print one summary: items prepared, files skipped with their reasons,
+   files ignored, warnings about files read with a caveat (a truncated WAV).
 
 :func:`extract_file` is the one-file entry point shared with prediction: it dispatches on the
 config's kind to :func:`data_prep.features.extract_audio_file` or ``data_prep.midi.pianoroll_file``.
@@ -18,13 +21,17 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import errno
 import hashlib
 import json
+import math
 import mmap
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 from collections import Counter, deque
 from concurrent.futures import ProcessPoolExecutor
@@ -37,6 +44,7 @@ import numpy as np
 
 from .cache import CacheError, CacheWriter, FeatureCache, check_existing, open_cache
 from .config import AUDIO_KINDS, MIDI_KINDS, FeatureConfig, feature_config
+from .discover import text_name
 from .sources import Source, SourceItem, get_source
 from .stats import item_sums
 
@@ -86,15 +94,15 @@ _SLOTS: Optional[list] = None
 
 
 def _extract(path: str, config: Optional[FeatureConfig] = None) -> tuple:
-    """Worker task: ``("ok", float16 features, checksum, seconds, item_sums)`` or
-    ``("fail", reason)``."""
+    """Worker task: ``("ok", float16 features, checksum, seconds, item_sums, warnings)`` or
+    ``("fail", reason)``; ``warnings`` are notes about a file that was read (a truncated WAV)."""
     config = config or _CONFIG
     try:
         if config.kind in AUDIO_KINDS:
             from .features import extract_audio
 
             features, audio = extract_audio(path, config)
-            checksum, seconds = audio.checksum, audio.duration
+            checksum, seconds, notes = audio.checksum, audio.duration, audio.warnings
             if len(features) and np.abs(features).max() > FLOAT16_MAX:
                 return ("fail", f"feature values up to {np.abs(features).max():.3g} overflow the "
                                 f"float16 cache (max {FLOAT16_MAX:.0f}); use a dB kind or power=1")
@@ -103,10 +111,10 @@ def _extract(path: str, config: Optional[FeatureConfig] = None) -> tuple:
             from .midi import pianoroll_file
 
             features = pianoroll_file(path, config, dtype=np.float16)
-            checksum, seconds = _sha1_file(Path(path)), None
+            checksum, seconds, notes = _sha1_file(Path(path)), None, []
         if len(features) == 0:
             return ("fail", "no frames")
-        return ("ok", features, checksum, seconds, item_sums(features))
+        return ("ok", features, checksum, seconds, item_sums(features), notes)
     except Exception as e:      # one bad file is a recorded failure, never the end of the build
         return ("fail", _reason(e, path))
 
@@ -133,11 +141,32 @@ def _from_slot(result: tuple, slots: Optional[list]) -> tuple:
     return ("ok", features, *result[2:])
 
 
-def _init_worker(config: FeatureConfig, slots: Optional[list] = None) -> None:
-    """Worker set-up: one thread each (the workers are the parallelism), and malloc settings
-    that keep large freed blocks for reuse instead of returning them to the kernel and paying
-    for fresh zeroed pages on every file."""
+def die_with(parent: int) -> None:
+    """End this worker when the process ``parent`` ends, even by ``kill -9`` (which gives the
+    pool no chance to stop its workers): Linux's ``PR_SET_PDEATHSIG``, else a thread that
+    watches the parent's pid. The initializer of every worker pool of data_prep calls it."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        if libc.prctl(1, signal.SIGKILL, 0, 0, 0) != 0:          # 1: PR_SET_PDEATHSIG
+            raise OSError(ctypes.get_errno(), "prctl")
+    except (OSError, AttributeError):
+        def watch():
+            while os.getppid() == parent:
+                time.sleep(1.0)
+            os._exit(1)
+
+        threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+    if os.getppid() != parent:            # the parent died before the signal was armed
+        os._exit(1)
+
+
+def _init_worker(config: FeatureConfig, slots: Optional[list] = None, parent: int = 0) -> None:
+    """Worker set-up: die with the parent (:func:`die_with`), one thread each (the workers are
+    the parallelism), and malloc settings that keep large freed blocks for reuse instead of
+    returning them to the kernel and paying for fresh zeroed pages on every file."""
     global _CONFIG, _SLOTS
+    if parent:
+        die_with(parent)
     _CONFIG, _SLOTS = config, slots
     if config.kind in AUDIO_KINDS:       # piano rolls never touch torch: don't pay its import
         import torch
@@ -160,7 +189,7 @@ def _pool(workers: int, config: FeatureConfig, slots: Optional[list] = None) -> 
     """Worker processes; ``slots`` (shared memory, inherited) only when they are forked."""
     context = multiprocessing.get_context("fork" if _forks() else "spawn")
     return ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                               initargs=(config, slots))
+                               initargs=(config, slots, os.getpid()))
 
 
 @contextmanager
@@ -255,9 +284,35 @@ def source_arguments(source: Source, **options: Any) -> argparse.Namespace:
     if unknown:
         raise TypeError(f"source {source.name!r} has no option {unknown[0]!r}; "
                         f"its options: {sorted(vars(args)) or 'none'}")
+    actions = {a.dest: a for a in parser._actions}
     for key, value in options.items():
-        setattr(args, key, value)
+        setattr(args, key, _option_value(actions[key], source.name, value))
     return args
+
+
+def _option_value(action: argparse.Action, source: str, value: Any) -> Any:
+    """``value`` for a source option given from Python or a recipe, checked as the command line
+    would check it: ``true``/``false`` for a switch, a (finite) number of the option's type, one
+    of its choices. ``ValueError`` names the option otherwise."""
+    name = f"{source} option {action.dest!r} ({action.option_strings[0]})"
+    if value is None:
+        return value
+    if action.nargs == 0:                                   # store_true / --x/--no-x switches
+        if not isinstance(value, bool):
+            raise ValueError(f"{name}: expected true or false, got {value!r}")
+        return value
+    if action.type in (int, float):
+        integer = action.type is int
+        if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)) \
+                or (not integer and not math.isfinite(value)):
+            raise ValueError(f"{name}: expected {'an integer' if integer else 'a finite number'}, "
+                             f"got {value!r}")
+        value = action.type(value)
+    elif action.type is not None and isinstance(value, str):
+        value = action.type(value)
+    if action.choices is not None and value not in action.choices:
+        raise ValueError(f"{name}: expected one of {list(action.choices)}, got {value!r}")
+    return value
 
 
 def resolve_features(source: Source, features: Union[dict, FeatureConfig, None] = None) -> FeatureConfig:
@@ -284,11 +339,15 @@ def _describe(source: Source, root: Path, args: argparse.Namespace) -> dict:
 
 def _source_key(path: Path, root: Path) -> str:
     """What the manifest's ``source`` column holds: the path relative to the dataset root
-    (so a cache stays valid when the dataset moves), or absolute when outside it."""
+    (so a cache stays valid when the dataset moves), or absolute when outside it. Links are not
+    resolved: a file in a class folder that is a link keeps its name under the root. A name that
+    is not UTF-8 is written with ``\\xNN`` escapes (:func:`data_prep.discover.text_name`)."""
+    path, root = Path(os.path.abspath(path)), Path(os.path.abspath(root))
     try:
-        return path.resolve().relative_to(root.resolve()).as_posix()
+        key = path.relative_to(root).as_posix()
     except ValueError:
-        return str(path.resolve())
+        key = str(path)
+    return text_name(key)
 
 
 def _check_items(items: list[SourceItem], source: Source) -> None:
@@ -321,12 +380,15 @@ def prepare(source: Union[str, Source], root: Union[str, Path], out: Union[str, 
 
     Returns:
         The opened :class:`~data_prep.cache.FeatureCache`. Its ``meta["build"]`` holds this
-        run's summary (``written``, ``skipped``, ``resumed``, ``seconds``, ``audio_hours``).
+        run's summary (``written``, ``skipped``, ``resumed``, ``seconds``, ``audio_hours``,
+        ``warnings``); ``failures`` every skipped file with its reason, ``meta["ignored"]`` the
+        number of OS leftovers passed over and up to 20 of their names.
 
     Raises:
         ValueError: bad options, no dataset at ``root``, no items.
-        CacheError: ``out`` holds another feature config (and not ``force``), or no file
-            was usable (the reasons are listed).
+        CacheError: ``out`` holds another feature config (and not ``force``), no file
+            was usable (the reasons are listed), or ``out`` cannot be written (a full or
+            read-only disk: one line naming the path; the unfinished shard is removed).
     """
     started = time.perf_counter()
     src = get_source(source) if isinstance(source, str) else source
@@ -343,20 +405,37 @@ def prepare(source: Union[str, Source], root: Union[str, Path], out: Union[str, 
     described = _describe(src, root, args)
     if not force and check_existing(out, config, source=described) == "up to date":
         cache = open_cache(out)
-        say(f"{out} is up to date ({len(cache)} items, {config.kind}); nothing to do "
-            f"(use --force to rebuild)")
+        ignored = cache.meta.get("ignored", {}).get("count", 0)
+        say(f"{out} is up to date ({len(cache)} items, {config.kind}, {len(cache.failures)} "
+            f"skipped, {ignored} ignored); nothing to do (use --force to rebuild)"
+            + _failure_lines(cache.failures))
         return cache
-    items = src.items(args)
-    items = [it if it.id else _with_id(it, root) for it in items]
+    listing = src.items(args)
+    items = [_as_text(it if it.id else _with_id(it, root)) for it in listing]
     _check_items(items, src)
-    if force:
-        check_existing(out, config, force=True)
+    unlisted = [(_source_key(p, root), reason) for p, reason in getattr(listing, "skipped", [])]
+    ignored = [_source_key(p, root) for p in getattr(listing, "ignored", [])]
+    try:
+        # Holds the cache's lock until finish (a second build is refused); with force, an
+        # interrupted build is discarded, and the old cache stays until the new one replaces it.
+        writer_options = {"shard_items": shard_items} if shard_items else {}
+        writer = CacheWriter(out, config, described, restart=force, **writer_options)
+        return _build(writer, items, unlisted, ignored, src, root, out, config, workers, progress,
+                      started, say)
+    except OSError as e:          # the disk: full, read-only, gone; the writer cleaned up after itself
         partial = out.with_name(out.name + ".partial")
-        if partial.exists():
-            shutil.rmtree(partial)
+        if partial.is_dir() and not any(partial.glob("shards/*.json")):    # no work to keep
+            shutil.rmtree(partial, ignore_errors=True)
+        raise CacheError(disk_error(e, out)) from None
 
-    writer_options = {"shard_items": shard_items} if shard_items else {}
-    writer = CacheWriter(out, config, described, **writer_options)
+
+def _build(writer: CacheWriter, items: list[SourceItem], unlisted: list[tuple[str, str]],
+           ignored: list[str], src: Source, root: Path, out: Path, config: FeatureConfig,
+           workers: Optional[int], progress: bool, started: float, say) -> FeatureCache:
+    """Steps 4 and 5 of :func:`prepare`: extract what ``writer`` does not hold yet, publish."""
+    for key, reason in unlisted:                 # skipped without being read
+        if not writer.is_done(key):
+            writer.add_failure(key, reason)
     keys = [_source_key(it.path, root) for it in items]
     todo = [(it, key) for it, key in zip(items, keys) if not writer.is_done(key)]
     resumed = len(items) - len(todo)
@@ -364,34 +443,65 @@ def prepare(source: Union[str, Source], root: Union[str, Path], out: Union[str, 
     if resumed:
         say(f"resuming {out}: {resumed} of {len(items)} items were already done")
 
-    written, skipped, seconds = 0, [], 0.0
+    written, skipped, warnings, seconds = 0, [], [], 0.0
     _preload(config)                         # before the bar starts, so its ETA is about files
     bar = _progress(len(items), resumed, src.name, progress)
     try:
         for (item, key), result in zip(todo, _results([str(it.path) for it, _ in todo], config, n_workers)):
             if result[0] == "ok":
-                _, array, checksum, duration, sums = result
+                _, array, checksum, duration, sums, notes = result
                 writer.add(array, id=item.id, source=key, label=item.label, split=item.split,
                            fold=item.fold, group=item.group, checksum=checksum, sums=sums)
                 written += 1
                 seconds += duration or 0.0
+                warnings += [{"source": key, "warning": note} for note in notes]
             else:
                 writer.add_failure(key, result[1])
                 skipped.append({"source": key, "reason": result[1]})
                 bar.set_postfix(skipped=len(skipped), refresh=False)
             bar.update(1)
+    except BaseException:
+        writer.close()
+        raise
     finally:
         bar.close()
     elapsed = time.perf_counter() - started
     build = {"written": written, "skipped": len(skipped), "resumed": resumed,
              "seconds": round(elapsed, 3), "audio_hours": round(seconds / 3600, 4),
-             "workers": n_workers}
+             "workers": n_workers, "warnings": warnings}
+    extra = {"build": build, "ignored": {"count": len(ignored), "examples": ignored[:20]}}
     try:
-        cache = writer.finish(extra_meta={"build": build})
+        cache = writer.finish(extra_meta=extra)
     except CacheError as e:
         raise CacheError(f"{e}{_failure_lines(_partial_failures(out) or skipped)}") from None
+    except UnicodeEncodeError:      # rows an older version wrote with raw non-UTF-8 names
+        raise CacheError(f"{out.name}.partial holds file names that are not UTF-8 text, from an "
+                         f"interrupted build of an older version; run the same command with "
+                         f"--force to start it over") from None
     say(_summary(cache, build, elapsed, seconds))
     return cache
+
+
+def disk_error(error: OSError, out: Path) -> str:
+    """A one-line message for an ``OSError`` met while writing the cache ``out``: the path, what
+    went wrong, and what to do."""
+    where = error.filename if error.filename is not None else out
+    text = f"cannot write {where}: {error.strerror or error}"
+    if error.errno in (errno.EEXIST, errno.ENOTDIR) and Path(where).is_file():
+        text = f"cannot write {where}: Not a directory (a file is in the way of --out)"
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        text += ("; free some space or choose another --out, then run the same command again "
+                 "(complete shards are kept and resumed)")
+    elif error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        text += "; choose an --out where you can write"
+    return text
+
+
+def _as_text(item: SourceItem) -> SourceItem:
+    """The item with its id, label and group as valid UTF-8 text (see :func:`text_name`)."""
+    from dataclasses import replace
+
+    return replace(item, id=text_name(item.id), label=text_name(item.label), group=text_name(item.group))
 
 
 def _with_id(item: SourceItem, root: Path) -> SourceItem:
@@ -436,13 +546,28 @@ def _failure_lines(failures: list[dict], limit: int = 10) -> str:
     return "".join(lines)
 
 
+def _files(n: int) -> str:
+    return f"{n} file{'s' * (n != 1)}"
+
+
 def _summary(cache: FeatureCache, build: dict, elapsed: float, audio_seconds: float) -> str:
+    """The one summary of a build: items prepared, files skipped (with reasons) and ignored,
+    warnings about files that were read, and the speed."""
     failures = cache.failures
-    parts = [f"wrote {cache.path}: {len(cache)} items, {len(cache.classes)} classes, "
-             f"splits {cache.meta['splits']}, {len(failures)} skipped"]
+    ignored = cache.meta.get("ignored", {"count": 0, "examples": []})
+    parts = [f"wrote {cache.path}: {len(cache)} items prepared, {_files(len(failures))} skipped, "
+             f"{ignored['count']} ignored; {len(cache.classes)} classes, splits {cache.meta['splits']}"]
     if build["resumed"]:
         parts.append(f" ({build['written']} this run, {build['resumed']} resumed)")
     parts.append(_failure_lines(failures))
+    if ignored["count"]:
+        shown = ", ".join(ignored["examples"][:3]) + (", ..." if ignored["count"] > 3 else "")
+        parts.append(f"\nignored {_files(ignored['count'])}: operating-system leftovers and hidden "
+                     f"files ({shown})")
+    for w in build.get("warnings", [])[:10]:
+        parts.append(f"\n  warning: {w['source']}: {w['warning']}")
+    if len(build.get("warnings", [])) > 10:
+        parts.append(f"\n  ... and {len(build['warnings']) - 10} more warnings (meta.json lists them all)")
     rate = build["written"] / elapsed if elapsed else 0.0
     parts.append(f"\n{build['written']} files in {elapsed:.1f} s ({rate:.1f} files/s) "
                  f"with {build['workers']} worker{'s' * (build['workers'] > 1)}")

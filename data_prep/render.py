@@ -193,12 +193,11 @@ def list_midi_dataset(root: Path) -> list[tuple[str, str, str, str]]:
     """``(path relative to root, label, split, group)`` of every MIDI file of a dataset: the
     rows of ``root/manifest.csv``, or the files of one sub-folder per class."""
     from .sources import MIDI_EXTENSIONS
-    from .sources.generic import list_files, normalise_split
+    from .sources.generic import list_files, normalise_split, read_table
 
     manifest = root / "manifest.csv"
     if manifest.is_file():
-        with open(manifest, newline="", encoding="utf-8") as fh:
-            rows = list(csv.DictReader(fh))
+        rows = read_table(manifest)[1]
         if rows and not {"path", "label"} <= set(rows[0]):
             raise ValueError(f"{manifest}: needs columns path and label, has {list(rows[0])}")
         return [(r["path"], r["label"], normalise_split(r.get("split") or "", f"{manifest}: "),
@@ -242,7 +241,11 @@ def plan_jobs(items, programs: Sequence[Optional[int]]) -> list[Job]:
 _WORKER: dict = {}
 
 
-def _init(settings: dict) -> None:
+def _init(settings: dict, parent: int = 0) -> None:
+    if parent:
+        from .prepare import die_with
+
+        die_with(parent)            # a worker never outlives a killed render
     _WORKER.update(settings)
 
 
@@ -271,7 +274,31 @@ def render_dataset(root: Union[str, os.PathLike], out: Union[str, os.PathLike], 
                    max_seconds: Optional[float] = None, synth: str = "rustysynth",
                    workers: Optional[int] = None, force: bool = False, progress: bool = True) -> dict:
     """Render every file of the MIDI dataset ``root`` into the audio dataset ``out`` (see the
-    module docstring). Returns the summary also written to ``out/render.json``."""
+    module docstring). Returns the summary also written to ``out/render.json``.
+
+    One render of ``out`` at a time: a second one, in any process, is refused (``ValueError``
+    naming the holder) while ``OUT.lock`` is held, so that neither deletes the other's files."""
+    from .cache_files import CacheBusyError, CacheLock
+
+    lock = CacheLock(Path(out).expanduser(), busy="being rendered by {holder} (lock {lock}); one render "
+                     "at a time: wait for it to finish, or stop it and run this command again (it resumes)")
+    try:
+        lock.acquire()
+    except CacheBusyError as e:
+        raise ValueError(str(e)) from None
+    try:
+        return _render_dataset(root, out, soundfont=soundfont, programs=programs, sample_rate=sample_rate,
+                               max_seconds=max_seconds, synth=synth, workers=workers, force=force,
+                               progress=progress)
+    finally:
+        lock.release()
+
+
+def _render_dataset(root: Union[str, os.PathLike], out: Union[str, os.PathLike], *,
+                    soundfont: Union[str, os.PathLike, None] = None,
+                    programs: Optional[Sequence[int]] = None, sample_rate: int = 22050,
+                    max_seconds: Optional[float] = None, synth: str = "rustysynth",
+                    workers: Optional[int] = None, force: bool = False, progress: bool = True) -> dict:
     root, out = Path(root).expanduser(), Path(out).expanduser()
     soundfont = Path(soundfont).expanduser() if soundfont else default_soundfont()
     if not soundfont.is_file():
@@ -366,7 +393,7 @@ def _run(jobs: list[Job], state: dict, workers: Optional[int], progress: bool):
             return
         methods = multiprocessing.get_all_start_methods()
         context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-        with context.Pool(n, initializer=_init, initargs=(state,)) as pool:
+        with context.Pool(n, initializer=_init, initargs=(state, os.getpid())) as pool:
             for result in pool.imap(_render_job, jobs, chunksize=4):
                 yield result
                 bar.update(1)

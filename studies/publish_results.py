@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-FIGURES = ("accuracy_per_stem.png", "accuracy_vs_flops.png", "validation_curves.png", "filters_folk.png",
+FIGURES = ("verdicts.png", "accuracy_per_stem.png", "accuracy_vs_flops.png", "validation_curves.png", "filters_folk.png",
            "filters_folk_audio.png", "filters_gm_instruments.png", "filters_espeak_digits.png")
 
 

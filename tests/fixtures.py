@@ -16,9 +16,10 @@ ROLL_FEATURES = {"kind": "pianoroll", "fs": 8.0, "pitch_range": "piano"}
 
 def synthetic_cache(out: Path, classes: Sequence[str] = ("a", "b", "c"), per_class: int = 12, bins: int = 16,
                     frames: tuple[int, int] = (24, 64), kind: str = "logmel", folds: Optional[int] = None,
-                    seed: int = 0):
+                    seed: int = 0, group_size: Optional[int] = None):
     """A cache whose class ``k`` has a band of energy around bin ``(k + 1) * bins / (n + 1)`` on
-    noise, learnable in a few steps. Splits 60/20/20 per class, or ``folds`` folds (no split)."""
+    noise, learnable in a few steps. Splits 60/20/20 per class, or ``folds`` folds (no split);
+    with ``group_size``, items ``j`` of one class with equal ``j // group_size`` share a group."""
     rng = np.random.default_rng(seed)
     if kind == "pianoroll":
         config = PianoRollFeatures(**{**ROLL_FEATURES})
@@ -41,7 +42,9 @@ def synthetic_cache(out: Path, classes: Sequence[str] = ("a", "b", "c"), per_cla
                 split, fold = "", j % folds + 1
             else:
                 split, fold = ("train" if j < 0.6 * per_class else "valid" if j < 0.8 * per_class else "test"), None
-            writer.add(x, id=f"{label}_{j:03d}", source=f"{label}/{j:03d}.wav", label=label, split=split, fold=fold)
+            group = f"{label}_g{j // group_size}" if group_size else ""
+            writer.add(x, id=f"{label}_{j:03d}", source=f"{label}/{j:03d}.wav", label=label, split=split, fold=fold,
+                       group=group)
     return writer.finish()
 
 
@@ -221,4 +224,19 @@ def manifest_layout(root: Path, extra_splits: dict[str, str], classes: Sequence[
     else:
         header = ["path", "label", "split", *columns]
     _write_csv(root / "manifest.csv", header, rows)
+    return root
+
+
+def columns_layout(root: Path, columns: dict, classes: Sequence[str] = ("flute", "piano"),
+                   per_class: int = 6, seconds: float = 0.5, sr: int = 16000) -> Path:
+    """A builder-style audio dataset with any manifest columns: ``root/<label>/<n>.wav`` and
+    ``root/manifest.csv`` with ``path,label`` and one column per ``columns`` entry, whose value
+    for item ``n`` of class ``c`` is ``fn(c, n)`` (a soundfont, a game fold, a phrase group)."""
+    rows = []
+    for k, c in enumerate(classes):
+        for n in range(per_class):
+            rel = f"{c}/{c}_{n}.wav"
+            write_wav(root / rel, 300 + 600 * k + 20 * n, seconds=seconds, sr=sr)
+            rows.append([rel, c, *(fn(c, n) for fn in columns.values())])
+    _write_csv(root / "manifest.csv", ["path", "label", *columns], rows)
     return root

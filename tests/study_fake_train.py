@@ -4,6 +4,9 @@
 Items ``item000 ...`` (``items`` in the recipe, default 40) get deterministic predictions from the
 stem name and seed. ``fake.cv=true`` adds a ``fold_1/checkpoints`` folder; ``fake.fail=always`` exits 1; ``fake.fail=once`` fails the first attempt
 (leaving a partial folder with ``checkpoints/last.ckpt``) and finishes when run again.
+With ``train.lr``: validation accuracy is ``0.9 - |lr - fake.val_best|`` (when that is given), and the
+test predictions are right more often when ``lr == fake.test_best``, so a choice made on test items
+would differ from one made on validation; ``recipe.yaml`` records the lr.
 """
 import hashlib
 import json
@@ -26,12 +29,14 @@ def main(argv):
         return 1
     stem, seed = ov.get("model.stem", "deep3"), int(ov.get("seed", 0))
     classes = ["a", "b"]
+    lr = float(ov["train.lr"]) if "train.lr" in ov else None
+    boost = 25 if lr is not None and lr == float(ov.get("fake.test_best", "nan")) else 0
     n = int(recipe.get("items", 40))
     rows = []
     for i in range(n):
         h = int(hashlib.md5(f"{stem}/{ov.get('model.stem_args.width')}/{seed}/{i}".encode()).hexdigest(), 16)
         label = classes[i % 2]
-        pred = label if h % 100 < 70 else classes[1 - i % 2]
+        pred = label if h % 100 < 70 + boost else classes[1 - i % 2]
         rows.append(f"item{i:03d},{label},{pred},{int(pred == label)},0,0.5,0.5")
     (out / "predictions_test.csv").write_text("id,label,pred,correct,fold,p_a,p_b\n" + "\n".join(rows) + "\n")
     (out / "history.csv").write_text("epoch,train_loss,val_loss,val_accuracy,val_macro_f1,lr,seconds\n"
@@ -44,7 +49,12 @@ def main(argv):
     (out / "checkpoints" / "last.ckpt").write_bytes(b"last")
     acc = sum(r.split(",")[3] == "1" for r in rows) / n
     test = {"accuracy": acc, "balanced_accuracy": acc, "macro_f1": acc, "per_class": {}, "n_items": n}
-    metrics = {"test": test, "val": test, "best_epoch": 1, "epochs_run": 2, "train_seconds": 2.0,
+    val = dict(test)
+    if lr is not None:
+        (out / "recipe.yaml").write_text(yaml.safe_dump({"train": {"lr": lr}}))
+        if "fake.val_best" in ov:
+            val["accuracy"] = round(0.9 - abs(lr - float(ov["fake.val_best"])), 6)
+    metrics = {"test": test, "val": val, "best_epoch": 1, "epochs_run": 2, "train_seconds": 2.0,
                "train_samples_per_second": 100.0, "params": 1000, "total_flops": 2e6, "classes": classes,
                "seed": seed, "stem": {"params": 100, "flops": 1e6, "receptive_field": [3, 3],
                                       "stride": [4, 4], "out_shape": [64, 32, 64]}}

@@ -108,6 +108,7 @@ def test_resuming_shards_written_without_sums(tmp_path):
     writer = CacheWriter(tmp_path / "c", CFG, {"name": "test"}, shard_items=4)
     for item, x in list(_items())[:5]:
         writer.add(x, **item)                                    # shard 0 committed, shard 1 not
+    writer.close()                                               # as if the process had died
     record_path = tmp_path / "c.partial" / "shards" / "00000.json"
     record = json.loads(record_path.read_text())
     del record["sums"]

@@ -127,3 +127,18 @@ def test_failing_tunes_are_skipped_and_counted(monkeypatch, tmp_path):
     failed = sum(built[c]["failed"] for c in ("chinese", "german"))
     assert failed >= 1 and built["chinese"]["written"] == built["german"]["written"] == 5
     assert all(r == "StreamException" for c in ("chinese", "german") for r in built[c]["reasons"])
+
+
+def test_a_second_folk_build_of_one_root_is_refused_and_a_rebuild_swaps(tmp_path):
+    from data_prep.cache_files import CacheLock
+
+    root = tmp_path / "f"
+    with CacheLock(root):                                    # another build holds the root
+        with pytest.raises(ValueError, match=r"f is being built by pid \d+ on host"):
+            build_folk(root, per_class=3, classes=["chinese", "irish"], progress=False)
+    assert not root.exists() and not (tmp_path / "f.partial").exists()
+    build_folk(root, per_class=3, classes=["chinese", "irish"], progress=False)
+    before = (root / "manifest.csv").read_text()
+    build_folk(root, per_class=4, classes=["chinese", "irish"], progress=False)   # rebuilt by a swap
+    assert (root / "manifest.csv").read_text() != before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f", "f.lock"]

@@ -68,10 +68,10 @@ def test_missing_file_and_header_problems(tmp_path, good):
     (tmp_path / "tpq0.mid").write_bytes(data)
     with pytest.raises(ValueError, match="ticks per quarter"):
         pianoroll_file(tmp_path / "tpq0.mid", DEFAULT)
-    data[12:14] = b"\xe7\x28"                          # SMTPE time division, 25 fps
+    data[12:14] = b"\x9c\x28"                          # SMPTE division with -100 frames per second
     (tmp_path / "smpte.mid").write_bytes(data)
-    with pytest.raises(ValueError, match="unreadable MIDI"):
-        pianoroll_file(tmp_path / "smpte.mid", DEFAULT)
+    with pytest.raises(ValueError, match="SMPTE time division 9c28 is not valid"):
+        pianoroll_file(tmp_path / "smpte.mid", DEFAULT)      # valid SMPTE files: test_files_in_the_wild
 
 
 @pytest.mark.parametrize("config", [DEFAULT, COMPAT], ids=["default", "compat"])

@@ -136,7 +136,7 @@ def test_lakh_cli_groups_matches_and_records_broken_files(tmp_path):
     out = tmp_path / "lakh_cache"
     done = run_cli("lakh", "--root", root, "--out", out, "--workers", 2, "--valid-fraction", 0.2,
                    "--test-fraction", 0.2)
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 3, done.stderr          # complete, with a file skipped
     cache = open_cache(out)
     assert cache.classes == ["Electronic", "Jazz", "Rock"] and len(cache) == 9   # 10 listed, 1 broken
     assert [f["source"] for f in cache.failures] == ["lmd_matched/T/R/A/TRAAAMQ128F1460CD3/broken.mid"]
@@ -172,7 +172,7 @@ def midi_folder(root: Path) -> Path:
 def test_folder_and_csv_with_piano_rolls(tmp_path):
     root = midi_folder(tmp_path / "midi")
     assert main(["folder", "--root", str(root), "--out", str(tmp_path / "f"), "--kind", "pianoroll",
-                 "--fs", "10", "--workers", "1", "--quiet"]) == 0
+                 "--fs", "10", "--workers", "1", "--quiet"]) == 3      # complete, one file skipped
     cache = open_cache(tmp_path / "f")
     assert len(cache) == 10 and cache.classes == ["high", "low"] and cache.meta["feature_shape"] == [128]
     assert cache.failures == [{"source": "low/empty.mid", "reason": "not a MIDI file (it does not start with 'MThd')"}]

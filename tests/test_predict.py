@@ -94,3 +94,24 @@ def test_evaluate_cli(audio_run):
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "precision" in done.stdout and "macro F1" in done.stdout and ": val" in done.stdout
+
+
+def test_predict_reads_files_from_the_wild(audio_run, tmp_path):
+    """A Latin-1 file name, an unlisted extension, and a WAV whose header sizes are 0 (as a
+    streaming writer leaves it): read, and printed without a traceback."""
+    import os
+
+    from test_files_in_the_wild import zero_sizes
+
+    data = write_wav(tmp_path / "src.wav", 230, seconds=1.0).read_bytes()
+    odd = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"caf\xe9_take1.wav"))
+    with open(odd, "wb") as fh:
+        fh.write(data)
+    (tmp_path / "take2.wave").write_bytes(data)
+    (tmp_path / "stream.wav").write_bytes(zero_sizes(data))
+    files = [odd, str(tmp_path / "take2.wave"), str(tmp_path / "stream.wav")]
+    done = subprocess.run([sys.executable, "-m", "audiostem.predict", str(audio_run), *files, "--top-k", "1"],
+                          capture_output=True, env={**os.environ, "PYTHONIOENCODING": "utf-8"})
+    out, err = done.stdout.decode(), done.stderr.decode()
+    assert done.returncode == 0 and "Traceback" not in err, err
+    assert f"{tmp_path}/caf\\xe9_take1.wav: low" in out and "take2.wave: low" in out and "stream.wav: low" in out

@@ -90,6 +90,26 @@ def test_csv_source_with_splits_folds_and_groups(tmp_path):
     assert [(it["fold"], it["split"]) for it in cache.items] == [(1, ""), (2, ""), (2, "valid")]
 
 
+def test_csv_fold_column_names_the_folds(tmp_path, capsys):
+    root = make_folder(tmp_path / "data", per_class=4)
+    sfs = ("timgm", "csound", "fluid", "csound")              # leave-one-soundfont-out: names, not numbers
+    rows = ["path,label,split,soundfont,game"] + [f"{c}/spk{i % 2}_{i}.wav,{c},train,{sfs[i]},{7 - i}"
+                                                  for c in ("low", "high") for i in range(4)]
+    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
+    cache = prepare("csv", root, tmp_path / "sf", FEATURES, workers=1, progress=False, fold_column="soundfont")
+    number = {"csound": 1, "fluid": 2, "timgm": 3}             # sorted names, printed for the reader
+    assert {it["id"]: it["fold"] for it in cache.items} == {
+        f"{c}/spk{i % 2}_{i}": number[sfs[i]] for c in ("low", "high") for i in range(4)}
+    assert "folds from column 'soundfont': 1=csound, 2=fluid, 3=timgm" in capsys.readouterr().err
+    cache = prepare("csv", root, tmp_path / "game", FEATURES, workers=1, progress=False, fold_column="game")
+    assert sorted({it["fold"] for it in cache.items}) == [4, 5, 6, 7]            # whole numbers as they are
+    with pytest.raises(ValueError, match=r"manifest\.csv: --fold-column 'speaker' is not a column"):
+        prepare("csv", root, tmp_path / "x", FEATURES, workers=1, progress=False, fold_column="speaker")
+    (root / "bad.csv").write_text("path,label,fold\nlow/spk0_0.wav,low,one\n")
+    with pytest.raises(ValueError, match=r"bad\.csv: fold must be an integer, got 'one'"):
+        prepare("csv", root / "bad.csv", tmp_path / "y", FEATURES, workers=1, progress=False)
+
+
 def test_split_helpers_are_deterministic_stratified_and_group_aware():
     keys = [f"f{i}" for i in range(100)]
     labels = ["a" if i < 60 else "b" for i in range(100)]
@@ -123,7 +143,7 @@ def test_cli_errors_are_non_zero_with_a_reason(tmp_path, capsys):
     assert "no such file or folder" in capsys.readouterr().err
     (tmp_path / "empty" / "cls").mkdir(parents=True)
     assert main(["folder", "--root", str(tmp_path / "empty"), "--out", str(tmp_path / "c")]) == 1
-    assert "no files with extensions" in capsys.readouterr().err
+    assert "no audio files under" in capsys.readouterr().err
     with pytest.raises(SystemExit) as info:
         main(["folder", "--root", str(tmp_path), "--out", str(tmp_path / "c"), "--n-mels", "-3"])
     assert info.value.code == 2 and "n_mels" in capsys.readouterr().err
@@ -132,7 +152,7 @@ def test_cli_errors_are_non_zero_with_a_reason(tmp_path, capsys):
     (bad / "a.wav").write_bytes(b"nope")
     assert main(["folder", "--root", str(tmp_path / "allbad"), "--out", str(tmp_path / "c"), "--quiet"]) == 1
     err = capsys.readouterr().err
-    assert "no usable item" in err and "cls/a.wav: not a readable audio file" in err
+    assert "no usable item" in err and "cls/a.wav: not a readable audio file (it is text" in err
 
 
 def test_render_subcommand_dispatches(monkeypatch):

@@ -39,7 +39,7 @@ def test_every_shipped_recipe_loads_and_validates(path, monkeypatch, tmp_path):
 def test_the_default_and_the_documented_recipes_are_shipped():
     names = {p.stem for p in SHIPPED}
     assert {"folk", "folk_audio", "gtzan", "esc50", "urbansound8k", "speechcommands", "maestro_composer",
-            "lakh_genre", "folder"} <= names
+            "lakh_genre", "folder", "polyphony", "game_sfx", "hedgewars_voices", "gm_instruments_loso"} <= names
 
 
 def test_overrides_set_nested_values_parsed_as_yaml(tmp_path):

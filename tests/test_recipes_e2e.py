@@ -33,6 +33,18 @@ LAYOUTS = {
     "folder": (fx.folder_layout, []),
     "gm_instruments": (lambda root: fx.manifest_layout(root, {"split_xsf": "unused"}), []),
     "espeak_digits": (lambda root: fx.manifest_layout(root, {"split": "real"}), []),
+    "polyphony": (fx.folk_layout, []),           # a built folder, listed as it is
+    "hedgewars_voices": (lambda root: fx.columns_layout(root, {
+        "split": lambda c, n: ("train", "train", "valid", "test")[n % 4], "group": lambda c, n: f"line{n % 4}"},
+        per_class=8), []),
+    # leave one game out: 7 games as folds, validation inside the training games
+    "game_sfx": (lambda root: fx.columns_layout(root, {
+        "split": lambda c, n: "train", "group": lambda c, n: f"game{n % 7}", "source": lambda c, n: f"{c}{n}",
+        "fold": lambda c, n: n % 7 + 1}, per_class=14), ["data.folds.test=[3]", "data.folds.val_fraction=0.5"]),
+    # leave one soundfont out: soundfont names numbered 1-4, validation by melody inside the others
+    "gm_instruments_loso": (lambda root: fx.columns_layout(root, {
+        "split": lambda c, n: "train", "soundfont": lambda c, n: ("csound", "fluidr3", "musescore", "timgm6mb")[n % 4],
+        "tune_id": lambda c, n: f"tune{n // 4}"}, per_class=8), ["data.folds.test=[4]", "data.folds.val_fraction=0.5"]),
 }
 SHRINK = ["train.max_epochs=1", "model.body={widths: [8], depths: [1]}", "model.stem_args.out_channels=8",
           "data.crop_frames=32", "data.eval_hop=32", "data.batch_size=4", "data.num_workers=0",

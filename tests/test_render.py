@@ -147,3 +147,16 @@ def test_fluidsynth_when_present(tmp_path):
     except ValueError as e:                  # the Python package without the C library
         pytest.skip(str(e))
     assert abs(pitch_of(audio) - 69) < 0.5
+
+
+def test_a_second_render_of_one_out_is_refused(tmp_path):
+    from data_prep.cache_files import CacheLock
+
+    root = tmp_path / "midi"
+    from fixtures import write_midi
+    write_midi(root / "a" / "x.mid", 60, seconds=1.0)
+    out = tmp_path / "audio"
+    with CacheLock(out):                                      # another render holds it
+        with pytest.raises(ValueError, match=r"audio is being rendered by pid \d+"):
+            render_dataset(root, out, sample_rate=SR, workers=1, progress=False)
+    assert not out.exists()

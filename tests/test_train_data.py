@@ -110,6 +110,38 @@ def test_the_cache_folds_are_used(tmp_path):
     assert dm.stats["mean"].shape == (1, 16)
 
 
+def test_validation_held_out_from_the_training_folds(tmp_path):
+    # leave-one-out folds (a soundfont, a game): validation is part of every training fold,
+    # stratified by (label, fold), a group on one side, never the test fold
+    cache = synthetic_cache(tmp_path / "cache", per_class=40, folds=4, group_size=2)
+    recipe = recipe_for(tmp_path / "cache", folds={"cv": 4, "val": "train", "val_fraction": 0.25})
+    runs = resolve_splits(cache, recipe)
+    assert [r["fold"] for r in runs] == [1, 2, 3, 4]
+    for r in runs:
+        test_fold = r["fold"]
+        assert {cache.items[i]["fold"] for i in r["test"]} == {test_fold}
+        assert sorted(r["train"] + r["val"]) == [i for i, it in enumerate(cache.items) if it["fold"] != test_fold]
+        strata = {}
+        for i in r["val"]:
+            key = (cache.items[i]["label"], cache.items[i]["fold"])
+            strata[key] = strata.get(key, 0) + 1
+        assert set(strata) == {(c, f) for c in "abc" for f in range(1, 5) if f != test_fold}
+        assert all(2 <= n <= 4 for n in strata.values())             # about 25% of 10 items each
+        groups = lambda idx: {cache.items[i]["group"] for i in idx}  # noqa: E731
+        assert not groups(r["train"]) & groups(r["val"])
+    assert resolve_splits(cache, recipe) == runs                      # the same for one seed ...
+    other = resolve_splits(cache, validate_recipe({**recipe.to_dict(), "seed": 1}))
+    assert other[0]["val"] != runs[0]["val"]                          # ... and another for another
+    # one group per (label, fold): nothing can be held out, said with the field to change
+    whole = synthetic_cache(tmp_path / "whole", per_class=8, folds=4, group_size=8)
+    for it in whole.items:
+        it["group"] = f"{it['label']}{it['fold']}"
+    with pytest.raises(RecipeError, match=r"data\.folds\.val: .* left no validation item"):
+        resolve_splits(whole, recipe_for(tmp_path / "whole", folds={"cv": 4, "val": "train"}))
+    with pytest.raises(RecipeError, match="val_fraction"):
+        recipe_for(tmp_path / "cache", folds={"cv": 4, "val": "train", "val_fraction": 1.5})
+
+
 def test_assign_folds_keeps_groups_together():
     items = [{"label": "a" if n % 2 else "b", "group": f"g{n // 4}"} for n in range(40)]
     folds = assign_folds(items, 4, seed=0)

@@ -67,7 +67,7 @@ class Parallel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         outs = [branch(x) for branch in self.branches]
         shapes = {tuple(o.shape[2:]) for o in outs}
-        if len(shapes) > 1:
+        if len(shapes) > 1 and not torch.jit.is_tracing():     # traced sizes are tensors, unequal as set members
             raise RuntimeError(f"stem branches give different (F, T) sizes {sorted(shapes)} for input "
                                f"{tuple(x.shape)}; give them matching padding")
         return self.pool(torch.cat(outs, dim=1))

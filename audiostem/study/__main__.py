@@ -5,6 +5,9 @@
     python -m audiostem.study STUDY.yaml --dry-run
     python -m audiostem.study report STUDY.yaml [--bootstrap N] [--cells GLOB ...]
     python -m audiostem.study export STUDY.yaml DEST [--cells GLOB ...]
+
+A study with a ``tune`` section runs its tuning cells (``_tune/...``) first; its main cells exist
+once they have all finished and the choices are made (see docs/study.md).
 """
 from __future__ import annotations
 
@@ -15,8 +18,10 @@ from typing import Optional, Sequence
 
 from data_prep import CacheError
 
-from .grid import StudyError, expand, load_study
-from .runner import describe, export_cells, is_finished, prepare_caches, run_study, select, write_plan
+from .grid import Study, StudyError, load_study
+from .runner import (check_cell, describe, export_cells, is_finished, main_cells, prepare_caches, run_all, run_order,
+                     select, write_plan)
+from .tuning import choices_path, tuning_cells, unchosen_main_cells
 
 EPILOG = """examples:
   python -m audiostem.study studies/smoke.yaml --jobs 2      train every unfinished cell
@@ -24,6 +29,7 @@ EPILOG = """examples:
   parallel -j 4 < cells.txt                                 ... run them anywhere
   python -m audiostem.study report studies/stem_study.yaml  report.md, results.csv, plots
   python -m audiostem.study export studies/stem_study.yaml kept/   finished cells' small files
+  python -m audiostem.study studies/stem_study_v2.yaml --cells '_tune/*'   only the tuning cells
 """
 
 
@@ -32,6 +38,29 @@ def _check_recipes(study, cells) -> None:
     if missing:
         raise StudyError(f"recipe file(s) not found: {', '.join(missing)} "
                          f"(paths are relative to the current folder, {Path.cwd()})")
+
+
+def _echo(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _cells(study: Study, patterns: Optional[Sequence[str]]) -> tuple[list, list]:
+    """The study's cells matching ``patterns`` in run order (its tuning cells, then the main cells
+    of the groups whose choices are made), and the main cells still waiting for their choices."""
+    main = main_cells(study, _echo)
+    ready = {c.name for c in main}
+    waiting = [c for c in unchosen_main_cells(study) if c.name not in ready]
+    cells = select(tuning_cells(study) + main, patterns, pending=bool(waiting))
+    return run_order(study, cells), waiting
+
+
+def _waiting(study: Study, cells: list, out) -> int:
+    """--dry-run: the main cells that wait for their tuning choices, recipes checked without them."""
+    errors = [(c, e) for c in cells for e in [None if is_finished(c) else check_cell(study, c)] if e]
+    print(f"{len(cells)} main cells wait for their tuning choices ({choices_path(study)}), made when the tuning "
+          f"cells they depend on have finished; their recipes, checked without the tuned values: "
+          f"{len(errors)} INVALID" + "".join(f"\nINVALID   {c.name}\n          {e}" for c, e in errors), file=out)
+    return len(errors)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -59,9 +88,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = p.parse_args(argv)
     try:
         study = load_study(args.study)
-        cells = select(expand(study), args.cells)
+        if args.plan is None and not args.dry_run and not args.prepare:
+            if args.jobs < 1:
+                raise StudyError(f"--jobs must be at least 1, got {args.jobs}")
+            _check_recipes(study, select(tuning_cells(study) + unchosen_main_cells(study), args.cells))
+            result = run_all(study, args.cells, jobs=args.jobs, retries=args.retries)
+            return _summarise(study, result)
+        cells, waiting = _cells(study, args.cells)
         if args.dry_run:
-            return 1 if describe(study, cells, sys.stdout) else 0
+            invalid = describe(study, cells, sys.stdout)
+            return 1 if invalid + (_waiting(study, waiting, sys.stdout) if waiting else 0) else 0
         _check_recipes(study, cells)
         if args.prepare:
             return 1 if prepare_caches(study, cells, lambda m: print(m, file=sys.stderr)) else 0
@@ -73,16 +109,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 with open(args.plan, "w") as fh:
                     n = write_plan(study, Path(args.study), todo, fh, raw=args.raw)
                 print(f"wrote {n} commands to {args.plan}", file=sys.stderr)
+            if waiting:
+                print(f"{len(waiting)} main cells wait for their tuning cells: plan again once those have finished "
+                      f"(the runner that finishes the last of them writes the choices)", file=sys.stderr)
             return 0
-        if args.jobs < 1:
-            raise StudyError(f"--jobs must be at least 1, got {args.jobs}")
-        result = run_study(study, cells, jobs=args.jobs, retries=args.retries)
     except (ValueError, CacheError) as err:    # StudyError, and the recipe's own errors
         print(f"error: {err}", file=sys.stderr)
         return 2
+
+
+def _summarise(study: Study, result: dict) -> int:
     failed = result["failed"]
     print(f"[study {study.name}] {result['finished']} trained, {result['skipped']} already finished, "
-          f"{len(failed)} failed{': ' + ', '.join(failed) if failed else ''}", file=sys.stderr)
+          f"{len(failed)} failed{': ' + ', '.join(failed) if failed else ''}"
+          + (f"; {result['waiting']} main cells wait for the tuning cells" if result.get("waiting") else ""),
+          file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -122,7 +163,8 @@ def export_main(argv: Sequence[str]) -> int:
     args = p.parse_args(argv)
     try:
         study = load_study(args.study)
-        n = export_cells(study, select(expand(study), args.cells), Path(args.dest))
+        cells = _cells(study, args.cells)[0]      # + every tuning cell: the choices rest on them
+        n = export_cells(study, tuning_cells(study) + [c for c in cells if c.point is None], Path(args.dest))
     except StudyError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

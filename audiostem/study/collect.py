@@ -18,7 +18,7 @@ from typing import Optional
 import numpy as np
 
 from . import stats
-from .grid import Cell, Study, dataset_variants, expand
+from .grid import Cell, Study, StudyError, dataset_variants, expand
 from .runner import is_finished, select
 
 
@@ -31,6 +31,7 @@ class Replicate:
     correct: np.ndarray = field(default_factory=lambda: np.array([], dtype=int))
     labels: np.ndarray = field(default_factory=lambda: np.array([], dtype=str))
     preds: np.ndarray = field(default_factory=lambda: np.array([], dtype=str))
+    units: np.ndarray = field(default_factory=lambda: np.array([], dtype=str))   # cluster of each item
     history: list[dict] = field(default_factory=list)
     checkpoint: Optional[Path] = None
 
@@ -47,10 +48,17 @@ class Replicate:
         return float(np.mean([m["test"]["macro_f1"] for m in self.metrics]))
 
 
-def read_predictions(path: Path) -> dict[str, tuple[str, str, int]]:
-    """``predictions_test.csv`` as ``{id: (label, pred, correct)}``."""
+def read_predictions(path: Path, cluster: Optional[str] = None) -> dict[str, tuple[str, str, int, str]]:
+    """``predictions_test.csv`` as ``{id: (label, pred, correct, unit)}``; ``unit`` is the value of
+    the ``cluster`` column (the item's own id without one). Raises :class:`StudyError` naming the
+    file when the column is missing."""
     with open(path, newline="") as fh:
-        return {r["id"]: (r["label"], r["pred"], int(float(r["correct"]))) for r in csv.DictReader(fh)}
+        reader = csv.DictReader(fh)
+        if cluster and cluster not in (reader.fieldnames or []):
+            raise StudyError(f"{path}: no column {cluster!r} to cluster the test items by (the study's "
+                             f"`cluster:`); columns: {', '.join(reader.fieldnames or [])}")
+        return {r["id"]: (r["label"], r["pred"], int(float(r["correct"])), r[cluster] if cluster else r["id"])
+                for r in reader}
 
 
 def read_history(path: Path) -> list[dict]:
@@ -62,13 +70,14 @@ def read_history(path: Path) -> list[dict]:
                 for r in csv.DictReader(fh)]
 
 
-def load_replicate(seed: int, cells: list[Cell]) -> Replicate:
-    """Merge the finished fold cells of one seed (every item once; later duplicates ignored)."""
+def load_replicate(seed: int, cells: list[Cell], cluster: Optional[str] = None) -> Replicate:
+    """Merge the finished fold cells of one seed (every item once; later duplicates ignored);
+    ``cluster``: the predictions column that gives each item's unit (see :func:`read_predictions`)."""
     rep = Replicate(seed, [json.loads((c.out_dir / "metrics.json").read_text()) for c in cells])
     items: dict[str, tuple] = {}
     for c in cells:
         if (c.out_dir / "predictions_test.csv").is_file():
-            for k, v in read_predictions(c.out_dir / "predictions_test.csv").items():
+            for k, v in read_predictions(c.out_dir / "predictions_test.csv", cluster).items():
                 items.setdefault(k, v)
     if items:
         keys = sorted(items)
@@ -76,6 +85,7 @@ def load_replicate(seed: int, cells: list[Cell]) -> Replicate:
         rep.labels = np.array([items[k][0] for k in keys])
         rep.preds = np.array([items[k][1] for k in keys])
         rep.correct = np.array([items[k][2] for k in keys], dtype=int)
+        rep.units = np.array([items[k][3] for k in keys])
     rep.history = read_history(cells[0].out_dir / "history.csv")
     ckpt = cells[0].out_dir / "checkpoints" / "best.ckpt"
     rep.checkpoint = ckpt if ckpt.is_file() else None
@@ -86,7 +96,11 @@ def collect(study: Study, cells: list[Cell]) -> tuple[dict, list[str]]:
     """``({(dataset, variant): [Replicate, ...]}, [names of unfinished cells])``; a seed counts
     only when all of its fold cells finished. ``cells``: the cells to read (``expand(study)`` or a
     selection of it; the others are left out, not counted as unfinished). Every dataset x variant
-    of the study gets a key, in the study's order."""
+    of the study gets a key, in the study's order.
+
+    Raises :class:`StudyError` when the finished cells of one dataset were trained on different
+    builds of its cache (their ``metrics.json`` record the build id): comparing them would
+    compare features, not stems."""
     groups: dict[tuple, dict[int, list[Cell]]] = {(d.name, v.name): {} for d in study.datasets
                                                   for v in dataset_variants(study, d)}
     for cell in cells:
@@ -98,9 +112,28 @@ def collect(study: Study, cells: list[Cell]) -> tuple[dict, list[str]]:
             unfinished = [c.name for c in cells if not is_finished(c)]
             missing += unfinished
             if not unfinished:
-                reps.append(load_replicate(seed, cells))
+                reps.append(load_replicate(seed, cells, study.dataset(key[0]).cluster))
         results[key] = reps
+    _check_one_build(results)
     return results, missing
+
+
+def _check_one_build(results: dict) -> None:
+    """Refuse a dataset whose finished cells record different cache builds (see :func:`collect`)."""
+    builds: dict[str, dict[str, list[str]]] = {}
+    for (dataset, variant), reps in results.items():
+        for r in reps:
+            for m in r.metrics:
+                if m.get("cache_build_id"):
+                    builds.setdefault(dataset, {}).setdefault(m["cache_build_id"], []).append(f"{variant}/seed{r.seed}")
+    for dataset, by_build in builds.items():
+        if len(by_build) > 1:
+            parts = [f"build {b[:12]}: {', '.join(sorted(set(cells))[:4])}" + (" ..." if len(set(cells)) > 4 else "")
+                     for b, cells in sorted(by_build.items(), key=lambda kv: -len(kv[1]))]
+            raise StudyError(f"dataset {dataset}: its cells were trained on {len(by_build)} builds of the cache "
+                             f"({'; '.join(parts)}); comparing them would mix features. Delete the run folders "
+                             "of the cells of the other builds and run the study again (it trains them on "
+                             "the current cache), or report with --cells to leave them out")
 
 
 def _mean(values) -> float:
@@ -150,13 +183,13 @@ def _late_gain(history: list[dict]) -> Optional[float]:
     return acc[-1] - acc[int(0.75 * len(acc)) - 1]
 
 
-def paired_arrays(a: list[Replicate], b: list[Replicate]) -> tuple[np.ndarray, np.ndarray, list[int]]:
+def paired_arrays(a: list[Replicate], b: list[Replicate]) -> tuple[np.ndarray, np.ndarray, list[int], np.ndarray]:
     """``(seeds, items)`` correctness of ``a`` and ``b`` on the seeds both have and the items
-    both tested (sorted ids), plus those seeds."""
+    both tested (sorted ids), those seeds, and the unit (cluster) of each of those items."""
     by_seed = {r.seed: r for r in b}
     seeds = [r.seed for r in a if r.seed in by_seed and len(r.ids) and len(by_seed[r.seed].ids)]
     if not seeds:
-        return np.zeros((0, 0), int), np.zeros((0, 0), int), []
+        return np.zeros((0, 0), int), np.zeros((0, 0), int), [], np.array([], dtype=str)
     ra = {r.seed: r for r in a}
     common = set(ra[seeds[0]].ids)
     for s in seeds:
@@ -165,62 +198,55 @@ def paired_arrays(a: list[Replicate], b: list[Replicate]) -> tuple[np.ndarray, n
 
     def take(r: Replicate) -> np.ndarray:
         return r.correct[np.searchsorted(r.ids, ids)]
-    return (np.stack([take(ra[s]) for s in seeds]), np.stack([take(by_seed[s]) for s in seeds]), seeds)
+    first = by_seed[seeds[0]]
+    units = first.units[np.searchsorted(first.ids, ids)] if len(first.units) else ids
+    return (np.stack([take(ra[s]) for s in seeds]), np.stack([take(by_seed[s]) for s in seeds]), seeds, units)
 
 
 def analyse(study: Study, cells: Optional[list[str]] = None) -> dict:
     """Everything the report needs: ``rows`` (one dict per dataset x variant, in study order, with
-    the comparison to the baseline merged in), ``missing`` cells, ``components`` per dataset and
-    ``pooled_seed`` per dataset (:func:`stats.pooled_seed_variance`; each row's ``pooled_*`` fields
-    are its test and verdict with that as the floor of its seed variance).
-    ``cells``: glob patterns of the cells to include (all if None), ``left_out``: how many were not."""
+    the comparison to the baseline merged in), ``missing`` cells, ``components`` per dataset
+    (:func:`stats.variance_components` of each compared stem) and the runs (``results``).
+    ``cells``: glob patterns of the cells to include (all if None), ``left_out``: how many were not.
+
+    The family of one dataset is its stems compared with the baseline on at least two seeds:
+    :func:`stats.decide` gives each its simultaneous interval and verdict, :func:`stats.rule_power`
+    the power of that rule for the design as run and with twice the seeds."""
     every = expand(study)
     chosen = select(every, cells)
     results, missing = collect(study, chosen)
     left_out = len(every) - len(chosen)
-    rows, components, pooled_seed = [], {}, {}
-
-    def call(c: dict, p_holm: float) -> str:   # one seed cannot see seed noise: never called
-        return stats.verdict(c["diff"], p_holm, c["mde"], study.alpha) if c["n_seeds"] >= 2 else "indistinguishable"
-
+    rows, components = [], {}
     for d in study.datasets:
-        names = [v.name for v in dataset_variants(study, d)]
+        margin = study.margin_of(d)
         base = results.get((d.name, study.baseline), [])
-        comps, arrays = {}, {}
-        for i, v in enumerate(names):
-            reps = results[(d.name, v)]
-            row = {"dataset": d.name, "variant": v, "baseline": study.baseline, **summarize(reps)}
-            if v != study.baseline and reps and base:
-                a, b, seeds = paired_arrays(reps, base)
+        comps = {}
+        for i, v in enumerate(dataset_variants(study, d)):
+            reps = results[(d.name, v.name)]
+            row = {"dataset": d.name, "variant": v.name, "baseline": study.baseline, **summarize(reps),
+                   "margin": margin, "unit": d.cluster or "item"}
+            if v.name != study.baseline and reps and base:
+                a, b, seeds, units = paired_arrays(reps, base)
                 if len(seeds) and a.shape[1]:
-                    comps[v] = stats.compare(a, b, n_boot=study.bootstrap, alpha=study.alpha,
-                                             power=study.power, seed=i)
-                    arrays[v] = (a, b)
+                    comps[v.name] = stats.compare(a, b, units if d.cluster else None, n_boot=study.bootstrap,
+                                                  alpha=study.alpha, seed=i)
             rows.append(row)
-        adjusted = dict(zip(comps, stats.holm([c["p"] for c in comps.values()])))
-        pooled = stats.pooled_seed_variance([c["components"] for c in comps.values()])
-        checks = {}
-        if pooled["n_stems"]:   # the same tests with each stem's seed variance raised to the pooled one
-            for v, (a, b) in arrays.items():
-                t = stats.crossed_t_test(a, b, alpha=study.alpha, seed_floor=pooled["seed"], seed_floor_df=pooled["df"])
-                checks[v] = {**t, "n_seeds": comps[v]["n_seeds"],
-                             "mde": stats.min_detectable_difference(t["se"], study.alpha, study.power, t["df"])}
-            for v, p in zip(checks, stats.holm([c["p"] for c in checks.values()])):
-                checks[v].update(p_holm=p, verdict=call(checks[v], p))
+        m = sum(c["n_seeds"] >= 2 for c in comps.values())
         for row in rows:
             c = comps.get(row["variant"]) if row["dataset"] == d.name else None
-            if c:
-                row.update({"diff": c["diff"], "diff_low": c["low"], "diff_high": c["high"], "se": c["se"],
-                            "df": c["df"], "p": c["p"], "p_holm": adjusted[row["variant"]],
-                            "p_boot": c["p_boot"], "boot_low": c["boot_low"], "boot_high": c["boot_high"],
-                            "p_mcnemar": c["p_mcnemar"],
-                            "n10": c["n10"], "n01": c["n01"], "mde": c["mde"], "paired_seeds": c["n_seeds"],
-                            "paired_items": c["n_items"],
-                            "verdict": call(c, adjusted[row["variant"]])})
-                if row["variant"] in checks:
-                    ch = checks[row["variant"]]
-                    row.update({"pooled_p_holm": ch["p_holm"], "pooled_mde": ch["mde"], "pooled_verdict": ch["verdict"]})
+            if not c:
+                continue
+            k = c["n_seeds"]
+            call = stats.decide(c["diff"], c["se"], c["df"], max(m, 1), margin, study.alpha, n_seeds=k)
+            now = stats.rule_power(c["components"], max(m, 1), margin, study.alpha, study.power)
+            more = stats.rule_power(c["components"], max(m, 1), margin, study.alpha, study.power, n_seeds=2 * k)
+            row.update({key: c[key] for key in ("diff", "se", "df", "p", "p_boot", "boot_low", "boot_high",
+                                                "p_mcnemar", "n10", "n01", "n_units")})
+            row.update({"adj_low": call["low"], "adj_high": call["high"], "adj_level": call["level"],
+                        "p_adj": call["p_adj"], "verdict": call["verdict"], "family": m,
+                        "paired_seeds": k, "paired_items": c["n_items"],
+                        "detectable": now["detectable"], "p_equivalent": now["p_equivalent"],
+                        "detectable_2x": more["detectable"], "p_equivalent_2x": more["p_equivalent"]})
         components[d.name] = [c["components"] for c in comps.values()]
-        pooled_seed[d.name] = pooled
     return {"rows": rows, "missing": missing, "left_out": left_out, "components": components,
-            "pooled_seed": pooled_seed, "results": results}
+            "results": results}

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 
-COLORS = {"better": "tab:green", "worse": "tab:red", "indistinguishable": "tab:gray", None: "black"}
+COLORS = {"better": "tab:green", "worse": "tab:red", "equivalent": "tab:blue", "inconclusive": "tab:gray", None: "black"}
 
 
 def _panels(n: int, width: float = 5.0, height: float = 4.0):
@@ -83,6 +83,37 @@ def accuracy_per_stem(rows: list[dict], path: Path) -> Optional[Path]:
     return _save(fig, path)
 
 
+def verdict_grid(rows: list[dict], path: Path) -> Optional[Path]:
+    """Stems x datasets: in each cell the paired difference to the baseline (points) with the
+    simultaneous interval the verdict is read from, coloured by the verdict; the shaded band is
+    the dataset's equivalence margin. One column per dataset, one row per stem variant."""
+    compared = [r for r in rows if "verdict" in r]
+    if not compared:
+        return None
+    datasets = list(dict.fromkeys(r["dataset"] for r in compared))
+    stems = list(dict.fromkeys(r["variant"] for r in compared))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(2.6 * len(datasets) + 1.2, 0.32 * len(stems) + 1.4),
+                             sharey=True, squeeze=False)
+    y = {v: len(stems) - 1 - i for i, v in enumerate(stems)}
+    for ax, name in zip(axes[0], datasets):
+        rs = [r for r in compared if r["dataset"] == name]
+        margin = rs[0]["margin"]
+        if margin is not None:
+            ax.axvspan(-100 * margin, 100 * margin, color="tab:blue", alpha=0.08, lw=0)
+        ax.axvline(0, color="black", lw=0.8)
+        for r in rs:
+            lo, hi = 100 * max(r["adj_low"], -1.0), 100 * min(r["adj_high"], 1.0)
+            ax.plot([lo, hi], [y[r["variant"]]] * 2, color=COLORS[r["verdict"]], lw=2)
+            ax.plot(100 * r["diff"], y[r["variant"]], "o", color=COLORS[r["verdict"]], ms=4)
+        ax.set(title=f"{name}\n(unit: {rs[0]['unit']})", xlabel="Δ accuracy (points)")
+        ax.title.set_fontsize(8)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0][0].set_yticks(list(y.values()), list(y), fontsize=8)
+    fig.suptitle("Each stem vs the baseline: simultaneous interval and verdict "
+                 "(green better, red worse, blue equivalent, grey inconclusive; band: margin)", fontsize=9)
+    return _save(fig, path)
+
+
 def validation_curves(results: dict, datasets: list[str], path: Path) -> Optional[Path]:
     """Validation accuracy per epoch (mean over seeds) of every variant, per dataset."""
     data = {d: {v: reps for (dd, v), reps in results.items() if dd == d and any(r.history for r in reps)}
@@ -128,10 +159,12 @@ def first_layer_filters(state_dict: dict) -> list[np.ndarray]:
 
 
 def load_state_dict(checkpoint: Path) -> dict:
-    """A checkpoint's state dict, loaded with ``weights_only=True`` (no pickled code runs)."""
-    import torch
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    return ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else {}
+    """A checkpoint's state dict, verified and loaded with ``weights_only=True`` (no pickled
+    code runs; :func:`audiostem.checkpoint.load_checkpoint`)."""
+    from ..checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+    return ckpt.get("state_dict", ckpt)
 
 
 def filters_figure(models: dict[str, Path], title: str, path: Path, per_row: int = 16) -> Optional[Path]:

@@ -14,15 +14,16 @@ from typing import Optional, Union
 from . import plots
 from .collect import analyse
 from .grid import Study
-from .stats import projected_variance
+from .stats import VERDICTS
+from .tuning import tuning_lines
 
 CSV_FIELDS = ["dataset", "variant", "baseline", "n_seeds", "n_items", "acc_mean", "acc_low", "acc_high",
               "acc_std", "f1_mean", "f1_low", "f1_high", "f1_std", "params", "stem_params", "stem_flops",
               "total_flops", "receptive_field", "stride", "samples_per_s", "train_minutes", "epochs",
-              "best_epoch", "late_best", "late_gain", "diff", "diff_low", "diff_high", "se", "df", "p", "p_holm", "p_boot", "boot_low",
-              "boot_high", "p_mcnemar",
-              "n10", "n01", "mde", "paired_seeds", "paired_items", "verdict", "pooled_p_holm", "pooled_mde",
-              "pooled_verdict", "seed_accs"]
+              "best_epoch", "late_best", "late_gain", "diff", "se", "df", "p", "family", "adj_level",
+              "adj_low", "adj_high", "p_adj", "margin", "unit", "n_units", "verdict", "detectable",
+              "p_equivalent", "detectable_2x", "p_equivalent_2x", "p_boot", "boot_low", "boot_high",
+              "p_mcnemar", "n10", "n01", "paired_seeds", "paired_items", "seed_accs"]
 
 
 def _pct(x: Optional[float], digits: int = 1, sign: bool = False) -> str:
@@ -61,9 +62,11 @@ def _pair(x) -> str:
 
 
 def _table(rows: list[dict], baseline: str) -> list[str]:
+    level = next((r["adj_level"] for r in rows if "adj_level" in r), None)
+    ci = f"{100 * level:.4g}% simultaneous CI" if level else "simultaneous CI"
     head = (f"| stem | seeds | accuracy % [95% CI] | macro-F1 % [95% CI] | seed std | params | stem FLOPs "
-            f"| total FLOPs | RF (f x t) | stride | samples/s | best / epochs | Δ acc vs {baseline} [95% CI] | p (Holm) "
-            f"| bootstrap p | McNemar p | MDE | verdict |")
+            f"| total FLOPs | RF (f x t) | stride | samples/s | best / epochs | Δ acc vs {baseline} [{ci}] "
+            f"| p (Bonferroni) | bootstrap p | McNemar p | 80%-power Δ | verdict |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         is_base = r["variant"] == baseline
@@ -74,63 +77,70 @@ def _table(rows: list[dict], baseline: str) -> list[str]:
             _pair(r["receptive_field"]), _pair(r["stride"]),
             "–" if math.isnan(r["samples_per_s"]) else f"{r['samples_per_s']:.0f}",
             "–" if math.isnan(r["epochs"]) else f"{r['best_epoch']:.0f} / {r['epochs']:.0f}",
-            "baseline" if is_base else _ci(r.get("diff", math.nan), r.get("diff_low", math.nan),
-                                           r.get("diff_high", math.nan), sign=True) if "diff" in r else "–",
-            _p(r.get("p_holm")), _p(r.get("p_boot")), _p(r.get("p_mcnemar")), _pct(r.get("mde")),
+            "baseline" if is_base else _ci(r["diff"], r["adj_low"], r["adj_high"], sign=True) if "diff" in r else "–",
+            _p(r.get("p_adj")), _p(r.get("p_boot")), _p(r.get("p_mcnemar")), _pct(r.get("detectable")),
             r.get("verdict", "–") if not is_base else "–"]) + " |")
     return lines
 
 
-def _pooled_check(compared: list[dict], pooled: dict, k: int) -> str:
-    """The verdicts again with each stem's seed variance floored at the dataset's pooled one."""
-    changed = [f"{r['variant']} ({r['verdict']} -> {r['pooled_verdict']})" for r in compared
-               if r.get("pooled_verdict") and r["pooled_verdict"] != r["verdict"]]
-    return (f"**Seed-variance check:** each stem's seed variance comes from its own {k - 1} degree"
-            f"{'s' if k != 2 else ''} of freedom and is floored at 0; pooled over the {pooled['n_stems']} stems "
-            f"({pooled['df']} df) a run's paired difference varies by {_pct(math.sqrt(pooled['seed']))} points (std) "
-            f"between seeds. Raising each stem's seed variance to at least that "
-            + (f"changes these verdicts: {', '.join(changed)}." if changed else "leaves the verdicts unchanged."))
+def _range(values: list[float], fmt) -> str:
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return "–"
+    mid = fmt(statistics.median(values))
+    return mid if min(values) == max(values) else f"{mid} (median over stems; range {fmt(min(values))}–{fmt(max(values))})"
 
 
-def _summary(name: str, rows: list[dict], components: list[dict], study: Study,
-             pooled: Optional[dict] = None) -> list[str]:
+def _summary(name: str, rows: list[dict], components: list[dict], study: Study) -> list[str]:
     compared = [r for r in rows if "verdict" in r]
-    out = []
+    tuning = tuning_lines(study, name)    # the values chosen on validation, when the study tunes
     if not compared:
         return [f"No paired comparison yet on {name} (needs finished runs of `{study.baseline}` and "
-                f"another stem on the same seeds)."]
+                f"another stem on the same seeds)."] + tuning
+    margin, unit = compared[0]["margin"], compared[0]["unit"]
     groups = {v: [f"{r['variant']} ({_pct(r['diff'], sign=True)})" for r in compared if r["verdict"] == v]
-              for v in ("better", "worse", "indistinguishable")}
-    out.append(f"**Verdict ({name}, vs `{study.baseline}`):** " + "; ".join(
-        f"{v}: {', '.join(g) if g else 'none'}" for v, g in groups.items()) + ".")
+              for v in VERDICTS}
+    out = [f"**Verdict ({name}, vs `{study.baseline}`):** " + "; ".join(
+        f"{v}: {', '.join(g) if g else 'none'}" for v, g in groups.items()) + "."]
     k = max(r["paired_seeds"] for r in compared)
-    n = max(r["paired_items"] for r in compared if r["paired_seeds"] == k)
-    mdes = [r["mde"] for r in compared if r["paired_seeds"] == k]
-    power = (f"**Power:** with {k} seed{'s' if k != 1 else ''} x {n} test items, the smallest accuracy difference this study "
-             f"detects with {study.power:.0%} power at α = {study.alpha} is {_pct(statistics.median(mdes))} points "
-             f"(median over stems; range {_pct(min(mdes))}–{_pct(max(mdes))}); no difference below it is called.")
-    full = [c for c in components if not math.isnan(c.get("seed", math.nan)) and c["var_mean"] > 0]
-    if full:
-        def part(c: dict, key: str) -> float:   # the term of var_mean that `key` contributes
-            return c[key] / {"seed": c["n_seeds"], "item": c["n_items"]}.get(key, c["n_seeds"] * c["n_items"])
-        share = {key: statistics.median(part(c, key) / c["var_mean"] for c in full)
-                 for key in ("seed", "item", "residual")}
-        total = sum(share.values()) or 1.0
-        ratio = statistics.median(math.sqrt(projected_variance(c, 2 * c["n_seeds"], c["n_items"]) / c["var_mean"])
-                                  for c in full)
-        power += (f" Variance of a mean paired difference: {share['seed'] / total:.0%} from seeds, "
-                  f"{share['item'] / total:.0%} from items, {share['residual'] / total:.0%} from seed x item "
-                  f"flips; with {2 * k} seeds the MDE would be about {_pct(statistics.median(mdes) * ratio)} points.")
-    out.append(power)
-    if k >= 2 and pooled and pooled.get("n_stems"):
-        out.append(_pooled_check(compared, pooled, k))
-    if k < 2:
+    top = [r for r in compared if r["paired_seeds"] == k]
+    n, units = top[0]["paired_items"], top[0]["n_units"]
+    m, level = top[0]["family"], top[0]["adj_level"]
+    design = (f"{k} seed{'s' if k != 1 else ''} x {n} test items"
+              + (f" in {units} clusters (unit of analysis: `{unit}`)" if unit != "item" else ""))
+    margin_text = f"±{_pct(margin)} points" if margin is not None else None
+    rule = (f"**Rule:** {m} stem{'s' if m != 1 else ''} compared with `{study.baseline}`; each verdict is read off its "
+            f"{100 * level:.4g}% simultaneous interval (Bonferroni over the {m}, family-wise α = {study.alpha}): "
+            "better/worse when it excludes 0, "
+            + (f"equivalent when it lies within the margin of {margin_text}, " if margin_text else
+               "no equivalence margin declared (so nothing is called equivalent), ")
+            + "otherwise inconclusive.")
+    out.append(rule)
+    if k >= 2:
+        power = (f"**Power of the rule:** with {design}, it calls a true difference of "
+                 f"{_range([r['detectable'] for r in top], _pct)} points better or worse with "
+                 f"{study.power:.0%} probability")
+        if margin_text:
+            power += (f", and calls a stem with no true difference equivalent (±{_pct(margin)}) with probability "
+                      f"{_range([r['p_equivalent'] for r in top], lambda x: f'{x:.2f}')}")
+        power += (f"; with {2 * k} seeds these would be {_range([r['detectable_2x'] for r in top], _pct)} points"
+                  + (f" and {_range([r['p_equivalent_2x'] for r in top], lambda x: f'{x:.2f}')}" if margin_text else "")
+                  + " (simulated from each stem's fitted variance components).")
+        full = [c for c in components if c["n_seeds"] >= 2 and c["var_mean"] > 0]
+        if full:
+            def part(c: dict, key: str) -> float:   # the (floored) term of the mean's variance from `key`
+                return c[key] / {"seed": c["n_seeds"], "unit": c["n_units"]}.get(key, c["n_seeds"] * c["n_units"])
+            share = {key: statistics.median(part(c, key) / max(sum(part(c, j) for j in ("seed", "unit", "residual")), 1e-300)
+                                            for c in full) for key in ("seed", "unit", "residual")}
+            total = sum(share.values()) or 1.0
+            what = "items" if unit == "item" else f"clusters ({unit})"
+            power += (f" Variance of a mean paired difference: {share['seed'] / total:.0%} from seeds, "
+                      f"{share['unit'] / total:.0%} from {what}, {share['residual'] / total:.0%} from seed x "
+                      f"{'item' if unit == 'item' else 'cluster'} interaction.")
+        out.append(power)
+    else:
         out.append("**Caution:** with one seed per stem the run-to-run variation is invisible to the test; "
-                   "no stem is called better or worse.")
-    elif k < 3:
-        out.append("**Caution:** with two seeds the run-to-run (seed) variance is estimated from one degree "
-                   "of freedom and can come out as zero by chance; treat the verdicts as provisional "
-                   "until more seeds have run.")
+                   "no stem is called better, worse or equivalent.")
     late = [r["late_best"] for r in rows if r["n_seeds"] and not math.isnan(r["late_best"])]
     gains = [r["late_gain"] for r in rows if r["n_seeds"] and not math.isnan(r["late_gain"])]
     if gains:
@@ -148,7 +158,7 @@ def _summary(name: str, rows: list[dict], components: list[dict], study: Study,
         b = base[0]
         sampling = math.sqrt(b["acc_mean"] * (1 - b["acc_mean"]) / n)
         out.append(f"**Seed noise:** `{study.baseline}` varies by {_pct(b['acc_std'])} points (std) between "
-                   f"seeds; the item sampling error of one run on {n} items is {_pct(sampling)} points; "
+                   f"seeds; the binomial sampling error of one run on {n} independent items would be {_pct(sampling)} points; "
                    f"the median |Δ| between a stem and the baseline is "
                    f"{_pct(statistics.median(abs(r['diff']) for r in compared))} points.")
     devices: dict[str, int] = {}
@@ -159,23 +169,24 @@ def _summary(name: str, rows: list[dict], components: list[dict], study: Study,
     if devices:
         out.append("**Trained on:** " + ", ".join(f"{d} ({k} runs)" for d, k in sorted(devices.items()))
                    + " (samples/s compare only within one device).")
-    return out
+    return out + tuning
 
 
 METHOD = """Accuracy and macro-F1 come from each run's item-level test predictions (CV: every item
 once, pooled over folds); mean and 95% t-interval over seeds. Each stem is compared with the
-baseline on the same seeds and the same test items. Δ is the mean paired accuracy difference; its
-95% interval and p come from a paired t-test that treats seeds and items as crossed random
-effects (unbiased standard error, Satterthwaite degrees of freedom), and p is Holm-adjusted over
-the stems of a dataset. Two checks are shown beside it: a {n_boot}-replicate paired bootstrap
-that resamples items and seeds together, and the exact McNemar test on discordant pairs pooled
-over seeds (it ignores the correlation between seeds, so it overstates the evidence). MDE =
-(t(1-α/2) + t(power)) x SE is the smallest true difference the study detects with {power:.0%}
-power at α = {alpha}; a stem is called better or worse only when its Holm p < {alpha} and
-|Δ| >= MDE, otherwise indistinguishable. The seed-variance check repeats the test with each
-stem's seed variance (estimated from its own seeds and floored at 0) raised to at least the one
-pooled over the dataset's stems; a verdict that changes there rests on a seed variance estimated
-from too few seeds. See docs/study.md."""
+baseline on the same seeds and the same test items. Δ is the mean paired accuracy difference. Its
+standard error comes from a seeds x units random-effects design (a unit is a test item, or the
+cluster the dataset declares, e.g. a class: items of one cluster are not independent), unbiased,
+with Satterthwaite degrees of freedom. The stems of a dataset form one family: each Δ gets a
+Bonferroni-simultaneous interval (family-wise α = {alpha}), and the verdict is read off it: *better*
+or *worse* when it excludes 0, *equivalent* when it lies within the dataset's declared
+equivalence margin (two one-sided tests, Schuirmann 1987), otherwise *inconclusive*: not
+"equal", only not resolved. The power line gives the true difference this rule calls with
+{power:.0%} probability and its chance of calling a stem equivalent when there is no difference,
+simulated from the fitted variance components. Two checks are shown beside it, unadjusted: a
+{n_boot}-replicate paired bootstrap that resamples units and seeds together, and the exact
+McNemar test on discordant item pairs pooled over seeds (it treats all of them as independent,
+so it overstates the evidence). See docs/study.md."""
 
 
 def _cells_arg(cells: Optional[list[str]]) -> str:
@@ -194,6 +205,7 @@ def write_report(study: Study, out: Union[str, Path, None] = None, cells: Option
         w.writeheader()
         for r in rows:
             w.writerow({**r, "receptive_field": _pair(r["receptive_field"]), "stride": _pair(r["stride"]),
+                        "margin": "" if r["margin"] is None else r["margin"],
                         "seed_accs": ";".join(f"{x:.6g}" for x in r["seed_accs"])})
     n_cells = sum(len(r["seed_accs"]) for r in rows)
     lines = [f"# Stem study `{study.name}`", "",
@@ -207,8 +219,9 @@ def write_report(study: Study, out: Union[str, Path, None] = None, cells: Option
     for d in datasets:
         drows = [r for r in rows if r["dataset"] == d]
         lines += [f"## {d}", "", *_table(drows, study.baseline), "",
-                  *[x + "\n" for x in _summary(d, drows, a["components"][d], study, a["pooled_seed"].get(d))]]
-    figures = [plots.accuracy_vs_flops(rows, out / "accuracy_vs_flops.png"),
+                  *[x + "\n" for x in _summary(d, drows, a["components"][d], study)]]
+    figures = [plots.verdict_grid(rows, out / "verdicts.png"),
+               plots.accuracy_vs_flops(rows, out / "accuracy_vs_flops.png"),
                plots.accuracy_per_stem(rows, out / "accuracy_per_stem.png"),
                plots.validation_curves(results, datasets, out / "validation_curves.png")]
     for d in datasets:

@@ -4,6 +4,11 @@ A cell is *finished* when its folder holds ``metrics.json`` (the train command w
 last). Running a study again skips finished cells and re-runs the others; a folder without
 ``metrics.json`` resumes from its ``last.ckpt`` (the train command does that by itself).
 Output of every attempt is appended to ``OUT_DIR/logs/<dataset>__<variant>__seed<k>.log``.
+
+A study with ``tune`` runs its tuning cells first and its main cells only once the choices are
+made (:func:`run_all`, :mod:`audiostem.study.tuning`). Cells run in :func:`run_order`: dataset
+group by group (the first body's groups first), and within a group seed by seed, so that a
+session stopped half-way leaves every stem with the same seeds.
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Optional, Sequence, TextIO
 
-from .grid import Cell, Study, StudyError
+from .grid import Cell, Study, StudyError, TuningPending, expand
 
 FINISHED_FILE = "metrics.json"
 USAGE_ERROR = 2      # the train command's exit status for a bad recipe, override or cache
@@ -36,14 +41,44 @@ def status(cell: Cell) -> str:
     return "partial" if cell.out_dir.exists() else "pending"
 
 
-def select(cells: list[Cell], patterns: Optional[Sequence[str]]) -> list[Cell]:
-    """Cells whose name matches any glob pattern (``folk/*``, ``*/deep3/seed0``); all if none given."""
+def select(cells: list[Cell], patterns: Optional[Sequence[str]], pending: bool = False) -> list[Cell]:
+    """Cells whose name matches any glob pattern (``folk/*``, ``*/deep3/seed0``); all if none given.
+    ``pending``: the main cells are not in ``cells`` yet (tuning unfinished), said in the error."""
     if not patterns:
         return cells
     picked = [c for c in cells if any(fnmatch.fnmatchcase(c.name, p) for p in patterns)]
     if not picked:
-        raise StudyError(f"no cell matches {list(patterns)}; cell names look like {cells[0].name!r}")
+        raise StudyError(f"no cell matches {list(patterns)}; cell names look like {cells[0].name!r}" + (
+            "; the main cells exist once the tuning cells ('_tune/*') have finished" if pending else ""))
     return picked
+
+
+def run_order(study: Study, cells: list[Cell]) -> list[Cell]:
+    """Cheapest-informative first: the groups of the study's first body before the others, then
+    the study file's dataset order, and within a group seed-major (seed, fold, variant, tuning
+    point; each in its order of first appearance), so that every stem gets seed k before any
+    stem gets seed k+1."""
+    groups = {d.name: (d._body_index, i) for i, d in enumerate(study.datasets)}
+    ranks: dict[tuple, dict] = {}
+
+    def rank(kind: str, group: str, value) -> int:
+        seen = ranks.setdefault((kind, group), {})
+        return seen.setdefault(repr(value), len(seen))
+    keyed = [(groups.get(c.dataset, (0, 0)), rank("seed", c.dataset, c.seed), rank("fold", c.dataset, c.fold),
+              rank("variant", c.dataset, c.variant), rank("point", c.dataset, c.point)) for c in cells]
+    return [c for _, c in sorted(zip(keyed, cells), key=lambda kc: kc[0])]
+
+
+def main_cells(study: Study, echo: Callable[[str], None]) -> list[Cell]:
+    """The study's main cells; with ``tune``, those of the groups whose tuning has finished, after
+    their choices are made or checked (:func:`tuning.settle_choices`, which may refuse)."""
+    if study.tune is not None:
+        from .tuning import settle_choices
+        settle_choices(study, echo)
+    try:
+        return expand(study)
+    except TuningPending:
+        return []
 
 
 def train_command(study: Study, cell: Cell, portable: bool = False) -> list[str]:
@@ -63,7 +98,10 @@ def log_path(study: Study, cell: Cell) -> Path:
 
 def keep_checkpoint(study: Study, cell: Cell) -> bool:
     """Whether a finished cell keeps ``best.ckpt``: ``all``, ``none``, or ``one_per_variant``
-    (the first seed's, and its first fold's, run: the one the filter figure shows)."""
+    (the first seed's, and its first fold's, run: the one the filter figure shows). Tuning cells
+    keep none."""
+    if cell.point is not None:
+        return False
     if study.keep_checkpoints != "one_per_variant":
         return study.keep_checkpoints == "all"
     dataset = study.dataset(cell.dataset)
@@ -149,15 +187,14 @@ def stale_changes(study: Study, cell: Cell) -> list[str]:
     stored = cell.out_dir / "recipe.yaml"
     if study.train_command is not None or is_finished(cell) or not stored.is_file():
         return []
-    import yaml
-
     from ..recipe import load_recipe
+    from ..yamlio import load_yaml
     from ..train import recipe_changes
     try:
         now = load_recipe(cell.recipe, [*cell.overrides, f"out_dir={cell.out_dir.resolve()}"])
     except ValueError:
         return []            # the train command reports a bad recipe itself
-    return recipe_changes(yaml.safe_load(stored.read_text()), now.to_dict())
+    return recipe_changes(load_yaml(stored.read_text(encoding="utf-8"), str(stored)) or {}, now.to_dict())
 
 
 def run_cell(study: Study, cell: Cell, env: Optional[dict] = None) -> tuple[bool, float]:
@@ -187,15 +224,56 @@ def _fmt_s(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
+def _echo(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run_all(study: Study, patterns: Optional[Sequence[str]] = None, jobs: int = 1, retries: int = 1,
+            echo: Callable[[str], None] = _echo) -> dict:
+    """Run a study's cells that match ``patterns`` (all if None), body by body (the study's
+    ``bodies`` order): the tuning cells of that body's groups, then their choices, then the main
+    cells of the groups whose choices are made; each phase in :func:`run_order`. Returns
+    :func:`run_study`'s counts summed over the phases, plus ``waiting``: main cells not started
+    because the tuning cells they wait for are unfinished (or failed)."""
+    from .tuning import tuning_cells, unchosen_main_cells
+    tuning = tuning_cells(study)
+    main = main_cells(study, echo)
+    every = unchosen_main_cells(study)
+    select(tuning + main, patterns, pending=len(main) < len(every))    # a pattern that matches nothing is an error
+
+    def matching(cells: list[Cell]) -> list[Cell]:
+        return [c for c in cells if not patterns or any(fnmatch.fnmatchcase(c.name, p) for p in patterns)]
+    total = {"cells": 0, "skipped": 0, "finished": 0, "failed": [], "waiting": 0}
+
+    def run(cells: list[Cell], what: str) -> None:
+        if cells:
+            result = run_study(study, run_order(study, cells), jobs, retries, echo, what=what)
+            for key in ("cells", "skipped", "finished", "failed"):
+                total[key] += result[key]
+    for body in sorted({d._body_index for d in study.datasets}):
+        groups = {d.name for d in study.datasets if d._body_index == body}
+        run(matching([c for c in tuning if c.dataset in groups]), "tuning cells")
+        main = main_cells(study, echo) if study.tune is not None else main
+        run(matching([c for c in main if c.dataset in groups]), "cells")
+    ready = {c.name for c in main}
+    total["waiting"] = len([c for c in matching(every) if c.name not in ready])
+    if total["waiting"]:
+        left = sum(not is_finished(c) for c in tuning)
+        echo(f"[study {study.name}] {left} of {len(tuning)} tuning cells unfinished: {total['waiting']} main "
+             f"cells wait for their tuning choices")
+    return total
+
+
 def run_study(study: Study, cells: list[Cell], jobs: int = 1, retries: int = 1,
-              echo: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)) -> dict:
-    """Run every unfinished cell (``jobs`` at a time), retrying a failed one up to ``retries``
-    more times. Prints a progress line per finished cell. Returns counts and failed cell names."""
+              echo: Callable[[str], None] = _echo, what: str = "cells") -> dict:
+    """Run every unfinished cell (``jobs`` at a time, in the given order), retrying a failed one
+    up to ``retries`` more times. Prints a progress line per finished cell. Returns counts and
+    failed cell names."""
     todo = [c for c in cells if not is_finished(c)]
     skipped = len(cells) - len(todo)
     for c in cells:
         prune_checkpoints(study, c)
-    echo(f"[study {study.name}] {len(cells)} cells: {skipped} finished, {len(todo)} to run, "
+    echo(f"[study {study.name}] {len(cells)} {what}: {skipped} finished, {len(todo)} to run, "
          f"{jobs} at a time; logs in {Path(study.out_dir) / 'logs'}")
     broken = prepare_caches(study, todo, echo)
     unrunnable = [c.name for c in todo if c.dataset in broken]
@@ -231,8 +309,13 @@ def export_cells(study: Study, cells: list[Cell], dest: Path) -> int:
     """Copy the small files of every finished cell (``SMALL_FILES``: all the report reads, no
     checkpoints or logs) to ``dest/DATASET/VARIANT/seedK[/...]``, the layout of
     ``OUT_DIR/runs``; copying them back there later makes the runner skip those cells and the
-    report count them. Returns the number of cells exported."""
+    report count them. The tuning choices file goes along (``_tune/choices.json``): the main
+    cells' values come from it. Returns the number of cells exported."""
     runs = Path(study.out_dir) / "runs"
+    choices = runs / "_tune" / "choices.json"
+    if study.tune is not None and choices.is_file():
+        (Path(dest) / "_tune").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(choices, Path(dest) / "_tune" / "choices.json")
     n = 0
     for cell in cells:
         if not is_finished(cell):

@@ -42,6 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
+from ..discover import AUDIO_EXTENSIONS, MIDI_EXTENSIONS
+
 SPLITS = ("train", "valid", "test")
 DEFAULT_FRACTIONS = {"train": 0.8, "valid": 0.1, "test": 0.1}
 
@@ -66,6 +68,22 @@ class SourceItem:
     fold: Optional[int] = None
     group: str = ""
     id: str = ""
+
+
+class Listing(list):
+    """What :meth:`Source.items` may return instead of a plain list: the items, and what else the
+    source found under the root, so that every file is accounted for in the build's summary.
+
+    Attributes:
+        skipped: ``(path, reason)`` of files that are not items (not audio, outside the layout).
+        ignored: paths of operating-system leftovers and hidden files
+            (:func:`data_prep.discover.is_leftover`).
+    """
+
+    def __init__(self, items=(), skipped=(), ignored=()):
+        super().__init__(items)
+        self.skipped: list[tuple[Path, str]] = list(skipped)
+        self.ignored: list[Path] = list(ignored)
 
 
 class Source:
@@ -96,7 +114,9 @@ class Source:
 
     def items(self, args: argparse.Namespace) -> list[SourceItem]:
         """List the dataset's files. ``args.root`` is the dataset folder (a ``Path``),
-        ``args.features`` the resolved feature config, plus this source's options.
+        ``args.features`` the resolved feature config, plus this source's options. A source
+        that looks at every file under the root returns a :class:`Listing`, naming the files
+        it skipped and ignored.
         Raise ``ValueError`` with a helpful message when ``root`` does not hold the dataset."""
         raise NotImplementedError
 
@@ -152,7 +172,7 @@ def get_source(name: str) -> Source:
 # -- deterministic splits -----------------------------------------------------------------------
 def _rank(key: str, seed: int) -> str:
     """A seeded, platform-independent sort key: adding items never reshuffles the others."""
-    return hashlib.sha1(f"{seed}:{key}".encode()).hexdigest()
+    return hashlib.sha1(f"{seed}:{key}".encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def _allocate(n: int, fractions: dict[str, float]) -> dict[str, int]:
@@ -251,13 +271,8 @@ def fractions_from(args: argparse.Namespace) -> dict[str, float]:
 def file_extensions(features) -> tuple[str, ...]:
     """The file extensions a generic source lists for a feature config: MIDI files for the
     ``pianoroll`` kind, audio files otherwise."""
-    from ..audio import AUDIO_EXTENSIONS
-
     return MIDI_EXTENSIONS if getattr(features, "kind", "") == "pianoroll" else AUDIO_EXTENSIONS
 
-
-MIDI_EXTENSIONS = (".mid", ".midi", ".kar", ".smf")
-
-__all__ = ["DEFAULT_FRACTIONS", "MIDI_EXTENSIONS", "SPLITS", "Source", "SourceItem",
+__all__ = ["DEFAULT_FRACTIONS", "Listing", "MIDI_EXTENSIONS", "SPLITS", "Source", "SourceItem",
            "available_sources", "file_extensions", "fractions_from", "get_source", "group_split",
            "register_source", "split_arguments", "stratified_split"]

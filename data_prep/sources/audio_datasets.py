@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Callable, Optional
 
+from ..discover import is_leftover
 from ..download import Archive
 from . import Source, SourceItem, _rank, register_source, split_arguments
 from .generic import assign_splits, item_id
@@ -205,6 +206,8 @@ class SpeechCommands(Source):
                     continue
                 label = "_unknown_"
             for path in sorted(folder.glob("*.wav")):
+                if is_leftover(Path(path.name)):             # macOS's ._x.wav beside x.wav
+                    continue
                 rel = f"{folder.name}/{path.name}"
                 speaker = path.name.split("_nohash_")[0]
                 items.append(SourceItem(path, label, splits.get(rel, "train"), None, speaker,

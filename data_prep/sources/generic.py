@@ -1,17 +1,25 @@
 """The generic sources: ``folder`` (one sub-folder per class) and ``csv`` (a manifest).
 
-Both list audio files, or MIDI files when the feature kind is ``pianoroll``.
+Both list audio files, or MIDI files when the feature kind is ``pianoroll``. ``folder`` accounts
+for every file under its root (an item, skipped with a reason, or ignored: see
+:mod:`data_prep.discover`); ``csv`` reads manifests as spreadsheets save them
+(:func:`read_table`).
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import io
 import re
+import sys
+import unicodedata
+from collections import Counter
 from pathlib import Path
 from typing import Optional
 
-from . import (MIDI_EXTENSIONS, Source, SourceItem, file_extensions, fractions_from, group_split,
-               register_source, split_arguments)
+from ..discover import classify, is_leftover, text_name, walk
+from . import (Listing, Source, SourceItem, fractions_from, group_split, register_source,
+               split_arguments)
 
 _SPLIT_NAMES = {"train": "train", "training": "train",
                 "valid": "valid", "validation": "valid", "val": "valid", "dev": "valid",
@@ -30,6 +38,52 @@ def normalise_split(value: str, where: str = "") -> str:
     return _SPLIT_NAMES[key]
 
 
+_BOMS = ((b"\xff\xfe\x00\x00", "utf-32"), (b"\x00\x00\xfe\xff", "utf-32"), (b"\xef\xbb\xbf", "utf-8-sig"),
+         (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16"))
+
+
+def text_encoding(raw: bytes) -> str:
+    """The encoding of a text file as spreadsheets write them: a byte-order mark (UTF-8, UTF-16,
+    UTF-32: Excel's "CSV UTF-8" and "Unicode Text"), UTF-16 without one (every other byte NUL),
+    else UTF-8."""
+    for bom, name in _BOMS:
+        if raw.startswith(bom):
+            return name
+    head = raw[:1000]
+    if len(head) >= 4 and head.count(0) >= len(head) // 3:
+        return "utf-16-le" if head[1::2].count(0) > head[0::2].count(0) else "utf-16-be"
+    return "utf-8"
+
+
+def read_table(path: Path, encoding: str = "auto") -> tuple[list[str], list[dict]]:
+    """``(header, rows)`` of a CSV file as spreadsheets save it: any encoding of
+    :func:`text_encoding` (``encoding="auto"``) or the one given, and the delimiter of its
+    header line (``,``, ``;`` as in European locales, tab, ``|``, or Excel's ``sep=X`` line). Raises ``ValueError`` naming
+    the file, the line and the encoding to use when it cannot be decoded."""
+    raw = path.read_bytes()
+    name = text_encoding(raw) if encoding in ("auto", "", None) else encoding
+    try:
+        text = raw.decode(name)
+    except LookupError:
+        raise ValueError(f"--encoding {encoding!r} is not an encoding Python knows "
+                         f"(e.g. utf-8, utf-16, cp1252, latin-1, mac_roman)") from None
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ValueError(f"{path}:{line}: not {name} text (byte 0x{raw[e.start]:02x}); save it as "
+                         f"UTF-8 (Excel: 'CSV UTF-8') or give its encoding with --encoding, e.g. "
+                         f"cp1252 (Windows, Western Europe) or mac_roman") from None
+    text = text.lstrip("\ufeff")
+    first = text.split("\n", 1)[0]
+    delimiter = max(",;\t|", key=first.count) if any(c in first for c in ",;\t|") else ","
+    hint = first.strip().lower()
+    if len(hint) == 5 and hint.startswith("sep="):         # Excel's "sep=;" line before the header
+        delimiter, text = first.strip()[4], text.split("\n", 1)[1] if "\n" in text else ""
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+    header = [h.strip() for h in reader.fieldnames or []]
+    reader.fieldnames = header
+    return header, list(reader)
+
+
 def item_id(path: Path, root: Path) -> str:
     """Default item id: the path relative to ``root`` without its suffix, with ``/``."""
     try:
@@ -41,23 +95,21 @@ def item_id(path: Path, root: Path) -> str:
 
 def list_files(folder: Path, extensions: tuple[str, ...]) -> list[Path]:
     """Files under ``folder`` (recursively, sorted) whose suffix is in ``extensions``
-    (case-insensitive), skipping hidden files and folders (``.DS_Store``, ``._x.wav``)."""
-    return sorted(p for p in folder.rglob("*")
-                  if p.suffix.lower() in extensions and p.is_file()
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    (case-insensitive), without operating-system leftovers and hidden files
+    (:func:`data_prep.discover.is_leftover`: ``__MACOSX/``, ``._x.wav``, ``.DS_Store``...)."""
+    return sorted(p for p, rel in walk(folder)
+                  if p.suffix.lower() in extensions and not is_leftover(rel))
 
 
-def _no_files_message(root: Path, extensions: tuple[str, ...]) -> str:
-    from ..audio import AUDIO_EXTENSIONS
-
-    hint = ""
-    if root.is_dir():
-        found = {p.suffix.lower() for p in root.rglob("*")}
-        if extensions != MIDI_EXTENSIONS and found & set(MIDI_EXTENSIONS):
-            hint = " (it has MIDI files: add --kind pianoroll)"
-        elif extensions == MIDI_EXTENSIONS and found & set(AUDIO_EXTENSIONS):
-            hint = " (it has audio files: choose an audio --kind such as logmel)"
-    return f"no files with extensions {', '.join(extensions)} under {root}{hint}"
+def _no_files_message(root: Path, midi: bool, skipped: list, ignored: list) -> str:
+    what = "MIDI" if midi else "audio"
+    text = (f"no {what} files under {root} (expected ROOT/CLASS/files or "
+            f"ROOT/train|valid|test/CLASS/files)")
+    if skipped or ignored:
+        text += f"; {len(skipped)} files skipped, {len(ignored)} ignored"
+        text += "".join(f"\n  {text_name(str(p.relative_to(root)))}: {reason}"
+                        for p, reason in skipped[:5])
+    return text
 
 
 def assign_splits(items: list[SourceItem], args: argparse.Namespace, groups: Optional[list[str]] = None
@@ -92,6 +144,18 @@ def _replace(item: SourceItem, **changes) -> SourceItem:
     return replace(item, **changes)
 
 
+def _on_disk(path: Path) -> Path:
+    """``path``, or the same name in the other Unicode normal form when only that exists (macOS
+    writes decomposed names, é as e + U+0301; spreadsheets and other systems composed ones)."""
+    if path.exists():
+        return path
+    for form in ("NFC", "NFD"):
+        other = Path(unicodedata.normalize(form, str(path)))
+        if other != path and other.exists():
+            return other
+    return path
+
+
 @register_source
 class FolderSource(Source):
     name = "folder"
@@ -106,31 +170,45 @@ class FolderSource(Source):
             "'^[^_]+' for SPEAKER_take.wav"))
         parser.add_argument("--test-fold", type=int, default=None, help=argparse.SUPPRESS)
 
-    def items(self, args: argparse.Namespace) -> list[SourceItem]:
+    def items(self, args: argparse.Namespace) -> Listing:
+        """Every regular file under the root is an item, skipped (with the reason) or ignored
+        (an OS leftover); see :mod:`data_prep.discover`. The layout is ``ROOT/SPLIT/CLASS/**``
+        when every top folder holding files is a split name, ``ROOT/CLASS/**`` otherwise."""
         root = Path(args.root)
-        extensions = file_extensions(args.features)
+        midi = getattr(args.features, "kind", "") == "pianoroll"
         if not root.is_dir():
             raise ValueError(f"--root {root}: not a folder")
-        subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-        split_layout = bool(subdirs) and all(p.name.lower() in _SPLIT_NAMES for p in subdirs)
+        unlistable: list = []
+        files = sorted(walk(root, unlistable))
+        ignored = [p for p, rel in files if is_leftover(rel)]
+        files = [(p, rel) for p, rel in files if not is_leftover(rel)]
+        tops = {rel.parts[0] for _, rel in files if len(rel.parts) > 1}
+        split_layout = bool(tops) and all(t.lower() in _SPLIT_NAMES for t in tops)
+        depth = 3 if split_layout else 2          # parts of ROOT/[SPLIT/]CLASS/file
         pattern = re.compile(args.group_by) if args.group_by else None
-        items = []
-        for top in subdirs:
-            split = normalise_split(top.name) if split_layout else ""
-            class_dirs = sorted(p for p in top.iterdir() if p.is_dir()) if split_layout else [top]
-            for class_dir in class_dirs:
-                if class_dir.name.startswith("."):
-                    continue
-                for path in list_files(class_dir, extensions):
-                    group = ""
-                    if pattern:
-                        m = pattern.search(path.stem)
-                        group = (m.group(1) if m.groups() else m.group(0)) if m else ""
-                    items.append(SourceItem(path, class_dir.name, split, None, group, item_id(path, root)))
+        items, skipped = [], [(p, why) for p, why in unlistable if not is_leftover(p.relative_to(root))]
+        for path, rel in files:
+            if len(rel.parts) < depth:
+                skipped.append((path, "not in a class folder (ROOT/CLASS/file"
+                                      + (", here ROOT/SPLIT/CLASS/file)" if split_layout else ")")))
+                continue
+            reason = classify(path, midi)
+            if reason:
+                skipped.append((path, reason))
+                continue
+            group = ""
+            if pattern:
+                m = pattern.search(path.stem)
+                group = (m.group(1) if m.groups() else m.group(0)) if m else ""
+            split = normalise_split(rel.parts[0]) if split_layout else ""
+            items.append(SourceItem(path, text_name(rel.parts[depth - 2]), split, None,
+                                    text_name(group), text_name(item_id(path, root))))
         if not items:
-            raise ValueError(_no_files_message(root, extensions) +
-                             " (expected ROOT/CLASS/files or ROOT/train|valid|test/CLASS/files)")
-        return assign_splits(items, args)
+            raise ValueError(_no_files_message(root, midi, skipped, ignored))
+        ids = Counter(it.id for it in items)          # x.wav beside x.flac: both keep their suffix
+        items = [_replace(it, id=text_name(it.path.relative_to(root).as_posix())) if ids[it.id] > 1
+                 else it for it in items]
+        return Listing(assign_splits(items, args), skipped, ignored)
 
 
 @register_source
@@ -145,6 +223,10 @@ class CsvSource(Source):
                             help="the manifest, relative to ROOT (default manifest.csv; or give the "
                                  "CSV file itself as --root). Relative paths in it are relative "
                                  "to its folder")
+        parser.add_argument("--encoding", default=None,
+                            help="the manifest's text encoding (default: detected: UTF-8, UTF-16 "
+                                 "with or without a byte-order mark, UTF-32 with one, as "
+                                 "spreadsheets save them), e.g. cp1252")
         parser.add_argument("--path-column", default="path", help="column of file paths (default path)")
         parser.add_argument("--label-column", default="label", help="column of labels (default label)")
         parser.add_argument("--split-column", default="split",
@@ -158,6 +240,10 @@ class CsvSource(Source):
         parser.add_argument("--test-fold", type=int, default=None, metavar="K",
                             help="with a fold column and no split column: fold K is the test "
                                  "split and the others train (default: keep folds, no split)")
+        parser.add_argument("--fold-column", default="fold", metavar="COLUMN",
+                            help="column whose values are the cross-validation folds (default fold, "
+                                 "when present): whole numbers are the folds themselves; any other "
+                                 "values (a soundfont, a game) are numbered 1..K in sorted order")
 
     def items(self, args: argparse.Namespace) -> list[SourceItem]:
         root = Path(args.root)
@@ -165,10 +251,7 @@ class CsvSource(Source):
         if not manifest.is_file():
             raise ValueError(f"no manifest at {manifest}: give --manifest or point --root at the CSV")
         base = manifest.parent
-        with open(manifest, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            header = reader.fieldnames or []
-            rows = list(reader)
+        header, rows = read_table(manifest, args.encoding)
         others = set(args.other_splits.split(",") if isinstance(args.other_splits, str)
                      else args.other_splits) - {""}
         for column in (args.path_column, args.label_column) + (
@@ -179,6 +262,7 @@ class CsvSource(Source):
         group_col = args.group_by or ("group" if "group" in header else None)
         if group_col and group_col not in header:
             raise ValueError(f"{manifest}: --group-by {group_col!r} is not a column (columns: {header})")
+        fold_of = fold_numbers(rows, args.fold_column, header, manifest)
         items = []
         for line, row in enumerate(rows, start=2):
             where = f"{manifest}:{line}: "
@@ -186,12 +270,8 @@ class CsvSource(Source):
             if not raw_path or not label:
                 raise ValueError(f"{where}empty {args.path_column!r} or {args.label_column!r}")
             path = Path(raw_path)
-            path = path if path.is_absolute() else base / path
-            fold = (row.get("fold") or "").strip()
-            try:
-                fold_value = int(fold) if fold else None
-            except ValueError:
-                raise ValueError(f"{where}fold must be an integer, got {fold!r}") from None
+            path = _on_disk(path if path.is_absolute() else base / path)
+            fold_value = fold_of.get((row.get(args.fold_column) or "").strip())
             split = (row.get(args.split_column) or "").strip()
             split = split if split in others else normalise_split(split, where)
             items.append(SourceItem(path, label, split,
@@ -200,3 +280,25 @@ class CsvSource(Source):
         if not items:
             raise ValueError(f"{manifest}: no rows")
         return assign_splits(items, args)
+
+
+def fold_numbers(rows: list[dict], column: str, header: list, manifest: Path) -> dict[str, int]:
+    """Fold number of each value of ``column``: whole numbers stand for themselves; when any
+    value is not one, the distinct values are numbered 1..K in sorted order (printed, so the
+    numbers can be read back). An empty value has no fold. No such column: ``{}``, unless it
+    was asked for by name (``ValueError``)."""
+    if column not in header:
+        if column != "fold":
+            raise ValueError(f"{manifest}: --fold-column {column!r} is not a column (columns: {header})")
+        return {}
+    values = sorted({(r.get(column) or "").strip() for r in rows} - {""})
+    if all(re.fullmatch(r"[+-]?\d+", v) for v in values):
+        return {v: int(v) for v in values}
+    if column == "fold":
+        bad = next(v for v in values if not re.fullmatch(r"[+-]?\d+", v))
+        raise ValueError(f"{manifest}: fold must be an integer, got {bad!r} (or name the column with "
+                         f"--fold-column to number its values)")
+    numbers = {v: k for k, v in enumerate(values, start=1)}
+    print(f"csv: folds from column {column!r}: " + ", ".join(f"{k}={v}" for v, k in numbers.items()),
+          file=sys.stderr)
+    return numbers

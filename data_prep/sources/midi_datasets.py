@@ -1,4 +1,5 @@
-"""MIDI datasets as piano-roll caches: the built-in ``folk``, ``maestro`` and ``lakh``.
+"""MIDI datasets as piano-roll caches: the built-in ``folk`` and ``polyphony``, ``maestro`` and
+``lakh``.
 
 Every source here reads MIDI and defaults to a one-channel piano roll (DESIGN: a stem sees a
 ``1 x pitch x time`` image); any other piano-roll option can be given on the command line
@@ -79,8 +80,8 @@ class Folk(Source):
 
 
 def read_folk_manifest(root: Path) -> list[SourceItem]:
-    """Items of a folk MIDI folder: ``manifest.csv`` with ``path,label,split`` (and ``group``
-    or ``tune_id``)."""
+    """Items of a folk or polyphony MIDI folder: ``manifest.csv`` with ``path,label,split`` (and
+    ``group`` or ``tune_id``, and an integer ``fold`` when present)."""
     manifest = root / "manifest.csv"
     with open(manifest, newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
@@ -90,12 +91,57 @@ def read_folk_manifest(root: Path) -> list[SourceItem]:
             if not row.get(column):
                 raise ValueError(f"{manifest}:{line}: empty or missing column {column!r}")
         path = root / row["path"]
+        fold = (row.get("fold") or "").strip()
+        if fold and not fold.isdigit():
+            raise ValueError(f"{manifest}:{line}: fold must be a whole number, got {fold!r}")
         items.append(SourceItem(path, row["label"], normalise_split(row.get("split") or "", f"{manifest}:{line}: "),
-                                None, row.get("group") or row.get("tune_id") or "",
+                                int(fold) if fold else None, row.get("group") or row.get("tune_id") or "",
                                 Path(row["path"]).with_suffix("").as_posix()))
     if not items:
         raise ValueError(f"{manifest}: no rows")
     return items
+
+
+# -- polyphony ----------------------------------------------------------------------------------
+
+@register_source
+class Polyphony(Source):
+    name = "polyphony"
+    kind = "midi"
+    description = ("built in, no download: excerpts of polyphonic scores by style (Palestrina, Bach "
+                   "chorales, Monteverdi, Trecento, Classical quartets) from music21's corpus")
+    default_features = FOLK_FEATURES      # all voices on the sixteenth-note grid, 88 keys, binary
+    default_root = Path("~/.cache/audiostem/data/polyphony_midi")
+    creates_root = True
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        from ..polyphony import COLLECTIONS
+
+        parser.add_argument("--per-class", type=int, default=500, metavar="N",
+                            help="excerpts per class at most; every class is cut to the smallest "
+                                 "class's count (default 500)")
+        parser.add_argument("--per-piece", type=int, default=12, metavar="N",
+                            help="excerpts per score at most, evenly spaced (default 12)")
+        parser.add_argument("--excerpt-beats", type=int, default=32, metavar="B",
+                            help="excerpt length in quarter notes (default 32: 128 frames at "
+                                 "--beat-resolution 4)")
+        parser.add_argument("--classes", default=",".join(COLLECTIONS), metavar="A,B,...",
+                            help=f"styles to use (default all: {','.join(COLLECTIONS)})")
+
+    def items(self, args: argparse.Namespace) -> list[SourceItem]:
+        from ..polyphony import build_polyphony
+
+        root = Path(args.root).expanduser()
+        classes = [c.strip() for c in args.classes.split(",") if c.strip()]
+        if (root / "polyphony.json").exists() or not root.exists() or not any(root.iterdir()):
+            build_polyphony(root, args.per_class, args.per_piece, args.excerpt_beats, classes)
+        elif not (root / "manifest.csv").is_file():
+            raise ValueError(f"--root {root} holds no polyphony dataset (no manifest.csv); give an "
+                             f"empty or new folder and it is built there")
+        else:
+            print(f"polyphony: listing {root}/manifest.csv as it is (no polyphony.json, so "
+                  f"--per-class, --per-piece, --excerpt-beats and --classes do not apply)", file=sys.stderr)
+        return read_folk_manifest(root)
 
 
 # -- MAESTRO -------------------------------------------------------------------------------------

@@ -1,0 +1,500 @@
+"""The files of a feature cache on disk (used by :mod:`data_prep.cache`, which owns the format):
+how a shard is written, the writer's lock, the atomic swap, and the checks that a cache's
+files are the ones its build wrote.
+
+One writer, many readers. A build of ``CACHE`` holds an exclusive lock on ``CACHE.lock`` (a
+small file beside the cache, kept between builds) from before it touches ``CACHE.partial/``
+until ``CACHE`` is published, so a second build of the same cache is refused at once, with the
+holder's pid, host and start time. Readers take no lock: a build never changes a published
+cache in place, it fills ``CACHE.partial/`` and then swaps it with ``CACHE`` in one
+``rename`` (see :func:`swap_in`), and readers check the cache's build id (``meta.json``) so
+that they notice the swap instead of mixing two builds (see :mod:`data_prep.cache`).
+
+The lock is a POSIX record lock (``fcntl.lockf``), not ``flock``: the kernel drops it when the
+holding process dies (a ``kill -9`` leaves no stale lock), it is not inherited by the forked
+worker processes (a worker that outlives its parent does not keep the cache locked), and NFS
+(v4, or v3 with ``lockd``) carries it to every client that mounts the folder, so two machines
+building one shared cache are refused alike. On NFS a client that dies keeps the lock until
+its lease runs out (about 90 s on NFSv4). Where the file system has no locks at all (``ENOLCK``,
+e.g. NFS mounted with ``nolock``, some FUSE file systems) the lock falls back to creating
+``CACHE.lock.held`` exclusively; a holder that died on this host is detected by its pid and the
+file is removed, but one that died on another host cannot be told from a live one, and the
+message says which file to remove once that build is known to be gone.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import hashlib
+import io
+import json
+import mmap
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+
+# --- writing a shard ---------------------------------------------------------------------------
+class _ShardFile:
+    """A shard being written: items are appended as raw float16 bytes behind a ``.npy`` header
+    that :meth:`close` rewrites with the final number of frames. NumPy pads a header so that
+    its first dimension can grow to any size in place, so the file is exactly what ``np.save``
+    of the concatenated items would write, without holding the shard in memory.
+
+    Where the file system allows it (Linux, not tmpfs) the file is written with ``O_DIRECT``,
+    from an aligned staging buffer in whole 4-KiB blocks: the disk reads the bytes from that
+    buffer, with no copy into the page cache, which was the costliest CPU work of a piano-roll
+    build (a 728-MB cache: 0.3 s of CPU buffered, 0.15 s direct; see docs/midi.md). Elsewhere the
+    same blocks go through the page cache.
+    """
+    BLOCK = 4096                 # O_DIRECT alignment of offsets, lengths and buffer addresses
+    STAGE = 8 * 2**20
+
+    def __init__(self, path: Path, feature_shape: tuple[int, ...]):
+        self.path, self.tmp = path, path.with_name(path.name + ".tmp")
+        self.feature_shape, self.frames, self.nbytes = feature_shape, 0, 0
+        self.sha256 = hashlib.sha256()                   # of the data after the header
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        try:                                             # 0o666: data, not executable (umask applies)
+            self.fd = os.open(self.tmp, flags | getattr(os, "O_DIRECT", 0), 0o666)
+        except OSError:                                  # e.g. EINVAL on tmpfs
+            self.fd = os.open(self.tmp, flags, 0o666)
+        self.stage = mmap.mmap(-1, self.STAGE)           # page-aligned, reused for the whole shard
+        self.first = mmap.mmap(-1, self.BLOCK)           # the first block, kept for the header
+        self.flushed = 0                                 # file bytes written before the stage
+        self.fill = self._header_into(self.stage)
+        self.data_start = self.fill
+
+    def _header_into(self, block: mmap.mmap) -> int:
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(header, {
+            "descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)), "fortran_order": False,
+            "shape": (self.frames, *self.feature_shape)})
+        block[:header.tell()] = header.getbuffer()
+        return header.tell()
+
+    def append(self, array: np.ndarray) -> None:
+        data = memoryview(np.ascontiguousarray(array)).cast("B")
+        self.sha256.update(data)
+        done = 0
+        while done < len(data):
+            n = min(len(data) - done, self.STAGE - self.fill)
+            self.stage[self.fill:self.fill + n] = data[done:done + n]
+            self.fill += n
+            done += n
+            if self.fill == self.STAGE:
+                self._flush(self.STAGE)
+        self.frames += len(array)
+        self.nbytes += array.nbytes
+
+    def _flush(self, length: int) -> None:
+        """Write the first ``length`` bytes of the stage (a whole number of blocks, all it holds)."""
+        if self.flushed == 0:
+            self.first[:] = self.stage[:self.BLOCK]
+        with memoryview(self.stage) as stage:
+            view = stage[:length]
+            try:
+                while len(view):
+                    view = view[self._write(view):]
+            finally:
+                view.release()
+        self.flushed += length
+        self.fill = 0
+
+    def _write(self, view: memoryview, offset: Optional[int] = None) -> int:
+        try:
+            return os.write(self.fd, view) if offset is None else os.pwrite(self.fd, view, offset)
+        except OSError as e:     # a file system that opens O_DIRECT files but refuses the writes
+            direct = getattr(os, "O_DIRECT", 0)
+            if e.errno != errno.EINVAL or not direct:
+                raise
+            import fcntl
+
+            flags = fcntl.fcntl(self.fd, fcntl.F_GETFL)
+            if not flags & direct:
+                raise
+            fcntl.fcntl(self.fd, fcntl.F_SETFL, flags & ~direct)
+            return self._write(view, offset)
+
+    def close(self) -> dict:
+        """Write the real header, put the file on disk, and only then name it ``.npy``.
+        Returns what ``meta.json`` records of it: ``{"bytes", "data_sha256"}``."""
+        size = self.flushed + self.fill
+        if self.fill:                                    # the last, partial block: padded, cut below
+            padded = -(-self.fill // self.BLOCK) * self.BLOCK
+            self.stage[self.fill:padded] = bytes(padded - self.fill)
+            self._flush(padded)
+        if self._header_into(self.first) != self.data_start:   # cannot happen with NumPy's padding
+            raise RuntimeError(f"{self.tmp}: the .npy header changed size")
+        self._write(memoryview(self.first), 0)
+        os.ftruncate(self.fd, size)
+        os.fsync(self.fd)
+        try:
+            # On disk: let the kernel reuse the pages (if any were used) for the next shard rather
+            # than find fresh memory for every shard (3-4x faster writes here, see docs/midi.md).
+            os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        except (AttributeError, OSError):              # not on macOS; only a hint anyway
+            pass
+        os.close(self.fd)
+        self.fd = -1
+        self.stage.close()
+        self.first.close()
+        os.replace(self.tmp, self.path)
+        return {"bytes": size, "data_sha256": self.sha256.hexdigest()}
+
+    def abort(self) -> None:
+        """Give up this shard after an error (a full disk): close it and remove its file."""
+        for close in (lambda: self.fd >= 0 and os.close(self.fd), self.stage.close, self.first.close):
+            try:
+                close()
+            except (OSError, ValueError, BufferError):
+                pass
+        self.tmp.unlink(missing_ok=True)
+
+
+def _file_record(path: Path) -> dict:
+    """``{"bytes", "data_sha256"}`` of a shard on disk (the digest of the data after the header)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        np.lib.format.read_magic(fh)
+        np.lib.format.read_array_header_1_0(fh)
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return {"bytes": path.stat().st_size, "data_sha256": h.hexdigest()}
+
+
+def _fsync_dir(path: Path) -> None:
+    """Put a folder's entries (renames, new files) on disk; a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+
+# --- one writer at a time -----------------------------------------------------------------------
+_HELD: set[str] = set()       # lock files this process holds (POSIX locks do not exclude oneself)
+
+
+class CacheBusyError(Exception):
+    """Another process is writing the cache (raised as a ``CacheError`` by :mod:`data_prep.cache`)."""
+
+
+def lock_path(out: Path) -> Path:
+    """The lock file of cache ``out``: ``OUT.lock`` beside it."""
+    return out.with_name(out.name + ".lock")
+
+
+def _holder_text(info: Optional[dict]) -> str:
+    if not info:
+        return "another process (it has not written its pid yet)"
+    started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(info.get("started", 0)))
+    return f"pid {info.get('pid')} on host {info.get('host')}, started {started}"
+
+
+def _read_info(path: Path) -> Optional[dict]:
+    try:
+        return json.loads(path.read_text() or "null")
+    except (OSError, ValueError):
+        return None
+
+
+def _alive_here(info: Optional[dict]) -> bool:
+    """Whether the holder named by ``info`` runs on this host (unknown elsewhere: True)."""
+    if not info or info.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(int(info["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError, KeyError, TypeError):
+        return True
+    return True
+
+
+class CacheLock:
+    """The exclusive writer lock of cache ``out`` (see the module docstring).
+
+    :meth:`acquire` raises :class:`CacheBusyError` naming the holder when another process (or
+    another writer in this process) holds it; :meth:`release` gives it back. Usable as a
+    context manager.
+
+    Args:
+        out: what the lock guards (a cache folder, a dataset root, a run folder).
+        path: the lock file (default ``OUT.lock`` beside ``out``).
+        busy: what the refusal says after the holder: what to do meanwhile.
+    """
+
+    def __init__(self, out: Path, path: Optional[Path] = None, busy: Optional[str] = None):
+        self.out = Path(out)
+        self.path = Path(path) if path is not None else lock_path(self.out)
+        self.busy = busy or ("being built by {holder} (lock {lock}); one build at a time: wait for it "
+                             "to finish, or stop it and run this command again (it resumes)")
+        self._fd: Optional[int] = None
+        self._held_file: Optional[Path] = None
+        self._held = False                   # this object holds it (not merely another writer)
+        self._pid = os.getpid()              # a forked child's copy never releases its parent's lock
+
+    def _info(self) -> bytes:
+        return json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
+                           "cache": str(self.out)}).encode()
+
+    def _busy(self, info: Optional[dict]) -> CacheBusyError:
+        return CacheBusyError(f"{self.out} is " + self.busy.format(holder=_holder_text(info), lock=self.path))
+
+    def acquire(self) -> "CacheLock":
+        self._pid = os.getpid()
+        key = str(self.path.resolve())
+        if key in _HELD:
+            raise self._busy(_read_info(self.path))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+        try:
+            import fcntl
+
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:                          # no fcntl (Windows): the exclusive file
+            os.close(fd)
+            self._acquire_file()
+        except OSError as e:
+            if e.errno in (errno.EACCES, errno.EAGAIN):     # held by another process
+                os.close(fd)
+                raise self._busy(_read_info(self.path)) from None
+            os.close(fd)
+            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise
+            self._acquire_file()                     # a file system without record locks
+        else:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, self._info(), 0)
+            self._fd = fd
+        _HELD.add(key)
+        self._held = True
+        return self
+
+    def _acquire_file(self) -> None:
+        held = self.path.with_name(self.path.name + ".held")
+        for _ in range(2):
+            try:
+                fd = os.open(held, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            except FileExistsError:
+                info = _read_info(held)
+                if info and not _alive_here(info):
+                    held.unlink(missing_ok=True)    # its holder died on this host: stale
+                    continue
+                err = self._busy(info)
+                raise CacheBusyError(f"{err} (this file system has no locks: if that build is "
+                                     f"gone, remove {held})") from None
+            os.write(fd, self._info())
+            os.close(fd)
+            self._held_file = held
+            return
+        raise self._busy(_read_info(held))
+
+    def release(self) -> None:
+        if not self._held or os.getpid() != self._pid:
+            return
+        if self._fd is not None:
+            os.close(self._fd)                       # closing the file drops the lock
+            self._fd = None
+        if self._held_file is not None:
+            self._held_file.unlink(missing_ok=True)
+            self._held_file = None
+        _HELD.discard(str(self.path.resolve()))
+        self._held = False
+
+    def __enter__(self) -> "CacheLock":
+        return self.acquire()
+
+    def __del__(self) -> None:           # a writer dropped without finish() or close()
+        try:
+            self.release()
+        except Exception:                # noqa: BLE001 - interpreter shutdown
+            pass
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step with Linux's ``renameat2(RENAME_EXCHANGE)``; False where it
+    is not available (another OS, an old kernel or C library, a file system without it)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(a))
+
+
+def swap_in(new: Path, out: Path, trash: Path) -> None:
+    """Publish the complete folder ``new`` as ``out``. An existing ``out`` is exchanged with
+    ``new`` in one atomic rename where the system allows it (readers see the old cache or the
+    new one, never none), or else moved aside first (readers may see no cache for that
+    instant); the old one is then moved to ``trash`` and deleted. Readers that still have old
+    shards mapped keep reading them: the files live on until they are unmapped."""
+    if not out.exists():
+        os.replace(new, out)
+        return
+    if _exchange(new, out):
+        os.replace(new, trash)                       # ``new`` now holds the old cache
+    else:
+        os.replace(out, trash)
+        os.replace(new, out)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+# --- are the files whole? --------------------------------------------------------------------
+def read_json(path: Path, what: str = "") -> dict:
+    """Parse a cache's JSON file; ``ValueError`` with one line naming it when it is damaged."""
+    try:
+        obj = json.loads(path.read_bytes())
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: damaged{what} (not UTF-8 text: {e.reason})") from None
+    except ValueError as e:
+        raise ValueError(f"{path}: damaged{what} (truncated or not JSON: {e})") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: damaged{what} (not a JSON object)")
+    return obj
+
+
+def shard_problems(path: Path, meta: dict, items: list[dict]) -> list[str]:
+    """What is wrong with the shards of the cache at ``path``: missing files, sizes that differ
+    from ``meta["files"]`` (caches built before it existed: from the ``.npy`` header), headers
+    that do not hold the frames the manifest places in them. A stat and one 4-KB read per
+    shard. Returns one line per damaged file (empty: all whole)."""
+    import numpy as np
+
+    needed: dict[int, int] = {}
+    for it in items:
+        needed[it["shard"]] = max(needed.get(it["shard"], 0), it["offset"] + it["frames"])
+    recorded = meta.get("files") or {}
+    shape = tuple(meta.get("feature_shape") or ())
+    problems = []
+    for n in sorted(set(needed) | {int(k[7:12]) for k in recorded if k.startswith("shards/")}):
+        name = f"shards/{n:05d}.npy"
+        file = path / name
+        try:
+            size = file.stat().st_size
+            with open(file, "rb") as fh:
+                version = np.lib.format.read_magic(fh)
+                header = _npy_header(fh, version)
+                start = fh.tell()
+        except FileNotFoundError:
+            problems.append(f"{file}: missing")
+            continue
+        except (OSError, ValueError) as e:
+            problems.append(f"{file}: damaged (not a .npy file: {' '.join(str(e).split())})")
+            continue
+        rows, dtype = header[0], np.dtype(header[2])
+        want = recorded.get(name, {}).get("bytes")
+        full = start + int(np.prod(rows, dtype=np.int64)) * dtype.itemsize
+        if want is not None and size != want:
+            problems.append(f"{file}: {size} bytes, the build wrote {want} (truncated or altered)")
+        elif size != full:
+            problems.append(f"{file}: {size} bytes, its header says {full} (truncated)")
+        elif dtype != np.float16 or (shape and tuple(rows[1:]) != shape) or (rows and rows[0] < needed.get(n, 0)):
+            problems.append(f"{file}: holds {tuple(rows)} {dtype}, the manifest needs at least "
+                            f"({needed.get(n, 0)}, {', '.join(map(str, shape))}) float16")
+    return problems
+
+
+def checksum_problems(path: Path, meta: dict) -> list[str]:
+    """Files of the cache at ``path`` whose SHA-256 differs from ``meta["files"]`` (shards: of
+    the data after the ``.npy`` header). Reads every byte. One line per file that differs."""
+    import numpy as np
+
+    problems = []
+    for name, record in sorted((meta.get("files") or {}).items()):
+        file = path / name
+        h = hashlib.sha256()
+        try:
+            with open(file, "rb") as fh:
+                if name.endswith(".npy"):
+                    version = np.lib.format.read_magic(fh)
+                    _npy_header(fh, version)
+                for block in iter(lambda: fh.read(1 << 22), b""):
+                    h.update(block)
+        except (OSError, ValueError) as e:
+            problems.append(f"{file}: cannot be read ({' '.join(str(e).split())})")
+            continue
+        want = record.get("data_sha256") or record.get("sha256")
+        if h.hexdigest() != want:
+            problems.append(f"{file}: checksum differs from the one its build recorded (damaged or altered)")
+    return problems
+
+
+def rebuild_command(path: Path, meta: Optional[dict]) -> str:
+    """The ``python -m data_prep`` command that rebuilds the cache at ``path`` (from its
+    ``meta.json``: source, root, options and every feature field), or a generic one."""
+    if not meta or not isinstance(meta.get("source"), dict) or "name" not in meta["source"]:
+        return f"the data_prep command that built it, with --out {path} --force"
+    source = meta["source"]
+    parts = ["python -m data_prep", source["name"]]
+    if source.get("root"):
+        parts += ["--root", _quote(str(source["root"]))]
+    parts += ["--out", _quote(str(path)), "--force"]
+    options, features = source.get("options") or {}, meta.get("features") or {}
+    given_options, default_features = _source_defaults(source["name"], features.get("kind"))
+    for key, value in options.items():
+        if key in given_options and given_options[key] == value:
+            continue
+        if value is True:
+            parts.append("--" + key.replace("_", "-"))
+        elif value not in (None, False):
+            parts += ["--" + key.replace("_", "-"), _quote(str(value))]
+    for key, value in features.items():
+        if key != "kind" and key in default_features and default_features[key] == value:
+            continue
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            parts.append(flag if value else "--no-" + flag[2:])
+        elif value is not None:
+            parts += [flag, _quote(str(value) if not isinstance(value, (list, tuple)) else
+                                   ",".join(map(str, value)))]
+    return " ".join(parts)
+
+
+def _source_defaults(name: str, kind: Optional[str]) -> tuple[dict, dict]:
+    """A source's option defaults and default feature config (empty when it is unknown), so
+    that a rebuild command names only what differs from them."""
+    try:
+        from .prepare import resolve_features, source_arguments
+        from .sources import get_source
+
+        src = get_source(name)
+        return vars(source_arguments(src)), resolve_features(src, {"kind": kind} if kind else {}).to_dict()
+    except Exception:                    # noqa: BLE001 - then every field is named
+        return {}, {}
+
+
+def _npy_header(fh, version: tuple) -> tuple:
+    """``(shape, fortran_order, dtype)`` of an open ``.npy`` file after its magic string."""
+    import numpy as np
+
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    return read(fh)
+
+
+def _quote(text: str) -> str:
+    import shlex
+
+    return shlex.quote(text)
