@@ -207,8 +207,10 @@ def replace_stem(model: nn.Module, stem: str | dict | nn.Module, *, in_channels:
         for path in paths[1:]:
             model.set_submodule(path, nn.Identity())
     kept = [model.get_submodule(p) for p in paths]
+    spec = getattr(new, "spec", None)
+    coord = spec["coord"] if isinstance(spec, dict) else bool(stem_args.get("coord", False))
     record["new"] = {"stem": name, "params": sum(p.numel() for m in kept for p in m.parameters()),
-                     "in_channels": in_channels, "projected": isinstance(new, ProjectedStem)}
+                     "in_channels": in_channels, "coord": coord, "projected": isinstance(new, ProjectedStem)}
     model.audiostem_stem = record
     if verbose:
         print(swap_line(record), file=sys.stderr)
@@ -218,9 +220,13 @@ def replace_stem(model: nn.Module, stem: str | dict | nn.Module, *, in_channels:
 def swap_line(record: dict) -> str:
     """One line saying what ``replace_stem`` replaced (from a model's ``audiostem_stem`` record)."""
     old, new = record["old"], record["new"]
-    return (f"audiostem: replaced the stem of {record['model']} ({', '.join(record['replaced'])}: "
-            f"{old['params']:,} params, {old['channels']} channels at stride {old['stride'][0]}) by {new['stem']} "
-            f"({new['params']:,} params, {new['in_channels']} input channel{'s' * (new['in_channels'] != 1)}"
+    where = f"{record['model']} ({', '.join(record['replaced'])}: {old['params']:,} params, " \
+            f"{old['channels']} channels at stride {old['stride'][0]})"
+    inputs = f"{new['in_channels']} input channel{'s' * (new['in_channels'] != 1)}" \
+             f"{' + a pitch/frequency-position channel' if new.get('coord') else ''}"
+    if new["stem"] == "native":
+        return f"audiostem: kept the stem of {where}, its first conv adapted to {inputs}"
+    return (f"audiostem: replaced the stem of {where} by {new['stem']} ({new['params']:,} params, {inputs}"
             f"{', 1x1 projection' if new['projected'] else ''})")
 
 

@@ -82,6 +82,8 @@ def test_replace_stem_says_what_it_replaced(capsys):
     replace_stem(torchvision.models.resnet18(num_classes=2), "octave", in_channels=1)
     line = capsys.readouterr().err
     assert "replaced the stem of ResNet (conv1, bn1, relu, maxpool" in line and "by octave" in line
+    replace_stem(torchvision.models.resnet18(num_classes=2), "native", in_channels=1, coord=True)
+    assert "kept the stem of ResNet" in capsys.readouterr().err
 
 
 def test_a_stem_of_other_channels_gets_a_projection():
