@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .stems import build_stem
+from .stems import build_stem, list_stems
 
 # name -> (widths per stage, BasicBlocks per stage); every stage after the first halves F and T.
 BODIES: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
@@ -125,24 +125,42 @@ def use_channels_last(setting: bool | str, device: str | torch.device) -> bool:
 
 def build_model(stem: str | dict | nn.Module = "deep3", body: str | dict = "narrow", num_classes: int = 10,
                 in_channels: int = 1, head: str = "avg", *, stem_overrides: dict[str, Any] | None = None,
-                dropout: float = 0.0, zero_init_last: bool = True) -> AudioResNet:
+                dropout: float = 0.0, zero_init_last: bool = True, pretrained: bool = False) -> nn.Module:
     """Build a classifier ``(batch, in_channels, F, T) -> (batch, num_classes)`` logits.
 
     Args:
         stem: a preset name (``audiostem.list_stems()``), a stem spec dict, or any
-            ``nn.Module`` with ``.out_channels`` (used as is; ``in_channels`` is then ignored).
+            ``nn.Module`` with ``.out_channels`` (used as is; ``in_channels`` is then ignored);
+            with a library body also ``native``: the body's own stem, its first conv adapted to
+            ``in_channels`` (``audiostem.bodies.adapt_first_conv``).
         body: ``narrow`` (widths 32, 64, 128 x 1 block each: CPU-sized, for studies),
             ``resnet10`` (64, 128, 256, 512 x 1), ``resnet18`` (64, 128, 256, 512 x 2), or a
-            dict ``{"widths": [...], "depths": [...]}``. The first stage takes
-            ``stem.out_channels`` as input.
+            dict ``{"widths": [...], "depths": [...]}``: an ``AudioResNet`` whose first stage
+            takes ``stem.out_channels`` as input. Or a library body ``timm:<name>`` or
+            ``torchvision:<name>`` (any classifier the library knows; its stem replaced by
+            ``audiostem.replace_stem``, which adapts channels and stride to the body).
         num_classes: number of logits.
         in_channels: input channels given to ``build_stem`` (1 for a spectrogram).
         head: ``avg`` (global average pooling) or ``freq_time`` (max over frequency, then
-            mean over time).
+            mean over time); a library body keeps its own head (``avg`` only).
         stem_overrides: keyword overrides for ``build_stem`` (e.g. ``{"kernel_size": 5}``).
         dropout: dropout probability before the final linear layer.
-        zero_init_last: zero-init the last BN of each block.
+        zero_init_last: zero-init the last BN of each block (audiostem bodies).
+        pretrained: load a library body's ImageNet weights from local files
+            (``audiostem.bodies.pretrained_file``; nothing is downloaded).
+
+    Raises:
+        ValueError: starting ``body:``, ``head:`` or ``stem``, naming the valid choices.
+        FileNotFoundError: pretrained weights not on disk, naming where it looked.
     """
+    if isinstance(body, str) and ":" in body:
+        return _library_model(stem, body, num_classes, in_channels, head, dict(stem_overrides or {}),
+                              dropout, pretrained)
+    if pretrained:
+        raise ValueError(f"body: {body!r} has no pretrained weights; only a timm: or torchvision: body has")
+    if isinstance(stem, str) and stem == "native":
+        raise ValueError(f"stem: 'native' keeps a timm: or torchvision: body's own stem; the audiostem body "
+                         f"{body!r} has none (choose a preset: {', '.join(list_stems())})")
     if isinstance(stem, nn.Module):
         if stem_overrides:
             raise ValueError("stem_overrides: only a preset name or spec can take overrides, not a module")
@@ -159,13 +177,27 @@ def build_model(stem: str | dict | nn.Module = "deep3", body: str | dict = "narr
     return AudioResNet(stem, widths, depths, num_classes, head, dropout, zero_init_last)
 
 
+def _library_model(stem: str | dict | nn.Module, body: str, num_classes: int, in_channels: int, head: str,
+                   stem_overrides: dict[str, Any], dropout: float, pretrained: bool) -> nn.Module:
+    from .bodies import library_body, replace_stem
+    if head != "avg":
+        raise ValueError(f"head: a library body ({body}) keeps its own head, global average pooling: "
+                         f"use head avg, got {head!r}")
+    native = isinstance(stem, str) and stem == "native"
+    coord = bool(stem_overrides.get("coord", False)) if native else False
+    model = library_body(body, num_classes, in_channels + int(coord), pretrained, dropout)
+    return replace_stem(model, stem, in_channels=in_channels, verbose=False, **stem_overrides)
+
+
 def step_time(model: nn.Module, input_shape: tuple[int, int, int] = (1, 128, 256), batch: int = 32,
               steps: int = 5) -> float:
     """Seconds of one SGD training step (forward, cross-entropy, backward, update) on a batch
     of ``batch`` random inputs of ``input_shape = (C, F, T)``: the fastest of ``steps`` steps
     after one warm-up step (the fastest, because a shared machine only ever adds time)."""
     x = torch.randn(batch, *input_shape)
-    y = torch.randint(0, model.fc.out_features, (batch,))
+    with torch.no_grad():
+        classes = model.eval()(x[:1]).shape[1]
+    y = torch.randint(0, classes, (batch,))
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     model.train()
     times = []
@@ -177,3 +209,41 @@ def step_time(model: nn.Module, input_shape: tuple[int, int, int] = (1, 128, 256
         times.append(time.perf_counter() - start)
     return min(times[1:])
 
+
+
+def describe_model(model: nn.Module, input_shape: tuple[int, int, int] = (1, 128, 256),
+                   receptive_field: bool = True) -> dict:
+    """Size and geometry of a whole classifier (audiostem, timm or torchvision) for one input of
+    ``input_shape = (C, F, T)``, so that models with different stems or bodies compare like with like.
+
+    Returns a dict: ``params`` (trainable), ``flops`` (one forward pass at batch 1, counted by
+    ``torch.utils.flop_counter.FlopCounterMode``: a multiply-add is 2), ``out_shape`` (C', F', T'
+    of the last feature map, before pooling), ``stride`` (its output stride (f, t)),
+    ``receptive_field`` ((f, t) in input bins/frames, ``None`` if not asked for or wider than 4096;
+    measured by ``audiostem.geometry.receptive_field``, which costs a float64 forward and backward
+    pass per doubling of its probe input) and ``stem`` (``describe_stem`` of the model's stem).
+    """
+    from .bodies import stem_of
+    from .geometry import feature_map, output_stride
+    from .geometry import receptive_field as measure_rf
+    from .stems import describe_stem
+    from torch.utils.flop_counter import FlopCounterMode
+    param = next(model.parameters())
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            x = torch.zeros(1, *input_shape, device=param.device, dtype=param.dtype)
+            fmap = feature_map(model, x)
+            with FlopCounterMode(display=False) as counter:
+                model(x)
+    finally:
+        model.train(was)
+    return {
+        "params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "flops": int(counter.get_total_flops()),
+        "out_shape": tuple(fmap.shape[1:]),
+        "stride": output_stride(model, input_shape[0]),
+        "receptive_field": measure_rf(model, input_shape[0]) if receptive_field else None,
+        "stem": describe_stem(stem_of(model), input_shape),
+    }

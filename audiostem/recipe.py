@@ -204,9 +204,10 @@ class Data(_Strict):
 
 # --- model ------------------------------------------------------------------------------------
 class Model(_Strict):
-    stem: Union[str, dict[str, Any]] = "deep3"
+    stem: Union[str, dict[str, Any]] = "deep3"      # a preset, a spec, or native (a library body's own)
     stem_args: dict[str, Any] = Field(default_factory=dict)
-    body: Union[str, dict[str, Any]] = "narrow"
+    body: Union[str, dict[str, Any]] = "narrow"     # narrow | resnet10 | resnet18 | timm:<name> | torchvision:<name>
+    pretrained: bool = False                        # a library body's ImageNet weights, from local files only
     head: str = "avg"
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     channels_last: Union[bool, Literal["auto"]] = "auto"
@@ -473,17 +474,28 @@ def check_model(recipe: Recipe, source: str = "recipe") -> None:
     reported before any data is touched."""
     from . import build_model, list_stems
     m = recipe.model
-    if isinstance(m.stem, str) and m.stem not in list_stems():
+    if isinstance(m.stem, str) and m.stem not in list_stems() and m.stem != "native":
         raise RecipeError(f"{source}: model.stem: unknown stem {m.stem!r}; valid stems: "
-                          f"{', '.join(list_stems())}, or an inline spec (a mapping with 'layers')")
+                          f"{', '.join(list_stems())}, native (a timm: or torchvision: body's own), "
+                          "or an inline spec (a mapping with 'layers')")
     try:
         build_model(stem=m.stem, body=m.body, num_classes=2, in_channels=1, head=m.head,
                     stem_overrides=dict(m.stem_args), dropout=m.dropout)
+        if m.pretrained:
+            if not (isinstance(m.body, str) and ":" in m.body):
+                raise ValueError(f"pretrained: the body {m.body!r} has no pretrained weights; "
+                                 "only a timm: or torchvision: body has")
+            from .bodies import pretrained_file
+            pretrained_file(m.body)            # weights on disk, or an error naming where it looked
+    except FileNotFoundError as e:
+        raise RecipeError(f"{source}: {e}") from None
     except (ValueError, TypeError) as e:
         msg = str(e)
-        field = ("model.stem_args" if "override" in msg else "model.body" if msg.startswith("body")
-                 else "model.head" if msg.startswith("head") else "model.stem")
-        msg = msg.removeprefix("body: ").removeprefix("head: ")
+        field = ("model.stem_args" if "override" in msg else
+                 "model.body" if msg.startswith(("body", "replace_stem")) else
+                 "model.pretrained" if msg.startswith("pretrained") else
+                 "model.head" if msg.startswith("head") else "model.stem")
+        msg = msg.removeprefix("body: ").removeprefix("head: ").removeprefix("pretrained: ").removeprefix("stem: ")
         raise RecipeError(f"{source}: {field}: {msg}") from None
 
 

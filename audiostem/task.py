@@ -62,7 +62,8 @@ class ClassifierTask(pl.LightningModule):
         m, t = recipe["model"], recipe["train"]
         self.model = build_model(stem=m["stem"], body=m["body"], num_classes=len(classes),
                                  in_channels=in_channels, head=m["head"],
-                                 stem_overrides=dict(m["stem_args"]), dropout=m["dropout"])
+                                 stem_overrides=dict(m["stem_args"]), dropout=m["dropout"],
+                                 pretrained=m.get("pretrained", False))
         self.channels_last = m["channels_last"] is True      # "auto" is decided in setup(), on the device
         self.train_cfg, self.mixup_cfg = t, recipe["augment"]["mixup"]
         self.seed = recipe["seed"]

@@ -124,21 +124,6 @@ def best_epoch(rows: list[dict], metric: str) -> int:
     return next(e for e, v in scored if v == value)
 
 
-def model_flops(model, input_shape: Sequence[int]) -> int:
-    """Forward FLOPs of ``model`` for one input ``(C, F, T)`` (multiply-add = 2)."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-    was = model.training
-    model.eval()
-    param = next(model.parameters())
-    try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(torch.zeros(1, *input_shape, device=param.device, dtype=param.dtype))
-    finally:
-        model.train(was)
-    return int(counter.get_total_flops())
-
-
 def csv_logger(run_dir: Path):
     """Lightning's CSVLogger writing ``run_dir/logs/metrics.csv``, which keeps the rows of an
     interrupted run when it resumes (the stock logger deletes an existing file)."""
@@ -218,7 +203,7 @@ def fit_run(recipe: Recipe, cache, split: dict, run_dir: Path, callbacks: Sequen
 
     from .data import CacheDataModule
     from .report import prediction_rows, public, write_json, write_predictions, write_split_reports
-    from .stems import describe_stem
+    from .models import describe_model
     from .task import ClassifierTask, History
     if (run_dir / "metrics.json").exists():
         return json.loads((run_dir / "metrics.json").read_text())
@@ -231,6 +216,10 @@ def fit_run(recipe: Recipe, cache, split: dict, run_dir: Path, callbacks: Sequen
             "crop_frames": dm.crop, "eval_hop": dm.eval_hop, "fold": fold, "cache": str(cache.path),
             "cache_build_id": cache.build_id}
     task = ClassifierTask(recipe.to_dict(), cache.classes, dm.in_channels, dm.bins, info)
+    swap = getattr(task.model, "audiostem_stem", None)       # a timm / torchvision body: say what changed
+    if swap is not None and _is_rank_zero():
+        from .bodies import swap_line
+        print(swap_line(swap), file=sys.stderr)
     has_val, has_test = bool(split["val"]), bool(split["test"])
     es = recipe.train.early_stopping
     ckpt_dir = run_dir / "checkpoints"
@@ -282,7 +271,7 @@ def fit_run(recipe: Recipe, cache, split: dict, run_dir: Path, callbacks: Sequen
     main = results.get("test", results.get("val"))
     write_split_reports(run_dir, main["metrics"] if main else None, cache.classes,
                         f"{title}: {'test' if has_test else 'val'}")
-    stem = describe_stem(task.model.stem, task.input_shape)
+    described = describe_model(task.model, task.input_shape)
     metrics = {
         "test": public(results["test"]["metrics"]) if has_test else None,
         "val": public(results["val"]["metrics"]) if has_val else None,
@@ -291,8 +280,10 @@ def fit_run(recipe: Recipe, cache, split: dict, run_dir: Path, callbacks: Sequen
         "train_seconds": round(history.fit_seconds, 3),
         "train_samples_per_second": round(history.samples / max(history.train_seconds, 1e-9), 2),
         "params": sum(p.numel() for p in task.model.parameters()),
-        "stem": json.loads(json.dumps(stem)),
-        "total_flops": model_flops(task.model, task.input_shape),
+        "stem": json.loads(json.dumps(described["stem"])),
+        "total_flops": described["flops"],
+        "receptive_field": list(described["receptive_field"] or []) or None,
+        "output_stride": list(described["stride"]),
         "classes": cache.classes, "seed": recipe.seed, "fold": fold,
         "input_shape": list(task.input_shape), "cache": str(cache.path),
         "checkpoint": str(best), "device": _device_name(trainer), "cache_build_id": cache.build_id,

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..geometry import output_stride, receptive_field
 from .modules import Stem
 from .spec import normalize_spec
 
@@ -127,8 +128,9 @@ def describe_stem(stem: nn.Module | str | dict, input_shape: tuple[int, int, int
     A name or spec is built first (with ``in_channels = C``). Returns a dict:
     ``name``, ``params`` (trainable parameter count), ``flops`` (FLOPs of one forward pass at
     batch 1, counted by ``torch.utils.flop_counter.FlopCounterMode``: a multiply-add is 2,
-    norms/activations/pools are not counted), ``receptive_field`` and ``stride`` (f, t; None
-    for a module without them), ``out_channels`` and ``out_shape`` (C', F', T') without batch.
+    norms/activations/pools are not counted), ``receptive_field`` and ``stride`` (f, t; a
+    module without these attributes, such as a timm model's own stem, is measured:
+    ``audiostem.geometry``), ``out_channels`` and ``out_shape`` (C', F', T') without batch.
     """
     if not isinstance(stem, nn.Module):
         stem = build_stem(stem, in_channels=input_shape[0])
@@ -142,12 +144,16 @@ def describe_stem(stem: nn.Module | str | dict, input_shape: tuple[int, int, int
     finally:
         stem.train(was_training)
     spec = getattr(stem, "spec", None)
+    rf, stride = getattr(stem, "receptive_field", None), getattr(stem, "stride", None)
+    if rf is None or stride is None:
+        with torch.enable_grad():
+            rf, stride = receptive_field(stem, input_shape[0]), output_stride(stem, input_shape[0])
     return {
         "name": spec["name"] if isinstance(spec, dict) else type(stem).__name__,
         "params": sum(p.numel() for p in stem.parameters() if p.requires_grad),
         "flops": counter.get_total_flops(),
-        "receptive_field": getattr(stem, "receptive_field", None),
-        "stride": getattr(stem, "stride", None),
+        "receptive_field": rf,
+        "stride": stride,
         "out_channels": int(out.shape[1]),
         "out_shape": tuple(out.shape[1:]),
     }

@@ -224,3 +224,55 @@ def conv_padding(layer: dict) -> list[int]:
     if layer["padding"] == "same":
         return [d * (k - 1) // 2 for k, d in zip(layer["kernel"], layer["dilation"])]
     return list(layer["padding"])
+
+
+def with_stride(spec: dict, stride: tuple[int, int] | list[int]) -> dict:
+    """A canonical spec changed so that its total stride is ``stride = (s_f, s_t)``, for a body
+    whose own stem has a smaller stride (EfficientNet, MobileNetV3 and RegNet stems have 2, the
+    presets 4).
+
+    The stride is taken out from the end: walking the layers backwards (a layer's pool before its
+    conv; every branch of a parallel layer alike), each window's stride on an axis is divided by
+    what is left to remove. A pool left with stride 1 on both axes is dropped (deep3 at stride 2
+    is then three convs, the first with stride 2). Kernels, padding and channels stay as they are.
+
+    Raises ``ValueError`` when the spec's stride is not a multiple of ``stride`` on an axis (it
+    cannot be made larger this way: give a spec with more stride).
+    """
+    import copy
+    spec = copy.deepcopy(spec)
+    have = geometry(spec["layers"])[1]
+    factors = []
+    for axis, (h, want) in enumerate(zip(have, stride)):
+        if not _is_int(want) or want < 1 or h % want:
+            raise ValueError(f"stem {spec.get('name', 'custom')!r}: its stride {tuple(have)} cannot be reduced "
+                             f"to {tuple(stride)} (axis {axis} must divide {h}); give a stem with stride "
+                             f"{tuple(stride)} or a multiple of it")
+        factors.append(h // want)
+    _reduce(spec["layers"], factors)
+    return spec
+
+
+def _reduce(layers: list[dict], factors: list[int]) -> list[int]:
+    """Divide strides from the end of ``layers`` by ``factors`` (per axis), in place; return what
+    could not be removed."""
+    import math
+    factors = list(factors)
+
+    def cut(window: dict) -> None:
+        for a in range(2):
+            g = math.gcd(window["stride"][a], factors[a])
+            window["stride"][a] //= g
+            factors[a] //= g
+
+    for layer in reversed(layers):
+        if "pool" in layer:
+            cut(layer["pool"])
+            if layer["pool"]["stride"] == [1, 1]:
+                del layer["pool"]
+        if "branches" in layer:
+            left = [_reduce(branch, factors) for branch in layer["branches"]]
+            factors = left[0]
+        else:
+            cut(layer)
+    return factors
