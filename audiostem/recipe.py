@@ -204,13 +204,30 @@ class Data(_Strict):
 
 # --- model ------------------------------------------------------------------------------------
 class Model(_Strict):
-    stem: Union[str, dict[str, Any]] = "deep3"      # a preset, a spec, or native (a library body's own)
-    stem_args: dict[str, Any] = Field(default_factory=dict)
-    body: Union[str, dict[str, Any]] = "narrow"     # narrow | resnet10 | resnet18 | timm:<name> | torchvision:<name>
-    pretrained: bool = False                        # a library body's ImageNet weights, from local files only
-    head: str = "avg"
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    channels_last: Union[bool, Literal["auto"]] = "auto"
+    """The classifier: a stem (the subject of the study), a body and a head (``build_model``)."""
+
+    stem: Union[str, dict[str, Any]] = Field("deep3", description=(
+        "a preset name (`audiostem.list_stems()`), an inline stem spec (`{layers: [...]}`, see "
+        "`docs/stems.md`), or `native` with a library body: the body's own stem, its first conv "
+        "adapted to the cache's channels the way timm adapts RGB weights (summed for one channel)"))
+    stem_args: dict[str, Any] = Field(default_factory=dict, description=(
+        "the preset's overrides, e.g. `{kernel_size: 5, width: 8, depth: 2, coord: true}`"))
+    body: Union[str, dict[str, Any]] = Field("narrow", description=(
+        "`narrow` (32-64-128, CPU-sized), `resnet10`, `resnet18`, `{widths: [...], depths: [...]}`, "
+        "or a library body `timm:<name>` / `torchvision:<name>` (any classifier the library knows; "
+        "input channels and classes from the cache; its stem replaced by `model.stem`, adapted to "
+        "the channels and stride the body expects: \"Your own model\" in `docs/stems.md`)"))
+    pretrained: bool = Field(False, description=(
+        "`true`: a library body starts from the library's ImageNet weights, read from the local "
+        "Hugging Face or torch hub cache only; nothing is downloaded, and a missing file is an "
+        "error naming where it looked"))
+    head: str = Field("avg", description=(
+        "`avg` (global average) or `freq_time` (max over frequency, mean over time); a library "
+        "body keeps its own head (`avg`)"))
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout before the classifier")
+    channels_last: Union[bool, Literal["auto"]] = Field("auto", description=(
+        "NHWC memory format: `auto` turns it on when training on CPU, where it measured about 1.2x "
+        "faster (Figures, below); `true` / `false` force it"))
 
 
 # --- training ---------------------------------------------------------------------------------
