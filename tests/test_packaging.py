@@ -1,5 +1,6 @@
 """A non-editable install works from anywhere: the shipped recipes are package data."""
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -8,10 +9,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_a_non_editable_install_runs_a_shipped_recipe_from_another_directory(tmp_path):
-    site = tmp_path / "site"
+    site, source = tmp_path / "site", tmp_path / "source"
+    # a copy of what the package is made of, so that the build leaves nothing in the checkout
+    for name in ("audiostem", "data_prep"):
+        shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
     # --no-build-isolation: build with this environment's setuptools (nothing is downloaded)
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--target", str(site), str(REPO)], check=True, capture_output=True, timeout=600)
+                    "--target", str(site), str(source)], check=True, capture_output=True, timeout=600)
     assert (site / "audiostem" / "recipes" / "folk.yaml").is_file()
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
