@@ -32,7 +32,6 @@ import csv
 import hashlib
 import io
 import json
-import multiprocessing
 import os
 import re
 import shutil
@@ -42,6 +41,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Optional, Sequence
+from .workers import cpu_count, pool as worker_pool
 
 COLLECTIONS = {
     "chinese": ["essenFolksong/han1.abc", "essenFolksong/han2.abc"],
@@ -403,8 +403,8 @@ def _select_and_convert(tunes: dict[str, list[Tune]], per_class: int,
                 continue
             seen_letters.add(key)
             unique[label].append(t)
-    n_workers = max(1, workers or _cpu_count())
-    pool = _pool(n_workers) if n_workers > 1 else None
+    n_workers = max(1, workers or cpu_count())
+    pool = worker_pool(n_workers) if n_workers > 1 else None
     try:
         while True:
             batch = []
@@ -448,21 +448,6 @@ def _select_and_convert(tunes: dict[str, list[Tune]], per_class: int,
     if short:
         raise ValueError(f"the corpus has too few usable tunes for per_class={per_class}: {short}")
     return [row for label in tunes for row in taken[label]], report
-
-
-def _cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-def _pool(workers: int):
-    from .prepare import die_with
-
-    methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    return context.Pool(workers, initializer=die_with, initargs=(os.getpid(),))   # never outlive us
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

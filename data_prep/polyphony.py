@@ -57,7 +57,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .folk import _cpu_count, _pool, corpus_dir
+from .folk import corpus_dir
+from .workers import cpu_count, pool as worker_pool
 
 COLLECTIONS = {
     "palestrina": ["palestrina/*.krn"],
@@ -365,8 +366,8 @@ def _select_and_convert(pieces: dict[str, list[Piece]], per_class: int, per_piec
     taken: dict[str, list[dict]] = {label: [] for label in pieces}
     converted: dict[str, list[tuple[Piece, bytes]]] = {label: [] for label in pieces}
     position = {label: 0 for label in pieces}
-    n_workers = max(1, workers or _cpu_count())
-    pool = _pool(n_workers) if n_workers > 1 else None
+    n_workers = max(1, workers or cpu_count())
+    pool = worker_pool(n_workers) if n_workers > 1 else None
     try:
         while True:
             # a class that ran out caps the others (every class is cut to the smallest count)

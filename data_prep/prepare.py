@@ -26,12 +26,9 @@ import hashlib
 import json
 import math
 import mmap
-import multiprocessing
 import os
 import shutil
-import signal
 import sys
-import threading
 import time
 from collections import Counter, deque
 from concurrent.futures import ProcessPoolExecutor
@@ -47,6 +44,7 @@ from .config import AUDIO_KINDS, MIDI_KINDS, FeatureConfig, feature_config
 from .discover import text_name
 from .sources import Source, SourceItem, get_source
 from .stats import item_sums
+from .workers import context, cpu_count, die_with, forks
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 SLOT_BYTES = 32 * 2**20      # features up to this size come back from workers in shared memory
@@ -141,25 +139,6 @@ def _from_slot(result: tuple, slots: Optional[list]) -> tuple:
     return ("ok", features, *result[2:])
 
 
-def die_with(parent: int) -> None:
-    """End this worker when the process ``parent`` ends, even by ``kill -9`` (which gives the
-    pool no chance to stop its workers): Linux's ``PR_SET_PDEATHSIG``, else a thread that
-    watches the parent's pid. The initializer of every worker pool of data_prep calls it."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        if libc.prctl(1, signal.SIGKILL, 0, 0, 0) != 0:          # 1: PR_SET_PDEATHSIG
-            raise OSError(ctypes.get_errno(), "prctl")
-    except (OSError, AttributeError):
-        def watch():
-            while os.getppid() == parent:
-                time.sleep(1.0)
-            os._exit(1)
-
-        threading.Thread(target=watch, daemon=True, name="parent-watch").start()
-    if os.getppid() != parent:            # the parent died before the signal was armed
-        os._exit(1)
-
-
 def _init_worker(config: FeatureConfig, slots: Optional[list] = None, parent: int = 0) -> None:
     """Worker set-up: die with the parent (:func:`die_with`), one thread each (the workers are
     the parallelism), and malloc settings that keep large freed blocks for reuse instead of
@@ -181,14 +160,9 @@ def _init_worker(config: FeatureConfig, slots: Optional[list] = None, parent: in
 
 
 # -- many files -----------------------------------------------------------------------------------
-def _forks() -> bool:
-    return "fork" in multiprocessing.get_all_start_methods()
-
-
 def _pool(workers: int, config: FeatureConfig, slots: Optional[list] = None) -> ProcessPoolExecutor:
     """Worker processes; ``slots`` (shared memory, inherited) only when they are forked."""
-    context = multiprocessing.get_context("fork" if _forks() else "spawn")
-    return ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+    return ProcessPoolExecutor(workers, mp_context=context(), initializer=_init_worker,
                                initargs=(config, slots, os.getpid()))
 
 
@@ -245,7 +219,7 @@ def _results(paths: list[str], config: FeatureConfig, workers: int) -> Iterator[
                 yield _extract(path, config)
         return
     window = 2 * workers + 2
-    slots = [mmap.mmap(-1, SLOT_BYTES) for _ in range(window)] if _forks() else None
+    slots = [mmap.mmap(-1, SLOT_BYTES) for _ in range(window)] if forks() else None
     free = list(range(window)) if slots else [None] * window
     todo = iter(paths)
     pool = _pool(workers, config, slots)
@@ -439,7 +413,7 @@ def _build(writer: CacheWriter, items: list[SourceItem], unlisted: list[tuple[st
     keys = [_source_key(it.path, root) for it in items]
     todo = [(it, key) for it, key in zip(items, keys) if not writer.is_done(key)]
     resumed = len(items) - len(todo)
-    n_workers = max(1, min(workers or _cpu_count(), len(todo)))
+    n_workers = max(1, min(workers or cpu_count(), len(todo)))
     if resumed:
         say(f"resuming {out}: {resumed} of {len(items)} items were already done")
 
@@ -521,13 +495,6 @@ def _partial_failures(out: Path) -> list[dict]:
         except (OSError, ValueError, KeyError):
             pass
     return failures
-
-
-def _cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def _progress(total: int, initial: int, name: str, enabled: bool):

@@ -31,7 +31,6 @@ import argparse
 import csv
 import io
 import json
-import multiprocessing
 import os
 import re
 import shutil
@@ -42,6 +41,7 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import numpy as np
+from .workers import context, cpu_count, die_with
 
 PEAK = 10 ** (-1 / 20)                 # -1 dBFS
 TAIL_SECONDS = 1.0                     # rendered after the last note, for its release
@@ -243,8 +243,6 @@ _WORKER: dict = {}
 
 def _init(settings: dict, parent: int = 0) -> None:
     if parent:
-        from .prepare import die_with
-
         die_with(parent)            # a worker never outlives a killed render
     _WORKER.update(settings)
 
@@ -383,7 +381,7 @@ def _run(jobs: list[Job], state: dict, workers: Optional[int], progress: bool):
 
     bar = tqdm(total=len(jobs), desc="render", unit="file", disable=not progress, file=sys.stderr,
                dynamic_ncols=True, mininterval=0.5)
-    n = max(1, min(workers or _cpu_count(), len(jobs)))
+    n = max(1, min(workers or cpu_count(), len(jobs)))
     try:
         if n == 1:
             _init(state)
@@ -391,21 +389,12 @@ def _run(jobs: list[Job], state: dict, workers: Optional[int], progress: bool):
                 yield _render_job(job)
                 bar.update(1)
             return
-        methods = multiprocessing.get_all_start_methods()
-        context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-        with context.Pool(n, initializer=_init, initargs=(state, os.getpid())) as pool:
+        with context().Pool(n, initializer=_init, initargs=(state, os.getpid())) as pool:
             for result in pool.imap(_render_job, jobs, chunksize=4):
                 yield result
                 bar.update(1)
     finally:
         bar.close()
-
-
-def _cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

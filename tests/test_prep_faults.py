@@ -94,13 +94,12 @@ def test_kill_9_of_prep_takes_its_workers_with_it(tmp_path, kind):
 
 OTHER_POOLS = textwrap.dedent("""
     import multiprocessing, os, sys, time
-    if sys.argv[2] == "folk":
-        from data_prep.folk import _pool
-        pool = _pool(2)
+    if sys.argv[2] == "pool":                            # the folk and polyphony builds' pool
+        from data_prep.workers import pool as worker_pool
+        pool = worker_pool(2)
     else:
-        from data_prep import render
-        context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-        pool = context.Pool(2, initializer=render._init, initargs=({}, os.getpid()))
+        from data_prep import render, workers
+        pool = workers.context().Pool(2, initializer=render._init, initargs=({}, os.getpid()))
     pool.map(abs, range(4))                              # the workers are up and initialised
     pool.map_async(time.sleep, [100, 100], chunksize=1)  # and busy: they would not notice an EOF
     time.sleep(0.5)
@@ -111,7 +110,7 @@ OTHER_POOLS = textwrap.dedent("""
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
-@pytest.mark.parametrize("pool", ["folk", "render"])
+@pytest.mark.parametrize("pool", ["pool", "render"])
 def test_every_worker_pool_dies_with_its_parent(tmp_path, pool):
     pids = tmp_path / "pids"
     proc = subprocess.Popen([sys.executable, "-c", OTHER_POOLS, str(pids), pool], start_new_session=True,
