@@ -4,7 +4,7 @@
 options. ``python -m data_prep render ...`` renders a MIDI dataset to audio (see
 ``data_prep.render``); ``python -m data_prep verify CACHE`` checks a cache's checksums.
 
-Exit status (``EXIT_*``): 0 when the cache is complete and holds every file found (operating
+Exit status (``data_prep.cli.EXIT_*``): 0 when the cache is complete and holds every file found (operating
 system leftovers such as ``.DS_Store`` are ignored), 3 when it is complete but some files were
 skipped (the summary lists them with their reasons), 1 when no cache was written (nothing usable,
 another config in the way, a download failed, the disk is full or read-only), 2 for bad
@@ -18,13 +18,13 @@ import re
 import sys
 import typing
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 from .cache import CacheError
+from .cli import EXIT_OK, EXIT_SKIPPED, run_resumable
 from .config import AudioFeatures, PianoRollFeatures
 
 _NONE = ("none", "null")
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SKIPPED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
 def _field_help(cls: type) -> dict[str, str]:
@@ -210,25 +210,6 @@ def verify_main(argv: Sequence[str]) -> int:
                 "--force to get them)")
         print(f"{path}: ok, build {cache.build_id[:12]}, {len(cache)} items; {what}")
     return status
-
-
-def run_resumable(work: Callable[[], object], out, errors: tuple = (ValueError,)) -> int:
-    """Run a resumable command's ``work``; the exit status: 0, 1 for a user error or a disk
-    error (printed on one line), 130 on Ctrl-C (with how to resume ``out``). Shared by prepare
-    and render."""
-    try:
-        work()
-    except errors as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_ERROR
-    except OSError as e:          # the disk or a file, outside any one item: one line, no traceback
-        where = f"{e.filename}: " if e.filename is not None else ""
-        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
-        return EXIT_ERROR
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: run the same command again to resume {out}", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    return EXIT_OK
 
 
 if __name__ == "__main__":

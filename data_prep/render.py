@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import numpy as np
+from .cli import run_resumable
 from .workers import context, cpu_count, die_with
 
 PEAK = 10 ** (-1 / 20)                 # -1 dBFS
@@ -427,8 +428,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--force", action="store_true", help="start over if OUT has other settings")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     args = parser.parse_args(argv)
-    from .__main__ import run_resumable
-
     try:
         programs = parse_programs(args.programs or args.program) if (args.programs or args.program) else None
     except ValueError as e:

@@ -12,7 +12,7 @@ import argparse
 import csv
 import json
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 from ..discover import is_leftover
 from ..download import Archive
