@@ -354,7 +354,7 @@ def _build_locked(root: Path, request: dict, per_class: int, classes: list[str],
         (partial / label).mkdir(parents=True)
     for row in rows:
         (partial / row["path"]).write_bytes(row.pop("midi"))
-    from .sources import group_split
+    from .splits import group_split
 
     splits = group_split([r["tune_id"] for r in rows], [r["label"] for r in rows],
                          [r["group"] for r in rows], SPLIT_FRACTIONS, seed=0)

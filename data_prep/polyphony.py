@@ -37,7 +37,7 @@ are balanced by capping (no weighting is needed).
 Groups and splits: the ``group`` of an excerpt is its work, so that related scores never
 straddle splits: the mass (Palestrina: sections of one mass are separate files), the BWV number
 (Bach: the variants of one chorale), the quartet (movements of one quartet), else the file.
-Groups are split 70/15/15 per class (:func:`data_prep.sources.group_split`, seeded) and dealt
+Groups are split 70/15/15 per class (:func:`data_prep.splits.group_split`, seeded) and dealt
 into 5 folds (``fold`` 1-5, the same way) for cross-validation by work. The output is
 byte-identical from run to run for a given music21 version (``polyphony.json`` records it).
 """
@@ -320,7 +320,7 @@ def build_polyphony(root: os.PathLike | str = DEFAULT_ROOT, per_class: int = 500
         (partial / label).mkdir(parents=True, exist_ok=True)
     for row in rows:
         (partial / row["path"]).write_bytes(row.pop("midi"))
-    from .sources import group_split
+    from .splits import group_split
 
     keys, labels, groups = [r["path"] for r in rows], [r["label"] for r in rows], [r["group"] for r in rows]
     splits = group_split(keys, labels, groups, SPLIT_FRACTIONS, seed=0)

@@ -16,7 +16,8 @@ from typing import Callable
 
 from ..discover import is_leftover
 from ..download import Archive
-from . import Source, SourceItem, _rank, register_source, split_arguments
+from ..splits import seeded_rank
+from . import Source, SourceItem, register_source, split_arguments
 from .generic import assign_splits, item_id
 
 GTZAN_GENRES = ("blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop",
@@ -265,7 +266,7 @@ class NSynth(Source):
                 for note in chosen:
                     by_class.setdefault(examples[note][key], []).append(note)
                 chosen = sorted(n for notes in by_class.values()
-                                for n in sorted(notes, key=lambda n: _rank(n, args.seed))[:args.max_per_class])
+                                for n in sorted(notes, key=lambda n: seeded_rank(n, args.seed))[:args.max_per_class])
             for note in chosen:
                 meta = examples[note]
                 items.append(SourceItem(folder / "audio" / f"{note}.wav", meta[key], split, None,
