@@ -94,7 +94,7 @@ def clip_windows(x: np.ndarray, crop: int, hop: int, stats: dict[str, torch.Tens
                         for s in window_starts(len(x), crop, hop)])
 
 
-def _seed(*parts: int) -> int:
+def derive_seed(*parts: int) -> int:
     """A 63-bit seed from integers (stable across processes and Python runs)."""
     digest = hashlib.blake2b(np.asarray(parts, np.int64).tobytes(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1
@@ -153,7 +153,7 @@ class RandomCrops(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
         pos, epoch = key
         i = self.indices[pos]
-        g = torch.Generator().manual_seed(_seed(self.seed, epoch, i))
+        g = torch.Generator().manual_seed(derive_seed(self.seed, epoch, i))
         feats = self.cache.features(i)
         room = len(feats) - self.crop
         start = int(torch.randint(0, room + 1, (1,), generator=g)) if room > 0 else 0
@@ -204,7 +204,7 @@ class EpochSampler(Sampler):
         return -(-self.n // self.world_size)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        g = torch.Generator().manual_seed(_seed(self.seed, self.epoch, -1))
+        g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, -1))
         order = torch.randperm(self.n, generator=g).tolist()
         order += order[:len(self) * self.world_size - self.n]
         return iter([(p, self.epoch) for p in order[self.rank::self.world_size]])

@@ -489,7 +489,8 @@ def validate_recipe(data: Any, source: str = "recipe", out_name: str = "recipe")
 def check_model(recipe: Recipe, source: str = "recipe") -> None:
     """Build the recipe's model once (tiny, on CPU) so a bad stem, override, body or head is
     reported before any data is touched."""
-    from . import build_model, list_stems
+    from .models import build_model
+    from .stems import list_stems
     m = recipe.model
     if isinstance(m.stem, str) and m.stem not in list_stems() and m.stem != "native":
         raise RecipeError(f"{source}: model.stem: unknown stem {m.stem!r}; valid stems: "

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from . import augment as aug
-from .data import _seed
+from .data import derive_seed
 from .models import build_model, use_channels_last
 from .report import classification_metrics
 
@@ -92,7 +92,7 @@ class ClassifierTask(pl.LightningModule):
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # Every random draw of a step (mixup, dropout) follows from (seed, step, rank), so a
         # resumed run repeats an uninterrupted one.
-        torch.manual_seed(_seed(self.seed, self.global_step, self.global_rank))
+        torch.manual_seed(derive_seed(self.seed, self.global_step, self.global_rank))
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
