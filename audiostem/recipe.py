@@ -31,7 +31,7 @@ import yaml
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError,
                       field_validator, model_validator)
 
-from .yamlio import load_yaml
+from .yamlio import load_yaml, yaml_error
 
 METRICS = ("val_accuracy", "val_balanced_accuracy", "val_macro_f1", "val_loss")
 # Trainer arguments the run itself sets; a recipe cannot pass them through.
@@ -406,8 +406,7 @@ def parse_overrides(overrides: list[str]) -> list[tuple[list[str], Any]]:
         try:
             parsed = load_yaml(value, f"override {key}") if value.strip() else None
         except yaml.YAMLError as e:
-            raise RecipeError(f"override {text!r}: the value is not valid YAML "
-                              f"({getattr(e, 'problem', None) or e})") from None
+            raise RecipeError(f"override {text!r}: the value is not valid YAML ({yaml_error(e)})") from None
         out.append((key.strip().split("."), parsed))
     return out
 
@@ -545,7 +544,12 @@ def load_recipe(path: Union[str, Path], overrides: Optional[list[str]] = None) -
     try:
         data = load_yaml(path.read_text(encoding="utf-8"), str(path))
     except yaml.YAMLError as e:
-        raise RecipeError(f"{path}: not valid YAML: {e}") from None
+        raise RecipeError(f"{path}: not valid YAML: {yaml_error(e)}") from None
+    except UnicodeDecodeError as e:
+        raise RecipeError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
+                          f"save the recipe as UTF-8") from None
+    except OSError as e:
+        raise RecipeError(f"{path}: cannot read the recipe ({e.strerror})") from None
     return validate_recipe(apply_overrides(data or {}, list(overrides or [])), str(path), path.stem)
 
 

@@ -64,3 +64,13 @@ def load_yaml(text: str, what: str = "YAML") -> Any:
         raise YamlLimitError(" ".join(str(e).split())) from None
     except RecursionError:
         raise YamlLimitError(f"nested more than {MAX_DEPTH} levels deep") from None
+
+
+def yaml_error(error: yaml.YAMLError) -> str:
+    """A YAML error on one line: ``line L: what is wrong`` (PyYAML's own text spans several lines,
+    with a copy of the offending line and a caret)."""
+    problem = getattr(error, "problem", None) or getattr(error, "context", None)
+    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    if not problem:
+        return " ".join(str(error).split())
+    return (f"line {mark.line + 1}: " if mark is not None else "") + " ".join(str(problem).split())

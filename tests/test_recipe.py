@@ -196,3 +196,17 @@ def test_the_documented_key_table_is_the_schema_s_own():
     undescribed = [key for key, field in fields(Recipe) if not field.description]
     assert not undescribed, f"schema fields without a description: {undescribed}"
     assert all(f"| `{key}` |" in table for key, _ in fields(Recipe))
+
+
+def test_a_recipe_that_is_not_utf8_or_not_yaml_gets_one_line(tmp_path):
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes(b"seed: 0\ndata: {cache: /tmp/caf\xe9}\n")
+    with pytest.raises(RecipeError, match=r"latin1.yaml: not UTF-8 text \(byte 0xe9 at offset 30\)"):
+        load_recipe(latin1)
+    for text, what in (("seed: [1, 2\n", "line 2: expected ',' or ']'"),
+                       ("m: !!python/object/apply:os.system [ls]\n", "line 1: could not determine a constructor")):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(text)
+        with pytest.raises(RecipeError) as err:
+            load_recipe(bad)
+        assert what in str(err.value) and "\n" not in str(err.value)

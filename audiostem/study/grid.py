@@ -44,7 +44,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, field_validator, model_validator
 
-from ..yamlio import load_yaml
+from ..yamlio import load_yaml, yaml_error
 
 _TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "function-after"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -525,7 +525,10 @@ def load_study(path: Union[str, Path]) -> Study:
     except OSError as err:
         raise StudyError(f"{path}: cannot read the study file ({err.strerror})") from None
     except yaml.YAMLError as err:
-        raise StudyError(f"{path}: not valid YAML: {err}") from None
+        raise StudyError(f"{path}: not valid YAML: {yaml_error(err)}") from None
+    except UnicodeDecodeError as err:
+        raise StudyError(f"{path}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}); "
+                         f"save the study file as UTF-8") from None
     if not isinstance(data, dict):
         raise StudyError(f"{path}: a study file is a mapping (name, out_dir, seeds, datasets, stems)")
     try:
