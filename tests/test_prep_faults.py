@@ -43,6 +43,25 @@ def alive(pid: int) -> bool:
         return False
 
 
+def kill_parent_and_check_workers(proc: subprocess.Popen, workers: set) -> None:
+    """``kill -9`` the parent only (as `kill -9 PID` does) and check its workers end with it."""
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 30
+    while any(alive(pid) for pid in workers) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in workers if alive(pid)], "workers outlived their parent"
+
+
+def end_session(proc: subprocess.Popen) -> None:
+    """Kill whatever is left of the test's own process session."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+
 SLOW_PREP = textwrap.dedent("""
     import importlib, json, os, sys, time
     P = importlib.import_module("data_prep.prepare")
@@ -79,17 +98,9 @@ def test_kill_9_of_prep_takes_its_workers_with_it(tmp_path, kind):
             assert time.time() < deadline, "the workers never started"
             time.sleep(0.05)
             workers = set(map(int, pids.read_text().split())) - {proc.pid} if pids.exists() else set()
-        os.kill(proc.pid, signal.SIGKILL)                # the parent only, as `kill -9 PID` does
-        proc.wait()
-        deadline = time.time() + 30
-        while any(alive(pid) for pid in workers) and time.time() < deadline:
-            time.sleep(0.1)
-        assert not [pid for pid in workers if alive(pid)], "workers outlived their parent"
+        kill_parent_and_check_workers(proc, workers)
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)          # our own session, whatever is left of it
-        except ProcessLookupError:
-            pass
+        end_session(proc)
 
 
 OTHER_POOLS = textwrap.dedent("""
@@ -123,17 +134,9 @@ def test_every_worker_pool_dies_with_its_parent(tmp_path, pool):
             time.sleep(0.05)
         workers = set(map(int, pids.read_text().split()))
         assert len(workers) == 2
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-        deadline = time.time() + 30
-        while any(alive(pid) for pid in workers) and time.time() < deadline:
-            time.sleep(0.1)
-        assert not [pid for pid in workers if alive(pid)], "workers outlived their parent"
+        kill_parent_and_check_workers(proc, workers)
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        end_session(proc)
 
 
 def test_full_disk_is_one_line_leaves_no_temp_file_and_resumes(tmp_path, monkeypatch, capsys):
