@@ -1,4 +1,5 @@
-"""The one way audiostem reads a checkpoint file: tensors and plain data only, verified first.
+"""The one way audiostem reads a checkpoint file: tensors and plain data only, verified first;
+and what audiostem stores in it beside the weights (:class:`CheckpointPayload`).
 
 Every checkpoint the project did not just write in this process goes through
 :func:`load_checkpoint`: ``--resume``, a run's own ``last.ckpt``, ``best.ckpt`` after training,
@@ -16,9 +17,11 @@ a full disk), not a deliberate forgery: whoever can write a checkpoint can write
 """
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import zipfile
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
@@ -97,3 +100,107 @@ def verified_checkpoint_io():
     """A Lightning ``CheckpointIO`` plugin (pass it in ``Trainer(plugins=[...])``) whose loads go
     through :func:`load_checkpoint`; saving is Lightning's own."""
     return _lightning_io()()
+
+
+# --- what audiostem stores in a checkpoint --------------------------------------------------------
+PAYLOAD_KEY = "audiostem"      # the checkpoint dict's entry that holds the payload
+
+
+@dataclass
+class CheckpointPayload:
+    """The plain data every audiostem checkpoint carries beside the weights, under
+    ``ckpt["audiostem"]``: everything needed to rebuild the model and to turn a new file into
+    its input exactly as in training, so that evaluating, predicting and exporting read nothing
+    else. Stored as a plain dict (:meth:`to_dict`), in the same keys and order since the first
+    release, so checkpoints written before this class existed load unchanged.
+
+    Attributes:
+        recipe: the resolved recipe as plain data (``Recipe.to_dict()``; what ``recipe.yaml`` holds).
+        classes: class names in label-index order (the model's output columns).
+        input_shape: ``[channels, bins, crop_frames]``, one training input without the batch axis.
+        features: the cache's feature config (``data_prep`` ``FeatureConfig.to_dict()``).
+        feature_shape: the cache's ``meta.json`` ``feature_shape``, ``[channels, bins]``.
+        stats: ``{"mean", "std", "pad"}``, each ``(channels, bins)`` as nested lists: the
+            normalisation statistics of the training items and the padding value of short clips.
+        normalize: the recipe's ``data.normalize`` (``per_bin``, ``global`` or ``none``).
+        crop_frames: frames per window (training crop and evaluation window).
+        eval_hop: frames between evaluation windows of one clip.
+        fold: the test fold of a cross-validation run, else None.
+        cache: the path of the feature cache it was trained on.
+        cache_build_id: the ``build_id`` of that cache's build (None in checkpoints written
+            before 2026-11-30, which did not record it).
+    """
+    recipe: dict
+    classes: list
+    input_shape: list
+    features: dict
+    feature_shape: list
+    stats: dict
+    normalize: str
+    crop_frames: int
+    eval_hop: int
+    fold: Optional[int]
+    cache: str
+    cache_build_id: Optional[str] = None
+
+    def to_dict(self) -> dict:
+        """The payload as stored: a dict in field order (``cache_build_id`` left out when None,
+        as old checkpoints have it)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if out["cache_build_id"] is None:
+            del out["cache_build_id"]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any, path: Union[str, Path]) -> "CheckpointPayload":
+        """Check and wrap a stored payload. Keys this version does not know are ignored.
+        Raises :class:`CheckpointError` naming ``path`` and every missing or malformed field."""
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{path}: not an audiostem checkpoint (no {PAYLOAD_KEY!r} entry); "
+                                  "train one with python -m audiostem.train")
+        required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING]
+        missing = [k for k in required if k not in data]
+        if missing:
+            raise CheckpointError(f"{path}: its {PAYLOAD_KEY!r} entry lacks {', '.join(missing)} (damaged, or "
+                                  "not written by python -m audiostem.train); train the model again")
+        bad = [f"{k} {data.get(k)!r:.60} ({want})" for k, ok, want in _PAYLOAD_CHECKS if not ok(data.get(k))]
+        if bad:
+            raise CheckpointError(f"{path}: its {PAYLOAD_KEY!r} entry has malformed fields: {'; '.join(bad)} "
+                                  "(damaged, or not written by python -m audiostem.train); train the model again")
+        return cls(**{f.name: data.get(f.name) for f in dataclasses.fields(cls)})
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict, path: Union[str, Path]) -> "CheckpointPayload":
+        """The payload of a loaded checkpoint dict (:func:`load_checkpoint`); :class:`CheckpointError`
+        naming ``path`` when there is none or it is malformed."""
+        return cls.from_dict(ckpt.get(PAYLOAD_KEY), path)
+
+    def stats_tensors(self) -> dict:
+        """``stats`` as float32 tensors, each ``(channels, bins)``."""
+        return {k: torch.tensor(v, dtype=torch.float32) for k, v in self.stats.items()}
+
+
+def _int(lo: int) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= lo
+
+
+def _ints(n: Optional[int]) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, list) and (n is None or len(v) == n) and all(_int(1)(x) for x in v)
+
+
+_PAYLOAD_CHECKS: tuple = (
+    ("recipe", lambda v: isinstance(v, dict), "a mapping"),
+    ("classes", lambda v: isinstance(v, list) and len(v) > 0 and all(isinstance(c, str) for c in v),
+     "a list of class names"),
+    ("input_shape", _ints(3), "[channels, bins, frames]"),
+    ("features", lambda v: isinstance(v, dict) and "kind" in v, "a feature config mapping"),
+    ("feature_shape", _ints(None), "a list of sizes"),
+    ("stats", lambda v: isinstance(v, dict) and {"mean", "std", "pad"} <= set(v)
+     and all(isinstance(x, list) for x in v.values()), "mean, std and pad as nested lists"),
+    ("normalize", lambda v: isinstance(v, str), "per_bin, global or none"),
+    ("crop_frames", _int(1), "an integer >= 1"),
+    ("eval_hop", _int(1), "an integer >= 1"),
+    ("fold", lambda v: v is None or _int(0)(v), "a fold number or null"),
+    ("cache", lambda v: isinstance(v, str), "a path"),
+    ("cache_build_id", lambda v: v is None or isinstance(v, str), "a build id or absent"),
+)

@@ -18,7 +18,8 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from .inference import CheckpointError, clip_logits, find_checkpoint, load_classifier, stats_of
+from . import run_folder
+from .inference import CheckpointError, clip_logits, load_classifier
 
 ROLES = {"test": "test", "val": "val", "valid": "val", "train": "train"}
 
@@ -37,53 +38,53 @@ def evaluate_checkpoint(checkpoint: Union[str, Path], split: str = "test", cache
     from torch.utils.data import DataLoader
 
     from .data import Windows, resolve_splits
+    from .metrics import classification_metrics
     from .recipe import validate_recipe
-    from .report import classification_metrics
 
-    model, info = load_classifier(checkpoint, device)
-    cache = data_prep.open_cache(cache_path or info["cache"])
-    built = info.get("cache_build_id")
+    model, payload = load_classifier(checkpoint, device)
+    cache = data_prep.open_cache(cache_path or payload.cache)
+    built = payload.cache_build_id
     if cache_path is None and built is not None and built != cache.build_id:
         raise CheckpointError(f"{cache.path}: rebuilt since {checkpoint} was trained on it (model: build "
                               f"{built[:12]}, cache now: build {cache.build_id[:12]}); its items and "
                               "features may differ from the model's. Retrain, or pass --cache "
                               f"{cache.path} to score the model on the new build anyway")
-    diff = config_diff(cache.meta["features"], info["features"])
+    diff = config_diff(cache.meta["features"], payload.features)
     if diff:
         raise CheckpointError(f"{cache.path}: built with another feature config than the model "
                               f"({'; '.join(diff)})")
-    if cache.classes != info["classes"]:
-        raise CheckpointError(f"{cache.path}: classes {cache.classes} differ from the model's {info['classes']}")
+    if cache.classes != payload.classes:
+        raise CheckpointError(f"{cache.path}: classes {cache.classes} differ from the model's {payload.classes}")
     if split in ROLES:
-        recipe = validate_recipe({**info["recipe"], "data": {**info["recipe"]["data"], "cache": str(cache.path)}})
+        recipe = validate_recipe({**payload.recipe, "data": {**payload.recipe["data"], "cache": str(cache.path)}})
         runs = {r["fold"]: r for r in resolve_splits(cache, recipe)}
-        indices = runs[info["fold"]][ROLES[split]]
+        indices = runs[payload.fold][ROLES[split]]
     else:
         indices = cache.indices(split=split)
     if not indices:
         present = sorted({it["split"] for it in cache.items})
         raise CheckpointError(f"--split {split}: no items in {cache.path} (its splits: {present}; "
                               "or test, val, train as the recipe defined them)")
-    windows = Windows(cache, indices, info["crop_frames"], info["eval_hop"], stats_of(info))
+    windows = Windows(cache, indices, payload.crop_frames, payload.eval_hop, payload.stats_tensors())
     loader = DataLoader(windows, batch_size=batch_size)
     logits = clip_logits(model, loader, windows.n_clips, device)
     target = torch.tensor([cache.label_index(i) for i in indices])
     log_probs = torch.log_softmax(logits, 1)
     return {"metrics": classification_metrics(log_probs, target, cache.classes), "log_probs": log_probs,
             "target": target, "items": [cache.items[i] for i in indices], "classes": cache.classes,
-            "fold": info["fold"]}
+            "fold": payload.fold}
 
 
 def evaluate(run_or_checkpoint: Union[str, Path], split: str = "test", cache_path: Optional[str] = None,
              batch_size: int = 64, device: str = "cpu") -> dict:
     """Score a run folder (all its folds, pooled) or a checkpoint; same return as
     :func:`evaluate_checkpoint`, with ``folds`` (per-fold metrics) for a cross-validation run."""
-    from .report import classification_metrics
-    p = Path(run_or_checkpoint)
-    fold_dirs = sorted(p.glob("fold_*/checkpoints/best.ckpt")) if p.is_dir() else []
-    if not fold_dirs:
-        return evaluate_checkpoint(find_checkpoint(p), split, cache_path, batch_size, device)
-    parts = [evaluate_checkpoint(c, split, cache_path, batch_size, device) for c in fold_dirs]
+    from .metrics import classification_metrics, pool_folds
+    fold_checkpoints = run_folder.fold_checkpoints(run_or_checkpoint)
+    if not fold_checkpoints:
+        return evaluate_checkpoint(run_folder.find_checkpoint(run_or_checkpoint), split, cache_path, batch_size,
+                                   device)
+    parts = [evaluate_checkpoint(c, split, cache_path, batch_size, device) for c in fold_checkpoints]
     if split not in ROLES:          # a named split is the same items for every fold: average the models
         first = parts[0]
         log_probs = torch.log_softmax(torch.stack([r["log_probs"] for r in parts]).exp().mean(0).log(), 1)
@@ -92,7 +93,7 @@ def evaluate(run_or_checkpoint: Union[str, Path], split: str = "test", cache_pat
                 "folds": [r["metrics"] for r in parts]}
     log_probs = torch.cat([r["log_probs"] for r in parts])
     target = torch.cat([r["target"] for r in parts])
-    pooled = classification_metrics(log_probs, target, parts[0]["classes"])
+    pooled = pool_folds([r["log_probs"] for r in parts], [r["target"] for r in parts], parts[0]["classes"])
     return {"metrics": pooled, "log_probs": log_probs, "target": target, "classes": parts[0]["classes"],
             "items": [it for r in parts for it in r["items"]], "fold": None,
             "folds": [{**r["metrics"], "fold": r["fold"]} for r in parts],
@@ -115,7 +116,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     from data_prep import CacheError
 
-    from .report import per_class_text, plot_confusion, prediction_rows, public, write_json, write_predictions
+    from .metrics import per_class_text, public
     try:
         result = evaluate(args.run, args.split, args.cache, args.batch_size, args.device)
     except (CheckpointError, CacheError) as e:
@@ -132,19 +133,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for f in metrics.get("folds", []):
             print(f"fold {f.get('fold', '?')}: accuracy {f['accuracy']:.3f}  macro-F1 {f['macro_f1']:.3f}")
     if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
         folds = result.get("fold_of_item")
         rows = []
         for n, item in enumerate(result["items"]):
-            rows += prediction_rows([item], result["log_probs"][n:n + 1], result["target"][n:n + 1], classes,
-                                    folds[n] if folds else result["fold"])
-        write_predictions(out / f"predictions_{args.split}.csv", rows, classes)
-        (out / f"per_class_{args.split}.txt").write_text(per_class_text(metrics, title))
-        plot_confusion(out / f"confusion_matrix_{args.split}.png", metrics["confusion"], classes, title)
-        write_json(out / f"metrics_{args.split}.json", metrics)
-        print(f"wrote {out}/predictions_{args.split}.csv, metrics_{args.split}.json, "
-              f"confusion_matrix_{args.split}.png")
+            rows += run_folder.prediction_rows([item], result["log_probs"][n:n + 1], result["target"][n:n + 1],
+                                               classes, folds[n] if folds else result["fold"])
+        names = run_folder.write_evaluation(args.out, args.split, rows, metrics, classes, title)
+        print(f"wrote {Path(args.out)}/{', '.join(names)}")
     return 0
 
 

@@ -42,7 +42,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .inference import CheckpointError, find_checkpoint, load_classifier, stats_of
+from .inference import CheckpointError, load_classifier
+from .run_folder import find_checkpoint
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 EXPORTABLE_KINDS = ("stft", "mel", "logmel", "mfcc")
@@ -171,16 +172,16 @@ def refuse_unexportable(features: dict) -> None:
 def waveform_classifier(checkpoint: Union[str, Path]) -> tuple[WaveformClassifier, dict]:
     """``(WaveformClassifier in eval mode on CPU, metadata dict)`` for a checkpoint or run folder.
     Raises :class:`~audiostem.inference.CheckpointError` or :class:`ExportError`."""
-    model, info = load_classifier(checkpoint, "cpu")
-    refuse_unexportable(info["features"])
+    model, payload = load_classifier(checkpoint, "cpu")
+    refuse_unexportable(payload.features)
     model = model.to(memory_format=torch.contiguous_format)
-    wrapped = WaveformClassifier(model, info["features"], stats_of(info), info["crop_frames"],
-                                 info["eval_hop"]).eval().requires_grad_(False)
-    f = info["features"]
-    meta = {"format_version": 1, "classes": list(info["classes"]), "features": f,
+    wrapped = WaveformClassifier(model, payload.features, payload.stats_tensors(), payload.crop_frames,
+                                 payload.eval_hop).eval().requires_grad_(False)
+    f = payload.features
+    meta = {"format_version": 1, "classes": list(payload.classes), "features": f,
             "sample_rate": f["sample_rate"], "channels": 1 if f["mono"] else f["channels"],
-            "crop_frames": info["crop_frames"], "eval_hop": info["eval_hop"],
-            "normalize": info.get("normalize"), "checkpoint": str(find_checkpoint(checkpoint)),
+            "crop_frames": payload.crop_frames, "eval_hop": payload.eval_hop,
+            "normalize": payload.normalize, "checkpoint": str(find_checkpoint(checkpoint)),
             "input": "waveform: float32 (batch, samples) at sample_rate" if f["mono"] else
                      "waveform: float32 (batch, channels, samples) at sample_rate",
             "outputs": ["probabilities: (batch, n_classes)", "window_logits: (batch, windows, n_classes)"]}

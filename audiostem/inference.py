@@ -1,9 +1,10 @@
 """Trained classifiers outside training: load a checkpoint, score whole clips.
 
-A checkpoint written by ``audiostem.train`` holds, besides the weights, plain data under
-``"audiostem"``: the resolved recipe, the class list, the feature config of the cache, the
-normalisation statistics and the crop/window sizes. That is everything needed to turn a new
-file into the model's input exactly as in training, so nothing else is read.
+A checkpoint written by ``audiostem.train`` holds, besides the weights, a
+:class:`~audiostem.checkpoint.CheckpointPayload`: the resolved recipe, the class list, the
+feature config of the cache, the normalisation statistics and the crop/window sizes. That is
+everything needed to turn a new file into the model's input exactly as in training, so nothing
+else is read.
 """
 from __future__ import annotations
 
@@ -12,42 +13,30 @@ from typing import Iterable, Union
 
 import torch
 
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import CheckpointError, CheckpointPayload, load_checkpoint
+from .metrics import add_windows, mean_window_logits
 from .models import build_model, use_channels_last
+from .run_folder import find_checkpoint
 
-__all__ = ["CheckpointError", "clip_logits", "find_checkpoint", "load_classifier", "stats_of"]
-
-
-def find_checkpoint(path: Union[str, Path]) -> Path:
-    """A checkpoint file, or ``RUN/checkpoints/best.ckpt`` for a run folder."""
-    p = Path(path)
-    if p.is_dir():
-        best = p / "checkpoints" / "best.ckpt"
-        if not best.exists():
-            raise CheckpointError(f"{p}: a run folder without checkpoints/best.ckpt (not trained yet, or "
-                                  "not a run folder)")
-        return best
-    if not p.exists():
-        raise CheckpointError(f"{p}: no such checkpoint file or run folder")
-    return p
+__all__ = ["CheckpointError", "clip_logits", "find_checkpoint", "load_classifier"]
 
 
-def load_classifier(path: Union[str, Path], device: Union[str, torch.device] = "cpu") -> tuple[torch.nn.Module, dict]:
-    """Rebuild a trained model from a checkpoint, verified and loaded with ``weights_only=True``
-    (:func:`audiostem.checkpoint.load_checkpoint`: no pickled code runs, damaged bytes are
-    refused). Returns ``(model in eval mode on device, info)`` where ``info`` holds ``recipe``,
-    ``classes``, ``features``, ``stats`` (``mean``/``std``/``pad``, each ``(C, F)``),
-    ``crop_frames``, ``eval_hop``, ``input_shape``, ``fold``, ``cache``."""
+def load_classifier(path: Union[str, Path],
+                    device: Union[str, torch.device] = "cpu") -> tuple[torch.nn.Module, CheckpointPayload]:
+    """Rebuild a trained model from a checkpoint file or run folder (its ``best.ckpt``), verified
+    and loaded with ``weights_only=True`` (:func:`audiostem.checkpoint.load_checkpoint`: no pickled
+    code runs, damaged bytes are refused). Returns ``(model in eval mode on device, payload)``;
+    raises :class:`CheckpointError` naming the file when it is not a whole audiostem checkpoint."""
     path = find_checkpoint(path)
     ckpt = load_checkpoint(path)
-    info = ckpt.get("audiostem")
-    if not isinstance(info, dict) or not isinstance(ckpt.get("state_dict"), dict):
+    if not isinstance(ckpt.get("state_dict"), dict):
         raise CheckpointError(f"{path}: not an audiostem checkpoint (no 'audiostem' or 'state_dict' entry); "
                               "train one with python -m audiostem.train")
+    payload = CheckpointPayload.from_checkpoint(ckpt, path)
     try:
-        m = info["recipe"]["model"]
-        model = build_model(stem=m["stem"], body=m["body"], num_classes=len(info["classes"]),
-                            in_channels=info["input_shape"][0], head=m["head"],
+        m = payload.recipe["model"]
+        model = build_model(stem=m["stem"], body=m["body"], num_classes=len(payload.classes),
+                            in_channels=payload.input_shape[0], head=m["head"],
                             stem_overrides=dict(m["stem_args"]), dropout=m["dropout"])
         state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
         model.load_state_dict(state)
@@ -58,12 +47,7 @@ def load_classifier(path: Union[str, Path], device: Union[str, torch.device] = "
     model = model.to(device).eval()
     if use_channels_last(m.get("channels_last", False), device):
         model = model.to(memory_format=torch.channels_last)     # convs then run NHWC whatever the input
-    return model, info
-
-
-def stats_of(info: dict) -> dict[str, torch.Tensor]:
-    """The ``(C, F)`` normalisation/padding tensors stored in a checkpoint's info."""
-    return {k: torch.tensor(v, dtype=torch.float32) for k, v in info["stats"].items()}
+    return model, payload
 
 
 @torch.no_grad()
@@ -78,8 +62,7 @@ def clip_logits(model: torch.nn.Module, batches: Iterable, n_clips: int,
         logits = model(x.to(device)).float().cpu()
         if sums is None:
             sums = torch.zeros(n_clips, logits.shape[1])
-        sums.index_add_(0, clip, logits)
-        counts.index_add_(0, clip, torch.ones(len(clip)))
+        add_windows(sums, counts, logits, clip)
     if sums is None:
         raise ValueError("clip_logits: no windows to score")
-    return sums / counts.clamp(min=1).unsqueeze(1)
+    return mean_window_logits(sums, counts)

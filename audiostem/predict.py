@@ -20,7 +20,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-from .inference import CheckpointError, clip_logits, load_classifier, stats_of
+from .inference import CheckpointError, clip_logits, load_classifier
 
 
 def predict_files(checkpoint: Union[str, Path], files: Sequence[Union[str, Path]], top_k: int = 3,
@@ -32,10 +32,10 @@ def predict_files(checkpoint: Union[str, Path], files: Sequence[Union[str, Path]
     from data_prep.config import feature_config
 
     from .data import clip_windows
-    model, info = load_classifier(checkpoint, device)
-    config = feature_config(info["features"])
-    stats = stats_of(info)
-    classes = info["classes"]
+    model, payload = load_classifier(checkpoint, device)
+    config = feature_config(payload.features)
+    stats = payload.stats_tensors()
+    classes = payload.classes
     results = []
     for f in files:
         try:
@@ -45,7 +45,7 @@ def predict_files(checkpoint: Union[str, Path], files: Sequence[Union[str, Path]
             results.append({"file": str(f), "error": f"{type(e).__name__}: {e} (this model reads {what} "
                                                      f"files: {config.kind} features)"})
             continue
-        x = clip_windows(np.asarray(features, np.float16), info["crop_frames"], info["eval_hop"], stats)
+        x = clip_windows(np.asarray(features, np.float16), payload.crop_frames, payload.eval_hop, stats)
         batches = [(x[i:i + batch_size], torch.zeros(len(x[i:i + batch_size]), dtype=torch.long))
                    for i in range(0, len(x), batch_size)]
         probs = torch.softmax(clip_logits(model, batches, 1, device)[0], 0)

@@ -1,15 +1,14 @@
 """The classification task: model, loss, optimiser, schedule and clip-level metrics.
 
 Training sees random crops; validation and test see every window of a clip and average the
-window logits per clip (``clip_logits``), then score clips with torchmetrics. Under DDP each
-rank sums the logits of its share of the windows and the sums are all-reduced, so the clip
-scores are exact whatever the number of ranks.
+window logits per clip (:func:`audiostem.metrics.add_windows`, as ``inference.clip_logits``
+does), then score clips with torchmetrics. Under DDP each rank sums the logits of its share of
+the windows and the sums are all-reduced, so the clip scores are exact whatever the number of
+ranks.
 """
 from __future__ import annotations
 
-import csv
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -20,9 +19,11 @@ import torch
 import torch.nn.functional as F
 
 from . import augment as aug
+from . import run_folder
+from .checkpoint import PAYLOAD_KEY, CheckpointPayload
 from .data import derive_seed
+from .metrics import add_windows, classification_metrics, mean_window_logits
 from .models import build_model, use_channels_last
-from .report import classification_metrics
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -46,19 +47,19 @@ class ClassifierTask(pl.LightningModule):
     """A stem + body + head classifier trained with a recipe's ``model.*`` and ``train.*``.
 
     Args:
-        recipe: the resolved recipe as plain data (``Recipe.to_dict()``).
-        classes: class names, in label-index order.
-        in_channels, bins: input channels and frequency/pitch bins of ``(batch, C, F, T)``.
-        info: plain data stored in every checkpoint under ``"audiostem"`` (feature config,
-            normalisation statistics, crop size ...) so that ``predict`` can rebuild the input.
+        payload: what every checkpoint stores beside the weights: the resolved recipe
+            (``payload.recipe``), the classes in label-index order, the input shape
+            ``(C, F, T)`` of ``(batch, C, F, T)``, the feature config and normalisation
+            statistics that ``predict`` needs to rebuild the input.
 
     Attributes after a validation/test epoch: ``results[stage]`` = ``{"logits": (clips, classes),
     "target": (clips,), "metrics": classification_metrics(...)}``.
     """
 
-    def __init__(self, recipe: dict, classes: list[str], in_channels: int, bins: int, info: Optional[dict] = None):
+    def __init__(self, payload: CheckpointPayload):
         super().__init__()
-        self.recipe, self.classes, self.info = recipe, list(classes), dict(info or {})
+        recipe, classes, in_channels = payload.recipe, payload.classes, payload.input_shape[0]
+        self.recipe, self.classes, self.payload = recipe, list(classes), payload
         m, t = recipe["model"], recipe["train"]
         self.model = build_model(stem=m["stem"], body=m["body"], num_classes=len(classes),
                                  in_channels=in_channels, head=m["head"],
@@ -67,7 +68,7 @@ class ClassifierTask(pl.LightningModule):
         self.channels_last = m["channels_last"] is True      # "auto" is decided in setup(), on the device
         self.train_cfg, self.mixup_cfg = t, recipe["augment"]["mixup"]
         self.seed = recipe["seed"]
-        self.input_shape = (in_channels, bins, recipe["data"]["crop_frames"])
+        self.input_shape = tuple(payload.input_shape)
         self.results: dict[str, dict] = {}
         self._sums: Optional[torch.Tensor] = None
         self._counts: Optional[torch.Tensor] = None
@@ -143,13 +144,12 @@ class ClassifierTask(pl.LightningModule):
 
     def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> None:
         x, y, clip = batch
-        self._sums.index_add_(0, clip, self(x).float())
-        self._counts.index_add_(0, clip, torch.ones_like(clip, dtype=torch.float))
+        add_windows(self._sums, self._counts, self(x), clip)
 
     def _end_eval(self, stage: str) -> dict[str, Any]:
         sums = self.trainer.strategy.reduce(self._sums, reduce_op="sum")
         counts = self.trainer.strategy.reduce(self._counts, reduce_op="sum")
-        logits = (sums / counts.clamp(min=1).unsqueeze(1)).cpu()
+        logits = mean_window_logits(sums, counts).cpu()
         metrics = classification_metrics(logits, self._targets, self.classes)
         self.results[stage] = {"logits": logits, "target": self._targets, "metrics": metrics}
         prefix = "val" if stage == "val" else "test"
@@ -177,21 +177,17 @@ class ClassifierTask(pl.LightningModule):
 
     # -- checkpoints ---------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["audiostem"] = {"recipe": self.recipe, "classes": self.classes,
-                                   "input_shape": list(self.input_shape), **self.info}
+        checkpoint[PAYLOAD_KEY] = self.payload.to_dict()
 
 
 # --- the epoch history ---------------------------------------------------------------------------
-HISTORY_FIELDS = ("epoch", "train_loss", "val_loss", "val_accuracy", "val_macro_f1", "lr", "seconds",
-                  "val_balanced_accuracy")
-
-
 class History(Callback):
-    """Writes ``history.csv`` (one row per epoch) and measures training time and throughput.
-    Its state travels in the checkpoints, so a resumed run keeps the rows of earlier epochs."""
+    """Writes the run folder's ``history.csv`` (one row per epoch, :data:`run_folder.HISTORY_FIELDS`)
+    and measures training time and throughput. Its state travels in the checkpoints, so a
+    resumed run keeps the rows of earlier epochs."""
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
         self.rows: list[dict] = []
         self.train_seconds = 0.0      # time in the training part of epochs (loading included)
         self.fit_seconds = 0.0        # wall time of whole epochs, validation included
@@ -236,19 +232,8 @@ class History(Callback):
             "val_balanced_accuracy": _round(val.get("balanced_accuracy")),
         })
         if trainer.is_global_zero:
-            write_history(self.path, self.rows)
+            run_folder.write_history(self.run_dir, self.rows)
 
 
 def _round(x: Optional[float]) -> Any:
     return "" if x is None else round(float(x), 6)
-
-
-def write_history(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, HISTORY_FIELDS)
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
-
-

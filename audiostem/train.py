@@ -13,27 +13,20 @@ trained again. With cross-validation (``data.folds``) each test fold runs in ``f
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import os
-import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 from data_prep import CacheError
 
-from .checkpoint import CheckpointError, load_checkpoint, verified_checkpoint_io
+from . import run_folder
+from .checkpoint import PAYLOAD_KEY, CheckpointError, CheckpointPayload, load_checkpoint, verified_checkpoint_io
 from .recipe import Recipe, RecipeError, check_data, dump_recipe, load_recipe
-from .yamlio import load_yaml
 
 # Lightning is imported by the functions that train, so that checking a recipe (--print, or an
 # error in it) answers in the time it takes to import torch.
-
-# Recipe fields that may change between an interrupted run and its resumption.
-RUNTIME_FIELDS = (("data", "num_workers"), ("trainer",), ("out_dir",))
-
 
 def _global_rank() -> int:
     from lightning.pytorch.utilities import rank_zero_only
@@ -68,78 +61,6 @@ def ensure_cache(recipe: Recipe, wait_seconds: float = 3600.0):
     return data_prep.open_cache(cache)
 
 
-# --- the run folder -----------------------------------------------------------------------------
-def _comparable(recipe: dict) -> dict:
-    d = json.loads(json.dumps(recipe))
-    for path in RUNTIME_FIELDS:
-        node = d
-        for key in path[:-1]:
-            node = node.get(key, {})
-        node.pop(path[-1], None)
-    return d
-
-
-def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        return [d for k in sorted(set(a) | set(b)) for d in _diff(a.get(k), b.get(k), f"{prefix}{k}.")]
-    return [] if a == b else [f"{prefix[:-1]}: {a!r} -> {b!r}"]
-
-
-def recipe_changes(old: dict, new: dict) -> list[str]:
-    """``field: old -> new`` for every field that differs between two resolved recipes, ignoring
-    the runtime fields (``trainer``, ``data.num_workers``, ``out_dir``) that may change on resume."""
-    return _diff(_comparable(old), _comparable(new))
-
-
-def prepare_run_folder(recipe: Recipe, restart: bool = False) -> Path:
-    """Create ``out_dir`` and write ``recipe.yaml``; refuse a folder that holds a run of another
-    recipe (resuming must not mix two experiments), or wipe it with ``restart``."""
-    out = Path(recipe.out_dir)
-    stored = out / "recipe.yaml"
-    if restart and out.exists() and _is_rank_zero():
-        for name in ("checkpoints", "logs", "metrics.json", "history.csv", "recipe.yaml"):
-            target = out / name
-            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-        for fold_dir in out.glob("fold_*"):
-            shutil.rmtree(fold_dir)
-    if stored.exists():
-        diff = recipe_changes(load_yaml(stored.read_text(encoding="utf-8"), str(stored)) or {},
-                              recipe.to_dict())
-        if diff:
-            raise RecipeError(f"out_dir: {out} holds a run of a different recipe ({'; '.join(diff[:5])}); "
-                              "choose another out_dir, or pass --restart to discard that run")
-    if _is_rank_zero():
-        out.mkdir(parents=True, exist_ok=True)
-        stored.write_text(dump_recipe(recipe))
-    return out
-
-
-def best_epoch(rows: list[dict], metric: str) -> int:
-    """The epoch whose ``metric`` was best (the first of ties; the last epoch without validation)."""
-    scored = [(r["epoch"], r[metric]) for r in rows if r.get(metric) not in ("", None)]
-    if not scored:
-        return rows[-1]["epoch"] if rows else 0
-    pick = min if metric == "val_loss" else max
-    value = pick(v for _, v in scored)
-    return next(e for e, v in scored if v == value)
-
-
-def csv_logger(run_dir: Path):
-    """Lightning's CSVLogger writing ``run_dir/logs/metrics.csv``, which keeps the rows of an
-    interrupted run when it resumes (the stock logger deletes an existing file)."""
-    from lightning.pytorch.loggers import CSVLogger
-    logger = CSVLogger(run_dir, name="logs", version="")
-    path = run_dir / "logs" / "metrics.csv"
-    if path.exists() and _is_rank_zero():
-        kept = path.with_name("metrics.csv.resume")
-        os.replace(path, kept)
-        writer = logger.experiment                      # created now: finds no file to delete
-        os.replace(kept, path)
-        with open(path, newline="") as fh:
-            writer.metrics_keys = list(csv.DictReader(fh).fieldnames or [])
-    return logger
-
-
 # --- the cache's build ----------------------------------------------------------------------------
 def cache_build_check(cache):
     """A Lightning callback that checks, before every phase that reads features (each training,
@@ -172,9 +93,13 @@ def check_resume(path: str, cache, run_dir: Path, own: bool, task=None) -> None:
     except CheckpointError as e:
         raise CheckpointError(f"{e}. Cannot resume from it: {how}") from None
     state = ckpt.get("state_dict")
-    if not isinstance(state, dict) or "audiostem" not in ckpt:
+    if not isinstance(state, dict) or PAYLOAD_KEY not in ckpt:
         raise CheckpointError(f"{path}: not an audiostem training checkpoint (no state_dict or audiostem "
                               f"entry). Cannot resume from it: {how}")
+    try:
+        payload = CheckpointPayload.from_checkpoint(ckpt, path)
+    except CheckpointError as e:
+        raise CheckpointError(f"{e}. Cannot resume from it: {how}") from None
     if task is not None:
         mine = {k: tuple(v.shape) for k, v in task.state_dict().items()}
         theirs = {k: tuple(getattr(v, "shape", ())) for k, v in state.items()}
@@ -184,7 +109,7 @@ def check_resume(path: str, cache, run_dir: Path, own: bool, task=None) -> None:
             raise CheckpointError(f"{path}: holds another model's weights ({k}: {theirs.get(k, 'missing')} "
                                   f"in the checkpoint, {mine.get(k, 'missing')} in this recipe's model). "
                                   f"Cannot resume from it: {how}")
-    built = (ckpt.get("audiostem") or {}).get("cache_build_id")
+    built = payload.cache_build_id
     if built is not None and built != cache.build_id:
         raise CacheError(f"{cache.path}: rebuilt since {path} was written (the run trained on build "
                          f"{built[:12]}, the cache is now build {cache.build_id[:12]}); resuming would "
@@ -199,46 +124,45 @@ def fit_run(recipe: Recipe, cache, split: dict, run_dir: Path, callbacks: Sequen
     import lightning.pytorch as pl
     import torch
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-    from lightning.pytorch.loggers import TensorBoardLogger
 
     from .data import CacheDataModule
-    from .report import prediction_rows, public, write_json, write_predictions, write_split_reports
+    from .metrics import public
     from .models import describe_model
     from .task import ClassifierTask, History
-    if (run_dir / "metrics.json").exists():
-        return json.loads((run_dir / "metrics.json").read_text())
+    if run_folder.is_finished(run_dir):
+        return run_folder.read_metrics(run_dir)
     cache.check_build()
     pl.seed_everything(recipe.seed, workers=True, verbose=False)
     dm = CacheDataModule(cache, recipe, split)
     fold = split["fold"]
-    info = {"features": cache.config.to_dict(), "feature_shape": list(cache.meta["feature_shape"]),
-            "stats": {k: v.tolist() for k, v in dm.stats.items()}, "normalize": recipe.data.normalize,
-            "crop_frames": dm.crop, "eval_hop": dm.eval_hop, "fold": fold, "cache": str(cache.path),
-            "cache_build_id": cache.build_id}
-    task = ClassifierTask(recipe.to_dict(), cache.classes, dm.in_channels, dm.bins, info)
+    payload = CheckpointPayload(
+        recipe=recipe.to_dict(), classes=list(cache.classes), input_shape=[dm.in_channels, dm.bins, dm.crop],
+        features=cache.config.to_dict(), feature_shape=list(cache.meta["feature_shape"]),
+        stats={k: v.tolist() for k, v in dm.stats.items()}, normalize=recipe.data.normalize,
+        crop_frames=dm.crop, eval_hop=dm.eval_hop, fold=fold, cache=str(cache.path), cache_build_id=cache.build_id)
+    task = ClassifierTask(payload)
     swap = getattr(task.model, "audiostem_stem", None)       # a timm / torchvision body: say what changed
     if swap is not None and _is_rank_zero():
         from .bodies import swap_line
         print(swap_line(swap), file=sys.stderr)
     has_val, has_test = bool(split["val"]), bool(split["test"])
     es = recipe.train.early_stopping
-    ckpt_dir = run_dir / "checkpoints"
-    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=es.metric if has_val else None,
+    checkpoint = ModelCheckpoint(dirpath=run_folder.checkpoint_dir(run_dir), filename=run_folder.BEST_STEM,
+                                 monitor=es.metric if has_val else None,
                                  mode="min" if es.metric == "val_loss" else "max", save_last=True, save_top_k=1,
                                  save_on_train_epoch_end=True, enable_version_counter=False,
                                  auto_insert_metric_name=False)
-    history = History(run_dir / "history.csv")
+    history = History(run_dir)
     cbs = [history, checkpoint, cache_build_check(cache), *callbacks]
     if es.enabled and has_val:
         cbs.append(EarlyStopping(monitor=es.metric, mode=checkpoint.mode, patience=es.patience))
-    last = ckpt_dir / "last.ckpt"
+    last = run_folder.last_checkpoint(run_dir)
     ckpt_path = resume_from or (str(last) if last.exists() else None)
     if ckpt_path:
         check_resume(ckpt_path, cache, run_dir, own=resume_from is None, task=task)
     if ckpt_path is None and _is_rank_zero():
-        for stale in (ckpt_dir, run_dir / "logs"):     # leftovers of a run that never finished an epoch
-            shutil.rmtree(stale, ignore_errors=True)
-    loggers = [csv_logger(run_dir), TensorBoardLogger(run_dir, name="logs", version="")]
+        run_folder.discard_unfinished_epoch(run_dir)
+    loggers = run_folder.loggers(run_dir, rank_zero=_is_rank_zero())
     steps = max(1, len(split["train"]) // recipe.data.batch_size)
     trainer_args = {"log_every_n_steps": min(50, steps), **recipe.trainer}
     # every checkpoint Lightning reads (the resume) is verified and loaded weights_only
@@ -265,17 +189,17 @@ def fit_run(recipe: Recipe, cache, split: dict, run_dir: Path, callbacks: Sequen
 
     for stage, r in results.items():
         items = [cache.items[i] for i in split[stage]]
-        rows = prediction_rows(items, torch.log_softmax(r["logits"], 1), r["target"], cache.classes, fold)
-        write_predictions(run_dir / f"predictions_{stage}.csv", rows, cache.classes)
+        rows = run_folder.prediction_rows(items, torch.log_softmax(r["logits"], 1), r["target"], cache.classes, fold)
+        run_folder.write_predictions(run_dir, stage, rows, cache.classes)
     title = f"{Path(recipe.out_dir).name}" + (f" fold {fold}" if fold is not None else "")
     main = results.get("test", results.get("val"))
-    write_split_reports(run_dir, main["metrics"] if main else None, cache.classes,
-                        f"{title}: {'test' if has_test else 'val'}")
+    run_folder.write_reports(run_dir, main["metrics"] if main else None, cache.classes,
+                             f"{title}: {'test' if has_test else 'val'}")
     described = describe_model(task.model, task.input_shape)
     metrics = {
         "test": public(results["test"]["metrics"]) if has_test else None,
         "val": public(results["val"]["metrics"]) if has_val else None,
-        "best_epoch": best_epoch(history.rows, f"{es.metric}" if has_val else "val_accuracy"),
+        "best_epoch": run_folder.best_epoch(history.rows, f"{es.metric}" if has_val else "val_accuracy"),
         "epochs_run": len(history.rows),
         "train_seconds": round(history.fit_seconds, 3),
         "train_samples_per_second": round(history.samples / max(history.train_seconds, 1e-9), 2),
@@ -288,7 +212,7 @@ def fit_run(recipe: Recipe, cache, split: dict, run_dir: Path, callbacks: Sequen
         "input_shape": list(task.input_shape), "cache": str(cache.path),
         "checkpoint": str(best), "device": _device_name(trainer), "cache_build_id": cache.build_id,
     }
-    write_json(run_dir / "metrics.json", metrics)
+    run_folder.write_metrics(run_dir, metrics)
     return metrics
 
 
@@ -306,79 +230,6 @@ def _device_name(trainer) -> str:
     return f"{device.type} ({threads} thread{'s' if threads != 1 else ''})"
 
 
-# --- cross-validation ---------------------------------------------------------------------------
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values)
-
-
-def _std(values: list[float]) -> float:
-    m = _mean(values)
-    return (sum((v - m) ** 2 for v in values) / max(len(values) - 1, 1)) ** 0.5
-
-
-def pool_folds(out: Path, fold_dirs: list[Path], fold_metrics: list[dict], classes: list[str]) -> dict:
-    """Write the top-level files of a cross-validation run and return its metrics: accuracy,
-    balanced accuracy and macro-F1 as the mean over folds (with ``*_std``), per-class figures and
-    the confusion matrix from the pooled predictions (every item once)."""
-    import torch
-
-    from .report import classification_metrics, public, read_predictions, write_predictions, write_split_reports
-    from .task import HISTORY_FIELDS, write_history
-    summary: dict[str, Any] = {}
-    for stage in ("test", "val"):
-        if fold_metrics[0].get(stage) is None:
-            summary[stage] = None
-            continue
-        rows, log_probs, target = [], [], []
-        for d in fold_dirs:
-            r, lp, t = read_predictions(d / f"predictions_{stage}.csv", classes)
-            rows += r
-            log_probs.append(lp)
-            target.append(t)
-        pooled = classification_metrics(torch.cat(log_probs), torch.cat(target), classes)
-        write_predictions(out / f"predictions_{stage}.csv", rows, classes)
-        s = public(pooled)
-        for key in ("accuracy", "balanced_accuracy", "macro_f1"):
-            values = [m[stage][key] for m in fold_metrics]
-            s[f"pooled_{key}"] = s[key]
-            s[key], s[f"{key}_std"] = _mean(values), _std(values)
-        summary[stage] = s
-    # history: the mean over folds of each epoch's numbers
-    histories = []
-    for d in fold_dirs:
-        with open(d / "history.csv", newline="") as fh:
-            histories.append(list(csv.DictReader(fh)))
-    rows = []
-    for e in range(max(len(h) for h in histories)):
-        row: dict[str, Any] = {"epoch": e + 1}
-        for key in HISTORY_FIELDS[1:]:
-            vals = [float(h[e][key]) for h in histories if e < len(h) and h[e][key] != ""]
-            row[key] = round(_mean(vals), 6) if vals else ""
-        rows.append(row)
-    write_history(out / "history.csv", rows)
-    # one model to look at: the first fold's checkpoints
-    (out / "checkpoints").mkdir(exist_ok=True)
-    for name in ("best.ckpt", "last.ckpt"):
-        src = fold_dirs[0] / "checkpoints" / name
-        if src.exists():
-            shutil.copyfile(src, out / "checkpoints" / name)
-    title = f"{out.name}: test, {len(fold_dirs)} folds pooled"
-    write_split_reports(out, summary["test"] or summary["val"], classes, title)
-    first = fold_metrics[0]
-    return {
-        **summary,
-        "folds": [{**m["test"], "fold": m["fold"], "best_epoch": m["best_epoch"], "epochs_run": m["epochs_run"],
-                   "val": m["val"]} if m["test"] else {"fold": m["fold"], "val": m["val"]} for m in fold_metrics],
-        "best_epoch": _mean([m["best_epoch"] for m in fold_metrics]),
-        "epochs_run": _mean([m["epochs_run"] for m in fold_metrics]),
-        "train_seconds": round(sum(m["train_seconds"] for m in fold_metrics), 3),
-        "train_samples_per_second": round(_mean([m["train_samples_per_second"] for m in fold_metrics]), 2),
-        **{k: first.get(k) for k in ("params", "stem", "total_flops", "classes", "seed", "input_shape", "cache",
-                                     "device", "cache_build_id")},
-        "checkpoint": str(out / "checkpoints" / "best.ckpt"),
-    }
-
-
 # --- the whole run ------------------------------------------------------------------------------
 def train(recipe: Recipe, callbacks: Sequence = (), restart: bool = False,
           resume_from: Optional[str] = None) -> dict:
@@ -388,13 +239,11 @@ def train(recipe: Recipe, callbacks: Sequence = (), restart: bool = False,
     One process trains a run folder at a time: rank 0 holds ``OUT_DIR/run.lock`` throughout,
     and a second ``train`` of the same ``out_dir`` is refused (:class:`RecipeError` naming the
     holder's pid, host and start time) instead of writing the same checkpoints."""
-    from data_prep.cache_files import CacheBusyError, CacheLock
+    from data_prep.cache_files import CacheBusyError
 
     lock = None
     if _is_rank_zero():
-        out = Path(recipe.out_dir)
-        lock = CacheLock(out, out / "run.lock", busy="being trained by {holder} (lock {lock}); one run "
-                         "per out_dir at a time: wait for it, or stop it and run again (it resumes)")
+        lock = run_folder.run_lock(recipe.out_dir)
         try:
             lock.acquire()
         except CacheBusyError as e:
@@ -408,29 +257,28 @@ def train(recipe: Recipe, callbacks: Sequence = (), restart: bool = False,
 
 def _train(recipe: Recipe, callbacks: Sequence, restart: bool, resume_from: Optional[str]) -> dict:
     from .data import resolve_splits
-    from .report import write_json
     quiet_lightning()
     cache = ensure_cache(recipe)
-    out = prepare_run_folder(recipe, restart)
-    if (out / "metrics.json").exists():
+    out = run_folder.prepare(recipe, restart, write=_is_rank_zero())
+    if run_folder.is_finished(out):
         print(f"audiostem: {out} is already finished (metrics.json); pass --restart to train it again",
               file=sys.stderr)
-        return json.loads((out / "metrics.json").read_text())
+        return run_folder.read_metrics(out)
     splits = resolve_splits(cache, recipe)
     if recipe.data.folds is None:
         return fit_run(recipe, cache, splits[0], out, callbacks, resume_from)
     fold_dirs, fold_metrics = [], []
     for split in splits:
-        d = out / f"fold_{split['fold']}"
+        d = run_folder.fold_dir(out, split["fold"])
         if _is_rank_zero():
             d.mkdir(parents=True, exist_ok=True)
-            (d / "recipe.yaml").write_text(dump_recipe(recipe))
+            run_folder.write_recipe(d, dump_recipe(recipe))
         fold_dirs.append(d)
         fold_metrics.append(fit_run(recipe, cache, split, d, callbacks))
     if not _is_rank_zero():
         return {}
-    metrics = pool_folds(out, fold_dirs, fold_metrics, cache.classes)
-    write_json(out / "metrics.json", metrics)
+    metrics = run_folder.pool_fold_runs(out, fold_dirs, fold_metrics, cache.classes)
+    run_folder.write_metrics(out, metrics)
     return metrics
 
 
@@ -445,8 +293,9 @@ def summary_lines(metrics: dict, out: Path) -> list[str]:
                          f"balanced accuracy {m['balanced_accuracy']:.3f}  ({m['n_items']} clips)")
             break
     lines.append(f"run folder: {out}")
-    if (out / "confusion_matrix.png").exists():
-        lines.append(f"confusion matrix: {out / 'confusion_matrix.png'}")
+    figure = run_folder.confusion_figure(out)
+    if figure is not None:
+        lines.append(f"confusion matrix: {figure}")
     return lines
 
 
@@ -456,7 +305,7 @@ def quiet_lightning() -> None:
     import warnings
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     warnings.filterwarnings("ignore", message=r".*does not have many workers")
-    # expected when a run resumes in its own folder (and the CSV logger keeps its rows, see csv_logger)
+    # expected when a run resumes in its own folder (and the CSV logger keeps its rows, run_folder.loggers)
     warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 

@@ -19,8 +19,9 @@ from typing import Optional, Sequence
 from data_prep import CacheError
 
 from .grid import Study, StudyError, load_study
-from .runner import (check_cell, describe, export_cells, is_finished, main_cells, prepare_caches, run_all, run_order,
-                     select, write_plan)
+from ..run_folder import RunFolderError, is_finished
+from .runner import (check_cell, describe, export_cells, main_cells, prepare_caches, run_all, run_order, select,
+                     write_plan)
 from .tuning import choices_path, tuning_cells, unchosen_main_cells
 
 EPILOG = """examples:
@@ -56,7 +57,7 @@ def _cells(study: Study, patterns: Optional[Sequence[str]]) -> tuple[list, list]
 
 def _waiting(study: Study, cells: list, out) -> int:
     """--dry-run: the main cells that wait for their tuning choices, recipes checked without them."""
-    errors = [(c, e) for c in cells for e in [None if is_finished(c) else check_cell(study, c)] if e]
+    errors = [(c, e) for c in cells for e in [None if is_finished(c.out_dir) else check_cell(study, c)] if e]
     print(f"{len(cells)} main cells wait for their tuning choices ({choices_path(study)}), made when the tuning "
           f"cells they depend on have finished; their recipes, checked without the tuned values: "
           f"{len(errors)} INVALID" + "".join(f"\nINVALID   {c.name}\n          {e}" for c, e in errors), file=out)
@@ -102,7 +103,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.prepare:
             return 1 if prepare_caches(study, cells, lambda m: print(m, file=sys.stderr)) else 0
         if args.plan is not None:
-            todo = cells if args.all else [c for c in cells if not is_finished(c)]
+            todo = cells if args.all else [c for c in cells if not is_finished(c.out_dir)]
             if args.plan == "-":
                 write_plan(study, Path(args.study), todo, sys.stdout, raw=args.raw)
             else:
@@ -144,7 +145,7 @@ def report_main(argv: Sequence[str]) -> int:
         if args.bootstrap:
             study.bootstrap = args.bootstrap
         path = write_report(study, args.out, args.cells)
-    except StudyError as err:
+    except (StudyError, RunFolderError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {path}")

@@ -1,6 +1,6 @@
 """Read finished run folders and turn them into per-stem summaries and paired comparisons.
 
-Reads only the run-folder contract of ``python -m audiostem.train``: ``metrics.json`` (its
+Reads run folders only through their owner, :mod:`audiostem.run_folder`: ``metrics.json`` (its
 presence means finished), ``predictions_test.csv`` (``id, label, pred, correct, fold, p_*``),
 ``history.csv`` and ``checkpoints/best.ckpt``. Accuracy and macro-F1 are computed from the
 item-level predictions (pooled over CV folds), so the means and the paired tests use exactly
@@ -8,8 +8,6 @@ the same numbers; runs without predictions fall back to ``metrics.json``.
 """
 from __future__ import annotations
 
-import csv
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,9 +15,11 @@ from typing import Optional
 
 import numpy as np
 
+from .. import run_folder
+from ..run_folder import is_finished, read_history
 from . import stats
 from .grid import Cell, Study, StudyError, dataset_variants, expand
-from .runner import is_finished, select
+from .runner import select
 
 
 @dataclass
@@ -48,36 +48,26 @@ class Replicate:
         return float(np.mean([m["test"]["macro_f1"] for m in self.metrics]))
 
 
-def read_predictions(path: Path, cluster: Optional[str] = None) -> dict[str, tuple[str, str, int, str]]:
-    """``predictions_test.csv`` as ``{id: (label, pred, correct, unit)}``; ``unit`` is the value of
+def test_outcomes(run_dir: Path, cluster: Optional[str] = None) -> dict[str, tuple[str, str, int, str]]:
+    """A run's test predictions as ``{id: (label, pred, correct, unit)}``; ``unit`` is the value of
     the ``cluster`` column (the item's own id without one). Raises :class:`StudyError` naming the
     file when the column is missing."""
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        if cluster and cluster not in (reader.fieldnames or []):
-            raise StudyError(f"{path}: no column {cluster!r} to cluster the test items by (the study's "
-                             f"`cluster:`); columns: {', '.join(reader.fieldnames or [])}")
-        return {r["id"]: (r["label"], r["pred"], int(float(r["correct"])), r[cluster] if cluster else r["id"])
-                for r in reader}
-
-
-def read_history(path: Path) -> list[dict]:
-    """``history.csv`` rows with numbers as floats (empty cells as NaN)."""
-    if not path.is_file():
-        return []
-    with open(path, newline="") as fh:
-        return [{k: (float(v) if v not in ("", None) else math.nan) for k, v in r.items()}
-                for r in csv.DictReader(fh)]
+    columns, rows = run_folder.read_predictions(run_dir, "test")
+    if cluster and cluster not in columns:
+        raise StudyError(f"{run_folder.predictions_name(run_dir, 'test')}: no column {cluster!r} to cluster the "
+                         f"test items by (the study's `cluster:`); columns: {', '.join(columns)}")
+    return {r["id"]: (r["label"], r["pred"], int(float(r["correct"])), r[cluster] if cluster else r["id"])
+            for r in rows}
 
 
 def load_replicate(seed: int, cells: list[Cell], cluster: Optional[str] = None) -> Replicate:
     """Merge the finished fold cells of one seed (every item once; later duplicates ignored);
-    ``cluster``: the predictions column that gives each item's unit (see :func:`read_predictions`)."""
-    rep = Replicate(seed, [json.loads((c.out_dir / "metrics.json").read_text()) for c in cells])
+    ``cluster``: the predictions column that gives each item's unit (see :func:`test_outcomes`)."""
+    rep = Replicate(seed, [run_folder.read_metrics(c.out_dir) for c in cells])
     items: dict[str, tuple] = {}
     for c in cells:
-        if (c.out_dir / "predictions_test.csv").is_file():
-            for k, v in read_predictions(c.out_dir / "predictions_test.csv", cluster).items():
+        if run_folder.has_predictions(c.out_dir, "test"):
+            for k, v in test_outcomes(c.out_dir, cluster).items():
                 items.setdefault(k, v)
     if items:
         keys = sorted(items)
@@ -86,8 +76,8 @@ def load_replicate(seed: int, cells: list[Cell], cluster: Optional[str] = None) 
         rep.preds = np.array([items[k][1] for k in keys])
         rep.correct = np.array([items[k][2] for k in keys], dtype=int)
         rep.units = np.array([items[k][3] for k in keys])
-    rep.history = read_history(cells[0].out_dir / "history.csv")
-    ckpt = cells[0].out_dir / "checkpoints" / "best.ckpt"
+    rep.history = read_history(cells[0].out_dir)
+    ckpt = run_folder.best_checkpoint(cells[0].out_dir)
     rep.checkpoint = ckpt if ckpt.is_file() else None
     return rep
 
@@ -109,7 +99,7 @@ def collect(study: Study, cells: list[Cell]) -> tuple[dict, list[str]]:
     for key, by_seed in groups.items():
         reps = []
         for seed, cells in by_seed.items():
-            unfinished = [c.name for c in cells if not is_finished(c)]
+            unfinished = [c.name for c in cells if not is_finished(c.out_dir)]
             missing += unfinished
             if not unfinished:
                 reps.append(load_replicate(seed, cells, study.dataset(key[0]).cluster))

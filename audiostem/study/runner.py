@@ -24,19 +24,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Optional, Sequence, TextIO
 
+from .. import run_folder
+from ..run_folder import is_finished
 from .grid import Cell, Study, StudyError, TuningPending, expand
 
-FINISHED_FILE = "metrics.json"
 USAGE_ERROR = 2      # the train command's exit status for a bad recipe, override or cache
-
-
-def is_finished(cell: Cell) -> bool:
-    return (cell.out_dir / FINISHED_FILE).is_file()
 
 
 def status(cell: Cell) -> str:
     """``finished``, ``partial`` (a run folder without metrics.json: it will resume) or ``pending``."""
-    if is_finished(cell):
+    if is_finished(cell.out_dir):
         return "finished"
     return "partial" if cell.out_dir.exists() else "pending"
 
@@ -113,14 +110,11 @@ def prune_checkpoints(study: Study, cell: Cell) -> int:
     """Delete the checkpoints a finished cell no longer needs (also those of its CV fold
     folders, ``fold_*/checkpoints``); a kept cell keeps ``checkpoints/best.ckpt`` (or ``last.ckpt``
     when there is no best). Returns bytes freed."""
-    if not is_finished(cell):
+    if not is_finished(cell.out_dir):
         return 0
-    top = cell.out_dir / "checkpoints"
-    kept = None
-    if keep_checkpoint(study, cell):
-        kept = next((p for p in (top / "best.ckpt", top / "last.ckpt") if p.is_file()), None)
+    kept = run_folder.model_checkpoint(cell.out_dir) if keep_checkpoint(study, cell) else None
     freed = 0
-    for ckpt in sorted(cell.out_dir.glob("checkpoints/*.ckpt")) + sorted(cell.out_dir.glob("fold_*/checkpoints/*.ckpt")):
+    for ckpt in run_folder.checkpoint_files(cell.out_dir):
         if ckpt != kept:
             freed += ckpt.stat().st_size
             ckpt.unlink()
@@ -184,17 +178,15 @@ def stale_changes(study: Study, cell: Cell) -> list[str]:
     """How the recipe stored in a partial cell's folder differs from what the cell would run now
     (after a code change altered a recipe default, say); empty when it would resume as is. Such a
     cell restarts from scratch: resuming must not mix two recipes. Finished cells are kept."""
-    stored = cell.out_dir / "recipe.yaml"
-    if study.train_command is not None or is_finished(cell) or not stored.is_file():
+    stored = None if study.train_command is not None or is_finished(cell.out_dir) else run_folder.read_recipe(cell.out_dir)
+    if stored is None:
         return []
     from ..recipe import load_recipe
-    from ..yamlio import load_yaml
-    from ..train import recipe_changes
     try:
         now = load_recipe(cell.recipe, [*cell.overrides, f"out_dir={cell.out_dir.resolve()}"])
     except ValueError:
         return []            # the train command reports a bad recipe itself
-    return recipe_changes(load_yaml(stored.read_text(encoding="utf-8"), str(stored)) or {}, now.to_dict())
+    return run_folder.recipe_changes(stored, now.to_dict())
 
 
 def run_cell(study: Study, cell: Cell, env: Optional[dict] = None) -> tuple[bool, float]:
@@ -215,7 +207,7 @@ def run_cell(study: Study, cell: Cell, env: Optional[dict] = None) -> tuple[bool
         fh.flush()
         rc = subprocess.run(argv, stdout=fh, stderr=subprocess.STDOUT, env=env).returncode
         fh.write(f"=== exit status {rc} after {time.time() - start:.0f} s\n")
-    return rc == 0 and is_finished(cell), time.time() - start, rc
+    return rc == 0 and is_finished(cell.out_dir), time.time() - start, rc
 
 
 def _fmt_s(seconds: float) -> str:
@@ -258,7 +250,7 @@ def run_all(study: Study, patterns: Optional[Sequence[str]] = None, jobs: int = 
     ready = {c.name for c in main}
     total["waiting"] = len([c for c in matching(every) if c.name not in ready])
     if total["waiting"]:
-        left = sum(not is_finished(c) for c in tuning)
+        left = sum(not is_finished(c.out_dir) for c in tuning)
         echo(f"[study {study.name}] {left} of {len(tuning)} tuning cells unfinished: {total['waiting']} main "
              f"cells wait for their tuning choices")
     return total
@@ -269,7 +261,7 @@ def run_study(study: Study, cells: list[Cell], jobs: int = 1, retries: int = 1,
     """Run every unfinished cell (``jobs`` at a time, in the given order), retrying a failed one
     up to ``retries`` more times. Prints a progress line per finished cell. Returns counts and
     failed cell names."""
-    todo = [c for c in cells if not is_finished(c)]
+    todo = [c for c in cells if not is_finished(c.out_dir)]
     skipped = len(cells) - len(todo)
     for c in cells:
         prune_checkpoints(study, c)
@@ -302,12 +294,9 @@ def run_study(study: Study, cells: list[Cell], jobs: int = 1, retries: int = 1,
     return {"cells": len(cells), "skipped": skipped, "finished": len(done), "failed": unrunnable + failed}
 
 
-SMALL_FILES = ("metrics.json", "history.csv", "predictions_test.csv", "recipe.yaml")
-
-
 def export_cells(study: Study, cells: list[Cell], dest: Path) -> int:
-    """Copy the small files of every finished cell (``SMALL_FILES``: all the report reads, no
-    checkpoints or logs) to ``dest/DATASET/VARIANT/seedK[/...]``, the layout of
+    """Copy the small files of every finished cell (:data:`audiostem.run_folder.SMALL_FILES`: all
+    the report reads, no checkpoints or logs) to ``dest/DATASET/VARIANT/seedK[/...]``, the layout of
     ``OUT_DIR/runs``; copying them back there later makes the runner skip those cells and the
     report count them. The tuning choices file goes along (``_tune/choices.json``): the main
     cells' values come from it. Returns the number of cells exported."""
@@ -318,13 +307,9 @@ def export_cells(study: Study, cells: list[Cell], dest: Path) -> int:
         shutil.copy2(choices, Path(dest) / "_tune" / "choices.json")
     n = 0
     for cell in cells:
-        if not is_finished(cell):
+        if not is_finished(cell.out_dir):
             continue
-        target = Path(dest) / cell.out_dir.relative_to(runs)
-        target.mkdir(parents=True, exist_ok=True)
-        for name in SMALL_FILES:
-            if (cell.out_dir / name).is_file():
-                shutil.copy2(cell.out_dir / name, target / name)
+        run_folder.copy_small_files(cell.out_dir, Path(dest) / cell.out_dir.relative_to(runs))
         n += 1
     return n
 
@@ -347,7 +332,7 @@ def describe(study: Study, cells: list[Cell], out: TextIO) -> int:
     Returns the number of invalid cells."""
     counts: dict[str, int] = {}
     for cell in cells:
-        error = None if is_finished(cell) else check_cell(study, cell)
+        error = None if is_finished(cell.out_dir) else check_cell(study, cell)
         st = "INVALID" if error else status(cell)
         counts[st] = counts.get(st, 0) + 1
         out.write(f"{st:9s} {cell.name}\n          {error or shlex.join(train_command(study, cell))}\n")

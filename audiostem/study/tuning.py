@@ -23,12 +23,10 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 from pathlib import Path
 from typing import Callable, Optional
 
-import yaml
-
+from .. import run_folder
 from .grid import Cell, Dataset, Study, StudyError, TuningPending, _slug, dataset_variants, expand, make_cell, \
     tuning_source
 
@@ -61,10 +59,10 @@ def tuning_cells(study: Study) -> list[Cell]:
 
 
 def _score(study: Study, cell: Cell) -> float:
-    metrics = json.loads((cell.out_dir / "metrics.json").read_text())
+    metrics = run_folder.read_metrics(cell.out_dir)
     val = metrics.get("val") or {}
     if val.get(study.tune.metric) is None:
-        raise StudyError(f"{cell.out_dir / 'metrics.json'}: no validation {study.tune.metric!r} (val section: "
+        raise StudyError(f"{cell.out_dir / run_folder.METRICS_FILE}: no validation {study.tune.metric!r} (val section: "
                          f"{sorted(val) or 'none'}); tuning chooses on a validation split, never on test items")
     return float(val[study.tune.metric])
 
@@ -74,7 +72,7 @@ def ready_groups(study: Study) -> list[str]:
     choices from (:func:`grid.tuning_source`) has ``metrics.json``."""
     done: dict[str, bool] = {}
     for c in tuning_cells(study):
-        done[c.dataset] = done.get(c.dataset, True) and (c.out_dir / "metrics.json").is_file()
+        done[c.dataset] = done.get(c.dataset, True) and run_folder.is_finished(c.out_dir)
     return [d.name for d in study.datasets if done.get(tuning_source(study, d).name, False)]
 
 
@@ -146,7 +144,7 @@ def chosen_overrides(study: Study) -> dict[str, dict[str, dict]]:
         except (KeyError, TypeError):
             continue                  # tuned, but the runner has not written the choice yet
     if not out:
-        left = sum(not (c.out_dir / "metrics.json").is_file() for c in tuning_cells(study))
+        left = sum(not run_folder.is_finished(c.out_dir) for c in tuning_cells(study))
         raise TuningPending(f"study {study.name}: the tuning choices ({choices_path(study)}) are not made yet; "
                             f"{left} of its tuning cells are unfinished. `python -m audiostem.study STUDY.yaml` "
                             f"runs them first, then the main cells")
@@ -157,9 +155,7 @@ def write_choices(study: Study, data: dict) -> Path:
     """Write the choices file atomically (parallel runners may finish tuning at once)."""
     path = choices_path(study)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{CHOICES_FILE}.{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    run_folder.write_text_atomic(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
     return path
 
 
@@ -194,7 +190,7 @@ def settle_choices(study: Study, echo: Callable[[str], None]) -> None:
     for c in main:          # each run folder's recipe.yaml records what it ran
         ran = _recorded(c, after.get((c.dataset, c.variant), {}))
         if ran:
-            raise StudyError(f"study {study.name}: {c.out_dir / 'recipe.yaml'} ran {ran}, not the values the tuning "
+            raise StudyError(f"study {study.name}: {c.out_dir / run_folder.RECIPE_FILE} ran {ran}, not the values the tuning "
                              f"cells choose now ({after[(c.dataset, c.variant)]}); refusing to mix them: move the "
                              f"main cells made with other values away, or restore the choices they were made with")
     if not new["choices"]:
@@ -208,10 +204,9 @@ def settle_choices(study: Study, echo: Callable[[str], None]) -> None:
 def _recorded(cell: Cell, values: dict) -> dict:
     """The tuned keys whose value in the cell's stored ``recipe.yaml`` differs from ``values``
     (``{key: recorded value}``; empty when they agree or nothing is recorded)."""
-    path = cell.out_dir / "recipe.yaml"
-    if not values or not path.is_file():
+    recipe = run_folder.read_recipe(cell.out_dir) if values else None
+    if recipe is None:
         return {}
-    recipe = yaml.safe_load(path.read_text()) or {}
     out = {}
     for key, value in values.items():
         node = recipe

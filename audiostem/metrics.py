@@ -1,31 +1,31 @@
-"""What a run leaves behind: clip predictions, metrics.json, a per-class report, a confusion matrix.
+"""Clip-level scores: window logits averaged per clip, classification metrics, and their
+presentation (a per-class table, a confusion-matrix figure).
 
-The run folder layout (``docs/training.md``; the study runner depends on these names)::
-
-    OUT_DIR/recipe.yaml, checkpoints/{best,last}.ckpt, logs/, history.csv,
-            predictions_test.csv, predictions_val.csv, per_class.txt, confusion_matrix.png,
-            metrics.json   (written last: its presence means the run finished)
+Which files hold them in a run folder is :mod:`audiostem.run_folder`'s business.
 """
 from __future__ import annotations
 
-import csv
-import json
 import math
-import os
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Sequence, Union
 
 import torch
 
 PathLike = Union[str, Path]
 
 
-def write_json(path: PathLike, obj: Any) -> None:
-    """Write JSON atomically (a reader never sees half a file)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, allow_nan=True) + "\n")
-    os.replace(tmp, path)
+def add_windows(sums: torch.Tensor, counts: torch.Tensor, logits: torch.Tensor, clip: torch.Tensor) -> None:
+    """Add a batch of window logits ``(batch, classes)`` to the per-clip ``sums``
+    ``(clips, classes)`` and window ``counts`` ``(clips,)``, in place; ``clip`` ``(batch,)`` is
+    each window's clip index. The mean over a clip's windows is :func:`mean_window_logits`."""
+    sums.index_add_(0, clip, logits.float())
+    counts.index_add_(0, clip, torch.ones(len(clip), dtype=counts.dtype, device=counts.device))
+
+
+def mean_window_logits(sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Clip logits ``(clips, classes)``: each clip's summed window logits over its window count
+    (a clip without windows keeps zeros)."""
+    return sums / counts.clamp(min=1).unsqueeze(1)
 
 
 def classification_metrics(logits: torch.Tensor, target: torch.Tensor, classes: list[str]) -> dict[str, Any]:
@@ -58,48 +58,11 @@ def classification_metrics(logits: torch.Tensor, target: torch.Tensor, classes: 
     }
 
 
-def prediction_rows(items: list[dict], log_probs: torch.Tensor, target: torch.Tensor, classes: list[str],
-                    fold: Optional[int] = None) -> list[dict]:
-    """One row per clip: ``id, label, pred, correct, fold, p_<class>..., group`` (probabilities).
-
-    ``fold`` is the test fold of a cross-validation run, else the item's own fold (may be empty);
-    ``group`` is the item's group in the cache (a piece, a speaker, a game; may be empty).
-    """
-    probs = log_probs.exp()
-    rows = []
-    for item, p, y in zip(items, probs, target.tolist()):
-        pred = int(p.argmax())
-        f = fold if fold is not None else item.get("fold")
-        row = {"id": item["id"], "label": classes[y], "pred": classes[pred], "correct": int(pred == y),
-               "fold": "" if f is None else f}
-        row.update({f"p_{c}": f"{float(v):.6f}" for c, v in zip(classes, p)})
-        row["group"] = item.get("group") or ""
-        rows.append(row)
-    return rows
-
-
-def write_predictions(path: PathLike, rows: list[dict], classes: list[str]) -> None:
-    """Write :func:`prediction_rows` as CSV: ``id, label, pred, correct, fold, p_<class>...``,
-    and a last column ``group`` when any row has one (a cache with groups)."""
-    fields = ["id", "label", "pred", "correct", "fold"] + [f"p_{c}" for c in classes]
-    if any(r.get("group") for r in rows):
-        fields.append("group")
-    tmp = Path(str(path) + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fields, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
-
-
-def read_predictions(path: PathLike, classes: list[str]) -> tuple[list[dict], torch.Tensor, torch.Tensor]:
-    """``(rows, log_probs (clips, classes), target (clips,))`` from a predictions CSV."""
-    with open(path, newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    index = {c: k for k, c in enumerate(classes)}
-    probs = torch.tensor([[float(r[f"p_{c}"]) for c in classes] for r in rows]).reshape(len(rows), len(classes))
-    target = torch.tensor([index[r["label"]] for r in rows], dtype=torch.long)
-    return rows, probs.clamp(min=1e-12).log(), target
+def pool_folds(log_probs: Sequence[torch.Tensor], targets: Sequence[torch.Tensor], classes: list[str]) -> dict[str, Any]:
+    """:func:`classification_metrics` of the predictions of several cross-validation folds taken
+    together (each item once, in the fold it was tested in): ``log_probs`` ``[(clips_k, classes)]``
+    and ``targets`` ``[(clips_k,)]`` per fold."""
+    return classification_metrics(torch.cat(list(log_probs)), torch.cat(list(targets)), classes)
 
 
 def per_class_text(metrics: dict, title: str = "") -> str:
@@ -155,11 +118,3 @@ def public(metrics: Any) -> Any:
     if isinstance(metrics, float):
         return None if math.isnan(metrics) else round(metrics, 6)
     return metrics
-
-
-def write_split_reports(out: Path, test: Optional[dict], classes: list[str], title: str) -> None:
-    """``per_class.txt`` and ``confusion_matrix.png`` of the test metrics (val when no test)."""
-    if test is None:
-        return
-    (out / "per_class.txt").write_text(per_class_text(test, title))
-    plot_confusion(out / "confusion_matrix.png", test["confusion"], classes, title)
