@@ -61,15 +61,19 @@ class RunFolderError(ValueError):
 
 
 # --- writing ------------------------------------------------------------------------------------
-def write_text_atomic(path: PathLike, text: str) -> None:
-    """Write ``text`` (UTF-8, newlines as given) to ``path`` through a temporary file in the same
-    folder and a rename, so a reader never sees half a file; the temporary name is unique per
-    process and thread, so two writers of one path do not mix their bytes."""
+def write_atomic(path: PathLike, content: Union[str, bytes]) -> None:
+    """Write ``content`` (``str`` as UTF-8, newlines as given, or ``bytes``) to ``path`` through a
+    temporary file beside it, flushed to disk, and one rename: a reader sees the old file or the
+    new one, never half of one. The temporary name is unique per process and thread, so two
+    writers of one path (parallel study runners) do not mix their bytes; a failed write leaves no
+    temporary file and raises the ``OSError``."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
-        with open(tmp, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
+        with open(tmp, "wb") as fh:
+            fh.write(content.encode("utf-8") if isinstance(content, str) else content)
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -78,7 +82,7 @@ def write_text_atomic(path: PathLike, text: str) -> None:
 
 def write_json(path: PathLike, obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically (NaN written as ``NaN``)."""
-    write_text_atomic(path, json.dumps(obj, indent=1, allow_nan=True) + "\n")
+    write_atomic(path, json.dumps(obj, indent=1, allow_nan=True) + "\n")
 
 
 def _csv_text(fields: Sequence[str], rows: Sequence[dict]) -> str:
@@ -158,7 +162,7 @@ def read_recipe(run_dir: PathLike) -> Optional[dict]:
 
 def write_recipe(run_dir: PathLike, text: str) -> None:
     """Store the resolved recipe (``dump_recipe``'s YAML) in ``run_dir``."""
-    write_text_atomic(Path(run_dir) / RECIPE_FILE, text)
+    write_atomic(Path(run_dir) / RECIPE_FILE, text)
 
 
 def prepare(recipe, restart: bool = False, write: bool = True) -> Path:
@@ -276,7 +280,7 @@ def loggers(run_dir: PathLike, rank_zero: bool = True) -> list:
 def write_history(run_dir: PathLike, rows: Sequence[dict]) -> None:
     """Write ``history.csv``: one row per epoch with :data:`HISTORY_FIELDS` (empty cells where an
     epoch had no validation)."""
-    write_text_atomic(Path(run_dir) / HISTORY_FILE, _csv_text(HISTORY_FIELDS, rows))
+    write_atomic(Path(run_dir) / HISTORY_FILE, _csv_text(HISTORY_FIELDS, rows))
 
 
 def read_history(run_dir: PathLike) -> list[dict]:
@@ -330,7 +334,7 @@ def write_predictions(folder: PathLike, split: str, rows: list[dict], classes: l
     fields = ["id", "label", "pred", "correct", "fold"] + [f"p_{c}" for c in classes]
     if any(r.get("group") for r in rows):
         fields.append("group")
-    write_text_atomic(_predictions_path(folder, split), _csv_text(fields, rows))
+    write_atomic(_predictions_path(folder, split), _csv_text(fields, rows))
 
 
 def has_predictions(folder: PathLike, split: str) -> bool:
@@ -365,7 +369,7 @@ def write_reports(folder: PathLike, metrics: Optional[dict], classes: list[str],
     if metrics is None:
         return
     folder, tag = Path(folder), f"_{split}" if split else ""
-    write_text_atomic(folder / f"per_class{tag}.txt", per_class_text(metrics, title))
+    write_atomic(folder / f"per_class{tag}.txt", per_class_text(metrics, title))
     plot_confusion(folder / f"confusion_matrix{tag}.png", metrics["confusion"], classes, title)
 
 

@@ -155,7 +155,7 @@ def write_choices(study: Study, data: dict) -> Path:
     """Write the choices file atomically (parallel runners may finish tuning at once)."""
     path = choices_path(study)
     path.parent.mkdir(parents=True, exist_ok=True)
-    run_folder.write_text_atomic(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
+    run_folder.write_atomic(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
     return path
 
 
