@@ -278,8 +278,8 @@ def test_train_cli_with_a_library_body(tmp_path, overrides):
     assert metrics["test"]["accuracy"] is not None and metrics["output_stride"] == [32, 32]
     assert metrics["stem"]["name"] == {"octave": "octave", "native": "NativeStem"}[overrides[1].split("=")[1]]
     assert metrics["stem"]["stride"] == [4, 4] and len(metrics["receptive_field"]) == 2
-    model, info = load_classifier(tmp_path / "run")
-    assert model(torch.zeros(1, 1, 88, 32)).shape == (1, len(info["classes"]))
+    model, payload = load_classifier(tmp_path / "run")
+    assert model(torch.zeros(1, 1, 88, 32)).shape == (1, len(payload.classes))
 
 
 @pytest.mark.parametrize("overrides,error", [
