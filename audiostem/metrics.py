@@ -28,11 +28,29 @@ def mean_window_logits(sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor
     return sums / counts.clamp(min=1).unsqueeze(1)
 
 
+def macro_f1(labels: Sequence, preds: Sequence, classes: Sequence) -> float:
+    """Unweighted mean over ``classes`` of the per-class F1 score ``2 tp / (2 tp + fp + fn)``, in
+    float64, from true and predicted labels (any comparable values: names or indices).
+
+    A class with no true and no predicted item has no F1 and is left out of the mean, as
+    torchmetrics' ``multiclass_f1_score(average="macro")`` does (a class only predicted, or only
+    true, scores 0). NaN when no class is left. The one macro-F1 of the project: the
+    ``macro_f1`` of :func:`classification_metrics` (``metrics.json``, ``history.csv``) and of
+    the study report.
+    """
+    import numpy as np
+    labels, preds = np.asarray(labels), np.asarray(preds)
+    tp = np.array([np.sum((preds == c) & (labels == c)) for c in classes], dtype=np.int64)
+    both = np.array([np.sum(preds == c) + np.sum(labels == c) for c in classes], dtype=np.int64)
+    seen = both > 0
+    return float(np.mean(2 * tp[seen] / both[seen])) if seen.any() else math.nan
+
+
 def classification_metrics(logits: torch.Tensor, target: torch.Tensor, classes: list[str]) -> dict[str, Any]:
     """Clip-level scores from ``(clips, num_classes)`` logits and ``(clips,)`` label indices.
 
-    Returns plain data: ``accuracy``, ``balanced_accuracy`` (macro recall), ``macro_f1``,
-    ``loss`` (cross-entropy), ``per_class`` ``{class: {precision, recall, f1, support}}``,
+    Returns plain data: ``accuracy``, ``balanced_accuracy`` (macro recall), ``macro_f1``
+    (:func:`macro_f1` of the argmax predictions), ``loss`` (cross-entropy), ``per_class`` ``{class: {precision, recall, f1, support}}``,
     ``confusion`` (rows = true class, columns = predicted), ``n_items``.
     """
     import torch.nn.functional as F
@@ -49,7 +67,7 @@ def classification_metrics(logits: torch.Tensor, target: torch.Tensor, classes: 
     return {
         "accuracy": float(multiclass_accuracy(preds, target, average="micro", **kw)),
         "balanced_accuracy": float(multiclass_recall(preds, target, average="macro", **kw)),
-        "macro_f1": float(multiclass_f1_score(preds, target, average="macro", **kw)),
+        "macro_f1": macro_f1(target.tolist(), preds.argmax(1).tolist() if len(target) else [], range(n)),
         "loss": float(F.cross_entropy(preds, target)) if len(target) else float("nan"),
         "per_class": {c: {"precision": float(per_p[k]), "recall": float(per_r[k]), "f1": float(per_f[k]),
                           "support": int(support[k])} for k, c in enumerate(classes)},

@@ -36,12 +36,24 @@ def test_mcnemar_matches_the_exact_binomial_test(n10, n01):
     assert stats.mcnemar_exact(np.tile(a, (3, 1)), np.tile(b, (3, 1)))["n10"] == 3 * n10
 
 
-def test_macro_f1_by_hand():
+def test_macro_f1_by_hand_and_as_torchmetrics():
+    import torch
+    from torchmetrics.functional.classification import multiclass_f1_score
+
+    from audiostem.metrics import classification_metrics, macro_f1
     labels = ["a", "a", "a", "b", "b", "c"]
     preds = ["a", "a", "b", "b", "c", "c"]
     # a: P=1, R=2/3 -> 0.8; b: P=1/2, R=1/2 -> 0.5; c: P=1/2, R=1 -> 2/3
-    assert stats.macro_f1(labels, preds) == pytest.approx((0.8 + 0.5 + 2 / 3) / 3)
-    assert stats.macro_f1(labels, preds, ["a", "b", "c", "d"]) == pytest.approx((0.8 + 0.5 + 2 / 3) / 4)
+    assert macro_f1(labels, preds, ["a", "b", "c"]) == pytest.approx((0.8 + 0.5 + 2 / 3) / 3)
+    # d: never true, never predicted: no F1, left out (as torchmetrics); e: only predicted: 0
+    assert macro_f1(labels, preds, ["a", "b", "c", "d"]) == pytest.approx((0.8 + 0.5 + 2 / 3) / 3)
+    assert macro_f1(labels, preds[:-1] + ["e"], ["a", "b", "c", "d", "e"]) == pytest.approx((0.8 + 0.5 + 0 + 0) / 4)
+    index = {c: k for k, c in enumerate("abcde")}
+    y, p = torch.tensor([index[c] for c in labels]), torch.tensor([index[c] for c in preds[:-1] + ["e"]])
+    expected = float(multiclass_f1_score(p, y, num_classes=5, average="macro"))
+    assert macro_f1(y.tolist(), p.tolist(), range(5)) == pytest.approx(expected, abs=1e-6)
+    logits = torch.nn.functional.one_hot(p, 5).float()
+    assert classification_metrics(logits, y, list("abcde"))["macro_f1"] == pytest.approx(expected, abs=1e-6)
 
 
 def test_bootstrap_exact_cases_and_reproducibility():

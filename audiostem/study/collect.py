@@ -16,6 +16,7 @@ from typing import Optional
 import numpy as np
 
 from .. import run_folder
+from ..metrics import macro_f1
 from ..run_folder import is_finished, read_history
 from . import stats
 from .grid import Cell, Study, StudyError, dataset_variants, expand
@@ -44,7 +45,8 @@ class Replicate:
     @property
     def macro_f1(self) -> float:
         if len(self.ids):
-            return stats.macro_f1(self.labels, self.preds, self.metrics[0].get("classes"))
+            classes = self.metrics[0].get("classes") or sorted(set(self.labels.tolist()))
+            return macro_f1(self.labels, self.preds, classes)
         return float(np.mean([m["test"]["macro_f1"] for m in self.metrics]))
 
 

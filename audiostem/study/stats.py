@@ -56,21 +56,6 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> dict:
     return {"mean": mean, "std": std, "low": mean - half, "high": mean + half, "half": half, "n": n}
 
 
-def macro_f1(labels: Sequence, preds: Sequence, classes: Optional[Sequence] = None) -> float:
-    """Unweighted mean over ``classes`` (default: every label seen) of the per-class F1 score.
-
-    A class with no true and no predicted items scores 0, as in torchmetrics and scikit-learn.
-    """
-    labels, preds = np.asarray(labels), np.asarray(preds)
-    classes = sorted(set(labels.tolist())) if classes is None else list(classes)
-    scores = []
-    for c in classes:
-        tp = np.sum((preds == c) & (labels == c))
-        denom = np.sum(preds == c) + np.sum(labels == c)
-        scores.append(2 * tp / denom if denom else 0.0)
-    return float(np.mean(scores)) if scores else math.nan
-
-
 def mcnemar_exact(a_correct: np.ndarray, b_correct: np.ndarray) -> dict:
     """Exact two-sided McNemar test of ``a`` against ``b`` on paired 0/1 outcomes of any shape.
 
