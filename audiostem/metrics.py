@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import torch
 
@@ -81,6 +81,47 @@ def pool_folds(log_probs: Sequence[torch.Tensor], targets: Sequence[torch.Tensor
     together (each item once, in the fold it was tested in): ``log_probs`` ``[(clips_k, classes)]``
     and ``targets`` ``[(clips_k,)]`` per fold."""
     return classification_metrics(torch.cat(list(log_probs)), torch.cat(list(targets)), classes)
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _std(values: list[float]) -> float:
+    m = _mean(values)
+    return (sum((v - m) ** 2 for v in values) / max(len(values) - 1, 1)) ** 0.5
+
+
+def cross_validation_metrics(pooled: dict[str, Optional[dict]], fold_metrics: list[dict]) -> dict[str, Any]:
+    """The ``metrics.json`` of a cross-validation run (less ``checkpoint``), from the pooled
+    scores of each stage (``{"test": public(pool_folds(...)) or None, "val": ...}``) and every
+    fold's own ``metrics.json``: ``accuracy``, ``balanced_accuracy`` and ``macro_f1`` become the
+    mean over folds (with ``*_std``, the sample standard deviation, and the ``pooled_*`` values);
+    per-class figures and the confusion matrix stay pooled; ``folds`` lists each fold's test
+    scores with its ``fold``, ``best_epoch``, ``epochs_run`` and ``val``; epochs are means over
+    folds, ``train_seconds`` the sum; the model's description comes from the first fold."""
+    summary: dict[str, Any] = {}
+    for stage in ("test", "val"):
+        s = pooled.get(stage)
+        if s is not None:
+            s = dict(s)
+            for key in ("accuracy", "balanced_accuracy", "macro_f1"):
+                values = [m[stage][key] for m in fold_metrics]
+                s[f"pooled_{key}"] = s[key]
+                s[key], s[f"{key}_std"] = _mean(values), _std(values)
+        summary[stage] = s
+    first = fold_metrics[0]
+    return {
+        **summary,
+        "folds": [{**m["test"], "fold": m["fold"], "best_epoch": m["best_epoch"], "epochs_run": m["epochs_run"],
+                   "val": m["val"]} if m["test"] else {"fold": m["fold"], "val": m["val"]} for m in fold_metrics],
+        "best_epoch": _mean([m["best_epoch"] for m in fold_metrics]),
+        "epochs_run": _mean([m["epochs_run"] for m in fold_metrics]),
+        "train_seconds": round(sum(m["train_seconds"] for m in fold_metrics), 3),
+        "train_samples_per_second": round(_mean([m["train_samples_per_second"] for m in fold_metrics]), 2),
+        **{k: first.get(k) for k in ("params", "stem", "total_flops", "classes", "seed", "input_shape", "cache",
+                                     "device", "cache_build_id")},
+    }
 
 
 def per_class_text(metrics: dict, title: str = "") -> str:

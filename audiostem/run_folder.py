@@ -397,26 +397,18 @@ def fold_dir(run_dir: PathLike, fold: Any) -> Path:
     return Path(run_dir) / f"fold_{fold}"
 
 
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values)
-
-
-def _std(values: list[float]) -> float:
-    m = _mean(values)
-    return (sum((v - m) ** 2 for v in values) / max(len(values) - 1, 1)) ** 0.5
-
-
 def pool_fold_runs(out: Path, fold_dirs: list[Path], fold_metrics: list[dict], classes: list[str]) -> dict:
-    """Write the top-level files of a cross-validation run and return its metrics: accuracy,
-    balanced accuracy and macro-F1 as the mean over folds (with ``*_std``), per-class figures and
-    the confusion matrix from the pooled predictions (every item once, :func:`metrics.pool_folds`),
-    the history as the mean over folds of each epoch, and a copy of the first fold's checkpoints.
-    The caller writes ``metrics.json`` (:func:`write_metrics`) last."""
-    from .metrics import pool_folds, public
-    summary: dict[str, Any] = {}
+    """Write the top-level files of a cross-validation run from its fold folders and return its
+    metrics (:func:`metrics.cross_validation_metrics`): the predictions of every fold together
+    (every item once, scored by :func:`metrics.pool_folds`), the history as the mean over folds
+    of each epoch, the per-class report and confusion matrix of the pooled test predictions, and
+    a copy of the first fold's checkpoints. The caller writes ``metrics.json``
+    (:func:`write_metrics`) last."""
+    from .metrics import cross_validation_metrics, pool_folds, public
+    pooled: dict[str, Optional[dict]] = {}
     for stage in ("test", "val"):
         if fold_metrics[0].get(stage) is None:
-            summary[stage] = None
+            pooled[stage] = None
             continue
         rows, log_probs, target = [], [], []
         for d in fold_dirs:
@@ -426,39 +418,23 @@ def pool_fold_runs(out: Path, fold_dirs: list[Path], fold_metrics: list[dict], c
             log_probs.append(lp)
             target.append(t)
         write_predictions(out, stage, rows, classes)
-        s = public(pool_folds(log_probs, target, classes))
-        for key in ("accuracy", "balanced_accuracy", "macro_f1"):
-            values = [m[stage][key] for m in fold_metrics]
-            s[f"pooled_{key}"] = s[key]
-            s[key], s[f"{key}_std"] = _mean(values), _std(values)
-        summary[stage] = s
+        pooled[stage] = public(pool_folds(log_probs, target, classes))
+    metrics = cross_validation_metrics(pooled, fold_metrics)
     histories = [read_history(d) for d in fold_dirs]
     rows = []
     for e in range(max(len(h) for h in histories)):
         row: dict[str, Any] = {"epoch": e + 1}
         for key in HISTORY_FIELDS[1:]:
             vals = [h[e][key] for h in histories if e < len(h) and not math.isnan(h[e][key])]
-            row[key] = round(_mean(vals), 6) if vals else ""
+            row[key] = round(sum(vals) / len(vals), 6) if vals else ""
         rows.append(row)
     write_history(out, rows)
     checkpoint_dir(out).mkdir(exist_ok=True)
     for src in (best_checkpoint(fold_dirs[0]), last_checkpoint(fold_dirs[0])):
         if src.exists():
             shutil.copyfile(src, checkpoint_dir(out) / src.name)
-    write_reports(out, summary["test"] or summary["val"], classes, f"{out.name}: test, {len(fold_dirs)} folds pooled")
-    first = fold_metrics[0]
-    return {
-        **summary,
-        "folds": [{**m["test"], "fold": m["fold"], "best_epoch": m["best_epoch"], "epochs_run": m["epochs_run"],
-                   "val": m["val"]} if m["test"] else {"fold": m["fold"], "val": m["val"]} for m in fold_metrics],
-        "best_epoch": _mean([m["best_epoch"] for m in fold_metrics]),
-        "epochs_run": _mean([m["epochs_run"] for m in fold_metrics]),
-        "train_seconds": round(sum(m["train_seconds"] for m in fold_metrics), 3),
-        "train_samples_per_second": round(_mean([m["train_samples_per_second"] for m in fold_metrics]), 2),
-        **{k: first.get(k) for k in ("params", "stem", "total_flops", "classes", "seed", "input_shape", "cache",
-                                     "device", "cache_build_id")},
-        "checkpoint": str(best_checkpoint(out)),
-    }
+    write_reports(out, metrics["test"] or metrics["val"], classes, f"{out.name}: test, {len(fold_dirs)} folds pooled")
+    return {**metrics, "checkpoint": str(best_checkpoint(out))}
 
 
 # --- what a study keeps of a finished run -------------------------------------------------------------
