@@ -66,7 +66,7 @@ def write_atomic(path: PathLike, content: Union[str, bytes]) -> None:
     temporary file beside it, flushed to disk, and one rename: a reader sees the old file or the
     new one, never half of one. The temporary name is unique per process and thread, so two
     writers of one path (parallel study runners) do not mix their bytes; a failed write leaves no
-    temporary file and raises the ``OSError``."""
+    temporary file behind and raises its error (``OSError`` for a full or read-only disk)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
