@@ -37,7 +37,7 @@ def evaluate_checkpoint(checkpoint: Union[str, Path], split: str = "test", cache
     from torch.utils.data import DataLoader
 
     from .data import Windows, resolve_splits
-    from .recipe import validate_recipe
+    from .recipe import RecipeError, stored_recipe
     from .report import classification_metrics
 
     model, info = load_classifier(checkpoint, device)
@@ -55,7 +55,11 @@ def evaluate_checkpoint(checkpoint: Union[str, Path], split: str = "test", cache
     if cache.classes != info["classes"]:
         raise CheckpointError(f"{cache.path}: classes {cache.classes} differ from the model's {info['classes']}")
     if split in ROLES:
-        recipe = validate_recipe({**info["recipe"], "data": {**info["recipe"]["data"], "cache": str(cache.path)}})
+        try:           # the recipe training validated, read back (no model is built for it)
+            recipe = stored_recipe({**info["recipe"], "data": {**info["recipe"]["data"], "cache": str(cache.path)}},
+                                   f"{checkpoint}: its stored recipe")
+        except RecipeError as e:
+            raise CheckpointError("; ".join(str(e).splitlines())) from None
         runs = {r["fold"]: r for r in resolve_splits(cache, recipe)}
         indices = runs[info["fold"]][ROLES[split]]
     else:

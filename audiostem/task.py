@@ -21,7 +21,8 @@ import torch.nn.functional as F
 
 from . import augment as aug
 from .data import derive_seed
-from .models import build_model, use_channels_last
+from .models import use_channels_last
+from .recipe_schema import ModelConfig
 from .report import classification_metrics
 
 
@@ -60,10 +61,7 @@ class ClassifierTask(pl.LightningModule):
         super().__init__()
         self.recipe, self.classes, self.info = recipe, list(classes), dict(info or {})
         m, t = recipe["model"], recipe["train"]
-        self.model = build_model(stem=m["stem"], body=m["body"], num_classes=len(classes),
-                                 in_channels=in_channels, head=m["head"],
-                                 stem_overrides=dict(m["stem_args"]), dropout=m["dropout"],
-                                 pretrained=m.get("pretrained", False))
+        self.model = ModelConfig.trusted(m).build(len(classes), in_channels)
         self.channels_last = m["channels_last"] is True      # "auto" is decided in setup(), on the device
         self.train_cfg, self.mixup_cfg = t, recipe["augment"]["mixup"]
         self.seed = recipe["seed"]
