@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from . import augment as aug
 from .data import derive_seed
 from .models import use_channels_last
+from .recipe import RecipeError
 from .recipe_schema import ModelConfig
 from .report import classification_metrics
 
@@ -43,6 +44,41 @@ def warmup_cosine(step: int, total: int, warmup: float) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - w) / max(1, total - w))))
 
 
+def model_for_input(cfg: ModelConfig, num_classes: int, input_shape: tuple[int, int, int]) -> torch.nn.Module:
+    """``cfg.build(num_classes, C)`` for inputs of ``input_shape = (C, F, T)`` (channels, bins,
+    frames), with the checks that only the data allows, each one line naming the recipe field
+    (:class:`~audiostem.recipe.RecipeError`): a stem ``n_freq`` above the input's bins (kernels
+    taller than the input), a stem that does not fit a library body, and an input too small for the
+    model (one forward pass of zeros)."""
+    c, f, t = input_shape
+    if isinstance(cfg.stem, str) and cfg.stem != "native":
+        from .stems import stem_defaults
+        n_freq = cfg.stem_args.get("n_freq", stem_defaults(cfg.stem).get("n_freq"))
+        if isinstance(n_freq, int) and n_freq > f:
+            raise RecipeError(f"model.stem_args.n_freq: {n_freq} is more than the input's {f} bins, so the "
+                              f"{cfg.stem} stem's kernels would be taller than its input; set "
+                              f"model.stem_args.n_freq: {f}")
+    try:
+        model = cfg.build(num_classes, c)
+    except ValueError as e:
+        raise RecipeError(f"model: {cfg.stem if isinstance(cfg.stem, str) else 'the inline stem'} on the body "
+                          f"{cfg.body}: {e}") from None
+    param = next(model.parameters())
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, c, f, t, dtype=param.dtype))
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RecipeError(f"model.stem: an input of {f} bins x {t} frames ({c} channel{'s' * (c != 1)}) is too "
+                          f"small for the stem {cfg.stem!r} on the body {cfg.body!r} ({first}); give more frames "
+                          "(data.crop_frames) or choose a stem with less stride") from None
+    finally:
+        model.train(was)
+    return model
+
+
 class ClassifierTask(pl.LightningModule):
     """A stem + body + head classifier trained with a recipe's ``model.*`` and ``train.*``.
 
@@ -61,11 +97,11 @@ class ClassifierTask(pl.LightningModule):
         super().__init__()
         self.recipe, self.classes, self.info = recipe, list(classes), dict(info or {})
         m, t = recipe["model"], recipe["train"]
-        self.model = ModelConfig.trusted(m).build(len(classes), in_channels)
+        self.input_shape = (in_channels, bins, recipe["data"]["crop_frames"])
+        self.model = model_for_input(ModelConfig.trusted(m), len(classes), self.input_shape)
         self.channels_last = m["channels_last"] is True      # "auto" is decided in setup(), on the device
         self.train_cfg, self.mixup_cfg = t, recipe["augment"]["mixup"]
         self.seed = recipe["seed"]
-        self.input_shape = (in_channels, bins, recipe["data"]["crop_frames"])
         self.results: dict[str, dict] = {}
         self._sums: Optional[torch.Tensor] = None
         self._counts: Optional[torch.Tensor] = None

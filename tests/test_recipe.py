@@ -120,6 +120,24 @@ def test_a_valid_recipe_builds_its_model_with_one_function(tmp_path):
     assert model.stem.spec["layers"][0]["kernel"] == [5, 3]
 
 
+@pytest.mark.parametrize("model, shape, expected", [
+    ({"stem": "tall"}, (1, 64, 32), r"model\.stem_args\.n_freq: 128 is more than the input's 64 bins.*n_freq: 64$"),
+    ({"stem": "pons", "stem_args": {"n_freq": 88}}, (1, 64, 32), r"model\.stem_args\.n_freq: 88 is more"),
+    ({"stem": "temporal"}, (1, 2, 16), r"model\.stem: an input of 2 bins x 16 frames .* too small for the stem 'temporal'"),
+    ({"stem": {"layers": [{"kernel": 3, "channels": 8, "stride": 3}]}, "body": "timm:test_resnet"}, (1, 32, 32),
+     r"model: the inline stem on the body timm:test_resnet: .*stride \(3, 3\) cannot be reduced to \(4, 4\)"),
+])
+def test_what_only_the_data_shows_is_one_line_naming_the_field(model, shape, expected):
+    """Checked once where the input shape is known (the training task), not when the recipe loads."""
+    from audiostem.recipe_schema import ModelConfig
+    from audiostem.task import model_for_input
+    with pytest.raises(RecipeError, match=expected) as info:
+        model_for_input(ModelConfig(**model), 3, shape)
+    assert len(str(info.value).splitlines()) == 1
+    assert model_for_input(ModelConfig(stem="tall", stem_args={"n_freq": 64}), 3, (1, 64, 32))(
+        torch.zeros(1, 1, 64, 32)).shape == (1, 3)
+
+
 def test_several_errors_are_reported_together(tmp_path):
     path = write(tmp_path, {"data": {"crop_frames": "x"}, "seeds": 1})
     with pytest.raises(RecipeError) as info:

@@ -79,6 +79,12 @@ class StemArgError(ValueError):
         self.key, self.is_spec = key, is_spec
 
 
+def stem_defaults(name: str) -> dict[str, Any]:
+    """The default value of each of a preset's overrides (from its function's signature)."""
+    params = inspect.signature(_REGISTRY[name]).parameters
+    return {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
+
+
 def stem_spec(name_or_spec: str | dict, in_channels: int | None = None, **overrides: Any) -> dict:
     """The canonical spec ``build_stem`` builds (plain data, no modules made): checks the name or
     spec, the override names (from the preset function's signature), their types (from its type
