@@ -205,6 +205,23 @@ def run_cli(*args, cwd=None):
                           text=True, cwd=cwd)
 
 
+def test_cli_values_are_set_as_values_before_the_overrides(tmp_path):
+    """--values FILE (or - for stdin): how the study runner hands a cell its recipe values."""
+    path = write(tmp_path, minimal(tmp_path, data={"cache": str(tmp_path / "c"),
+                                                    "prepare": {"source": "folder", "root": "/x"}}))
+    done = subprocess.run([sys.executable, "-m", "audiostem.train", str(path), "--print", "--values", "-",
+                           "train.max_epochs=2"], input='{"model.stem_args": {"width": 8}, "train.max_epochs": 5, '
+                          '"train.lr": 1e-05}', capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    printed = yaml.safe_load(done.stdout)
+    assert printed["model"]["stem_args"] == {"width": 8} and printed["train"]["max_epochs"] == 2
+    assert printed["train"]["lr"] == 1e-05
+    for content, expected in (("[1, 2]", "expected a mapping of dotted keys"), ("{a: [", "cannot read")):
+        (tmp_path / "v.yaml").write_text(content)
+        bad = run_cli(path, "--print", "--values", tmp_path / "v.yaml")
+        assert bad.returncode == 2 and expected in bad.stderr and len(bad.stderr.splitlines()) == 1, bad.stderr
+
+
 def test_cli_print_and_errors(tmp_path):
     path = write(tmp_path, minimal(tmp_path, data={"cache": str(tmp_path / "c"),
                                                     "prepare": {"source": "folder", "root": "/x"}}))
