@@ -352,8 +352,8 @@ def export_cells(study: Study, cells: list[Cell], dest: Path) -> int:
 
 
 def check_cell(study: Study, cell: Cell) -> Optional[str]:
-    """The recipe error of a cell (its recipe with its overrides, validated and its model built
-    once, as the train command would), or None. Custom train commands are not checked."""
+    """The recipe error of a cell (its recipe with its values, validated as the train command would,
+    without building a model), or None. Custom train commands are not checked."""
     if study.train_command is not None:
         return None
     from ..recipe import load_recipe
