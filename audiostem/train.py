@@ -487,7 +487,10 @@ def read_values(path: Optional[str]) -> Optional[dict]:
     import yaml
     try:
         text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
-        data = load_yaml(text, "--values")
+        try:
+            data = json.loads(text)         # JSON first: it carries every float (NaN too) exactly
+        except (json.JSONDecodeError, RecursionError):
+            data = load_yaml(text, "--values")
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         why = yaml_error(e) if isinstance(e, yaml.YAMLError) else getattr(e, "strerror", None) or str(e)
         raise RecipeError(f"--values {path}: cannot read a mapping of dotted keys ({why})") from None
