@@ -282,20 +282,17 @@ def library_body(body: str, num_classes: int, in_channels: int, pretrained: bool
     Raises ``ValueError`` starting ``body:`` for an unknown library or model name, and
     ``FileNotFoundError`` naming where it looked when pretrained weights are not on disk.
     """
+    try:
+        check_library_body(body)
+    except ValueError as e:
+        raise ValueError(f"body: {e}") from None
     library, _, name = body.partition(":")
-    if library not in LIBRARIES or not name:
-        raise ValueError(f"body: {body!r}: a library body is timm:<name> or torchvision:<name>")
     if library == "timm":
         import timm
-        if not timm.is_model(name):
-            raise ValueError(f"body: timm has no model {name!r} (timm.list_models('*{name[:6]}*') lists similar names)")
         overlay = {"file": str(pretrained_file(body))} if pretrained else None
         return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, in_chans=in_channels,
                                  drop_rate=dropout, pretrained_cfg_overlay=overlay)
     import torchvision
-    if name not in torchvision.models.list_models(module=torchvision.models):
-        raise ValueError(f"body: torchvision has no classification model {name!r} "
-                         "(torchvision.models.list_models() lists them)")
     kwargs = {"dropout": dropout} if dropout else {}
     try:
         model = torchvision.models.get_model(name, **kwargs)
@@ -307,6 +304,25 @@ def library_body(body: str, num_classes: int, in_channels: int, pretrained: bool
     _set_num_classes(model, num_classes)
     adapt_first_conv(_first_conv(model), in_channels)
     return model
+
+
+def check_library_body(body: str) -> None:
+    """Check that ``"timm:<name>"`` or ``"torchvision:<name>"`` names a classifier the library
+    knows (``timm.is_model``, ``torchvision.models.list_models``), without building it.
+
+    Raises ``ValueError`` naming the library and how to list its models."""
+    library, _, name = body.partition(":")
+    if library not in LIBRARIES or not name:
+        raise ValueError(f"{body!r}: a library body is timm:<name> or torchvision:<name>")
+    if library == "timm":
+        import timm
+        if not timm.is_model(name):
+            raise ValueError(f"timm has no model {name!r} (timm.list_models('*{name[:6]}*') lists similar names)")
+        return
+    import torchvision
+    if name not in torchvision.models.list_models(module=torchvision.models):
+        raise ValueError(f"torchvision has no classification model {name!r} "
+                         "(torchvision.models.list_models() lists them)")
 
 
 def _set_num_classes(model: nn.Module, num_classes: int) -> None:

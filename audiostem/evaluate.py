@@ -39,7 +39,7 @@ def evaluate_checkpoint(checkpoint: Union[str, Path], split: str = "test", cache
 
     from .data import Windows, resolve_splits
     from .metrics import classification_metrics
-    from .recipe import validate_recipe
+    from .recipe import RecipeError, stored_recipe
 
     model, payload = load_classifier(checkpoint, device)
     cache = data_prep.open_cache(cache_path or payload.cache)
@@ -56,7 +56,11 @@ def evaluate_checkpoint(checkpoint: Union[str, Path], split: str = "test", cache
     if cache.classes != payload.classes:
         raise CheckpointError(f"{cache.path}: classes {cache.classes} differ from the model's {payload.classes}")
     if split in ROLES:
-        recipe = validate_recipe({**payload.recipe, "data": {**payload.recipe["data"], "cache": str(cache.path)}})
+        try:           # the recipe training validated, read back (no model is built for it)
+            recipe = stored_recipe({**payload.recipe, "data": {**payload.recipe["data"], "cache": str(cache.path)}},
+                                   f"{checkpoint}: its stored recipe")
+        except RecipeError as e:
+            raise CheckpointError("; ".join(str(e).splitlines())) from None
         runs = {r["fold"]: r for r in resolve_splits(cache, recipe)}
         indices = runs[payload.fold][ROLES[split]]
     else:

@@ -15,7 +15,8 @@ import torch
 
 from .checkpoint import CheckpointError, CheckpointPayload, load_checkpoint
 from .metrics import add_windows, mean_window_logits
-from .models import build_model, use_channels_last
+from .models import use_channels_last
+from .recipe_schema import ModelConfig
 from .run_folder import find_checkpoint
 
 __all__ = ["CheckpointError", "clip_logits", "find_checkpoint", "load_classifier"]
@@ -35,12 +36,11 @@ def load_classifier(path: Union[str, Path],
     payload = CheckpointPayload.from_checkpoint(ckpt, path)
     try:
         m = payload.recipe["model"]
-        model = build_model(stem=m["stem"], body=m["body"], num_classes=len(payload.classes),
-                            in_channels=payload.input_shape[0], head=m["head"],
-                            stem_overrides=dict(m["stem_args"]), dropout=m["dropout"])
+        # the recipe training validated, rebuilt as it is; the weights come from the checkpoint
+        model = ModelConfig.trusted(m).build(len(payload.classes), payload.input_shape[0], pretrained=False)
         state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
         model.load_state_dict(state)
-    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError, AttributeError) as e:
         text = " ".join(str(e).split())[:300]
         raise CheckpointError(f"{path}: its model does not rebuild from what it stores "
                               f"({type(e).__name__}: {text})") from None

@@ -6,13 +6,12 @@
 
 from __future__ import annotations
 
-import time
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import nn
 
-from .stems import build_stem, list_stems
+from .stems import StemArgError, build_stem, list_stems, stem_spec
 
 # name -> (widths per stage, BasicBlocks per stage); every stage after the first halves F and T.
 BODIES: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
@@ -150,65 +149,114 @@ def build_model(stem: str | dict | nn.Module = "deep3", body: str | dict = "narr
             (``audiostem.bodies.pretrained_file``; nothing is downloaded).
 
     Raises:
-        ValueError: starting ``body:``, ``head:`` or ``stem``, naming the valid choices.
+        ValueError: starting ``body:``, ``head:`` or ``stem``, naming the valid choices
+            (:class:`ModelConfigError` from :func:`check_model_args`, which checks everything
+            that needs no model built, or an error of the library body or ``replace_stem``).
         FileNotFoundError: pretrained weights not on disk, naming where it looked.
     """
+    check_model_args(stem, body, head, stem_overrides, pretrained)
     if isinstance(body, str) and ":" in body:
         return _library_model(stem, body, num_classes, in_channels, head, dict(stem_overrides or {}),
                               dropout, pretrained)
-    if pretrained:
-        raise ValueError(f"body: {body!r} has no pretrained weights; only a timm: or torchvision: body has")
-    if isinstance(stem, str) and stem == "native":
-        raise ValueError(f"stem: 'native' keeps a timm: or torchvision: body's own stem; the audiostem body "
-                         f"{body!r} has none (choose a preset: {', '.join(list_stems())})")
-    if isinstance(stem, nn.Module):
-        if stem_overrides:
-            raise ValueError("stem_overrides: only a preset name or spec can take overrides, not a module")
-    else:
+    if not isinstance(stem, nn.Module):
         stem = build_stem(stem, in_channels, **(stem_overrides or {}))
-    if isinstance(body, str):
-        if body not in BODIES:
-            raise ValueError(f"body: unknown body {body!r}; valid bodies: {', '.join(BODIES)}")
-        widths, depths = BODIES[body]
-    elif isinstance(body, dict) and set(body) == {"widths", "depths"}:
-        widths, depths = tuple(body["widths"]), tuple(body["depths"])
-    else:
-        raise ValueError(f"body: must be one of {', '.join(BODIES)} or a dict with keys widths, depths; got {body!r}")
+    widths, depths = BODIES[body] if isinstance(body, str) else (tuple(body["widths"]), tuple(body["depths"]))
     return AudioResNet(stem, widths, depths, num_classes, head, dropout, zero_init_last)
+
+
+class ModelConfigError(ValueError):
+    """A model configuration that cannot be built. ``field`` is the recipe's ``model.*`` key at
+    fault (``stem``, ``stem_args``, ``stem_args.<name>``, ``body``, ``head``, ``pretrained``),
+    ``detail`` the message without it; ``str()`` is the message ``build_model`` raises."""
+
+    def __init__(self, field: str, detail: str, message: Optional[str] = None):
+        self.field, self.detail = field, detail
+        self.message = message or f"{field.split('.')[0]}: {detail}"
+        super().__init__(self.message)
+
+
+def check_model_args(stem: str | dict | nn.Module, body: str | dict, head: str = "avg",
+                     stem_overrides: Optional[dict[str, Any]] = None, pretrained: bool = False) -> None:
+    """Check ``build_model``'s arguments without building anything: the body's name (for a
+    ``timm:``/``torchvision:`` body, that the library knows it) or its widths and depths, the
+    head, ``pretrained`` (only a library body has weights), and the stem: a preset name, a spec
+    or ``native``, and its overrides' names, types and values
+    (:func:`audiostem.stems.stem_spec`, from the preset's signature).
+
+    What needs the body built is left to :func:`build_model`: whether a stem's stride fits a
+    library body, whether a torchvision model takes a dropout. Whether pretrained weights are on
+    disk is :func:`audiostem.bodies.pretrained_file`.
+
+    Raises:
+        ModelConfigError: naming the field (``e.field``) and the valid choices.
+    """
+    overrides = dict(stem_overrides or {})
+    library = isinstance(body, str) and ":" in body
+    if head not in HEADS:
+        raise ModelConfigError("head", f"must be one of {', '.join(HEADS)}, got {head!r}")
+    if library:
+        from .bodies import check_library_body
+        try:
+            check_library_body(body)
+        except ValueError as e:
+            raise ModelConfigError("body", str(e)) from None
+        if head != "avg":
+            raise ModelConfigError("head", f"a library body ({body}) keeps its own head, global average "
+                                   f"pooling: use head avg, got {head!r}")
+    elif isinstance(body, str):
+        if body not in BODIES:
+            raise ModelConfigError("body", f"unknown body {body!r}; valid bodies: {', '.join(BODIES)}")
+    elif isinstance(body, dict) and set(body) == {"widths", "depths"}:
+        widths, depths = body["widths"], body["depths"]
+        if not (_int_list(widths, 1) and _int_list(depths, 1) and len(widths) == len(depths)):
+            raise ModelConfigError("body", f"widths {widths!r} and depths {depths!r} must be non-empty lists of "
+                                   "positive integers, of equal length")
+    else:
+        raise ModelConfigError("body", f"must be one of {', '.join(BODIES)} or a dict with keys widths, depths; "
+                               f"got {body!r}")
+    if pretrained and not library:
+        raise ModelConfigError("pretrained", f"the body {body!r} has no pretrained weights; only a timm: or "
+                               "torchvision: body has", f"body: {body!r} has no pretrained weights; only a timm: "
+                               "or torchvision: body has")
+    if isinstance(stem, nn.Module):
+        if overrides:
+            raise ModelConfigError("stem_args", "only a preset name or spec can take overrides, not a module",
+                                   "stem_overrides: only a preset name or spec can take overrides, not a module")
+        return
+    if isinstance(stem, str) and stem == "native":
+        if not library:
+            raise ModelConfigError("stem", f"'native' keeps a timm: or torchvision: body's own stem; the "
+                                   f"audiostem body {body!r} has none (choose a preset: {', '.join(list_stems())})")
+        unknown = sorted(set(overrides) - {"coord"})
+        if unknown:
+            raise ModelConfigError("stem_args", f"stem 'native': unknown override {unknown[0]!r}; the native stem "
+                                   "takes only coord", f"stem 'native': unknown override {unknown[0]!r}; the "
+                                   "native stem takes only coord")
+        if not isinstance(overrides.get("coord", False), bool):
+            raise ModelConfigError("stem_args.coord", f"must be true or false, got {overrides['coord']!r}")
+        return
+    if isinstance(stem, str) and stem not in list_stems():
+        raise ModelConfigError("stem", f"unknown stem {stem!r}; valid stems: {', '.join(list_stems())}, native "
+                               "(a timm: or torchvision: body's own), or an inline spec (a mapping with 'layers')")
+    try:
+        stem_spec(stem, **overrides)
+    except StemArgError as e:
+        field = "stem" if e.is_spec else "stem_args" if e.key is None else f"stem_args.{e.key}"
+        raise ModelConfigError(field, str(e), str(e)) from None
+
+
+def _int_list(value: Any, minimum: int) -> bool:
+    return (isinstance(value, (list, tuple)) and len(value) > 0
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in value))
 
 
 def _library_model(stem: str | dict | nn.Module, body: str, num_classes: int, in_channels: int, head: str,
                    stem_overrides: dict[str, Any], dropout: float, pretrained: bool) -> nn.Module:
     from .bodies import library_body, replace_stem
-    if head != "avg":
-        raise ValueError(f"head: a library body ({body}) keeps its own head, global average pooling: "
-                         f"use head avg, got {head!r}")
     native = isinstance(stem, str) and stem == "native"
     coord = bool(stem_overrides.get("coord", False)) if native else False
     model = library_body(body, num_classes, in_channels + int(coord), pretrained, dropout)
     return replace_stem(model, stem, in_channels=in_channels, verbose=False, **stem_overrides)
-
-
-def step_time(model: nn.Module, input_shape: tuple[int, int, int] = (1, 128, 256), batch: int = 32,
-              steps: int = 5) -> float:
-    """Seconds of one SGD training step (forward, cross-entropy, backward, update) on a batch
-    of ``batch`` random inputs of ``input_shape = (C, F, T)``: the fastest of ``steps`` steps
-    after one warm-up step (the fastest, because a shared machine only ever adds time)."""
-    x = torch.randn(batch, *input_shape)
-    with torch.no_grad():
-        classes = model.eval()(x[:1]).shape[1]
-    y = torch.randint(0, classes, (batch,))
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    model.train()
-    times = []
-    for _ in range(steps + 1):
-        start = time.perf_counter()
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-        times.append(time.perf_counter() - start)
-    return min(times[1:])
-
 
 
 def describe_model(model: nn.Module, input_shape: tuple[int, int, int] = (1, 128, 256),

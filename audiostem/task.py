@@ -23,7 +23,9 @@ from . import run_folder
 from .checkpoint import PAYLOAD_KEY, CheckpointPayload
 from .data import derive_seed
 from .metrics import add_windows, classification_metrics, mean_window_logits
-from .models import build_model, use_channels_last
+from .models import use_channels_last
+from .recipe import RecipeError
+from .recipe_schema import ModelConfig
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -43,6 +45,41 @@ def warmup_cosine(step: int, total: int, warmup: float) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - w) / max(1, total - w))))
 
 
+def model_for_input(cfg: ModelConfig, num_classes: int, input_shape: tuple[int, int, int]) -> torch.nn.Module:
+    """``cfg.build(num_classes, C)`` for inputs of ``input_shape = (C, F, T)`` (channels, bins,
+    frames), with the checks that only the data allows, each one line naming the recipe field
+    (:class:`~audiostem.recipe.RecipeError`): a stem ``n_freq`` above the input's bins (kernels
+    taller than the input), a stem that does not fit a library body, and an input too small for the
+    model (one forward pass of zeros)."""
+    c, f, t = input_shape
+    if isinstance(cfg.stem, str) and cfg.stem != "native":
+        from .stems import stem_defaults
+        n_freq = cfg.stem_args.get("n_freq", stem_defaults(cfg.stem).get("n_freq"))
+        if isinstance(n_freq, int) and n_freq > f:
+            raise RecipeError(f"model.stem_args.n_freq: {n_freq} is more than the input's {f} bins, so the "
+                              f"{cfg.stem} stem's kernels would be taller than its input; set "
+                              f"model.stem_args.n_freq: {f}")
+    try:
+        model = cfg.build(num_classes, c)
+    except ValueError as e:
+        raise RecipeError(f"model: {cfg.stem if isinstance(cfg.stem, str) else 'the inline stem'} on the body "
+                          f"{cfg.body}: {e}") from None
+    param = next(model.parameters())
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, c, f, t, dtype=param.dtype))
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RecipeError(f"model.stem: an input of {f} bins x {t} frames ({c} channel{'s' * (c != 1)}) is too "
+                          f"small for the stem {cfg.stem!r} on the body {cfg.body!r} ({first}); give more frames "
+                          "(data.crop_frames) or choose a stem with less stride") from None
+    finally:
+        model.train(was)
+    return model
+
+
 class ClassifierTask(pl.LightningModule):
     """A stem + body + head classifier trained with a recipe's ``model.*`` and ``train.*``.
 
@@ -58,17 +95,14 @@ class ClassifierTask(pl.LightningModule):
 
     def __init__(self, payload: CheckpointPayload):
         super().__init__()
-        recipe, classes, in_channels = payload.recipe, payload.classes, payload.input_shape[0]
+        recipe, classes = payload.recipe, payload.classes
         self.recipe, self.classes, self.payload = recipe, list(classes), payload
         m, t = recipe["model"], recipe["train"]
-        self.model = build_model(stem=m["stem"], body=m["body"], num_classes=len(classes),
-                                 in_channels=in_channels, head=m["head"],
-                                 stem_overrides=dict(m["stem_args"]), dropout=m["dropout"],
-                                 pretrained=m.get("pretrained", False))
+        self.input_shape = tuple(payload.input_shape)
+        self.model = model_for_input(ModelConfig.trusted(m), len(classes), self.input_shape)
         self.channels_last = m["channels_last"] is True      # "auto" is decided in setup(), on the device
         self.train_cfg, self.mixup_cfg = t, recipe["augment"]["mixup"]
         self.seed = recipe["seed"]
-        self.input_shape = tuple(payload.input_shape)
         self.results: dict[str, dict] = {}
         self._sums: Optional[torch.Tensor] = None
         self._counts: Optional[torch.Tensor] = None

@@ -328,6 +328,27 @@ def one_message(error: Exception) -> str:
     return text
 
 
+def read_values(path: Optional[str]) -> Optional[dict]:
+    """``--values FILE``: a mapping of dotted recipe keys to values (JSON or YAML; ``-``: stdin)."""
+    if path is None:
+        return None
+    from .yamlio import load_yaml, yaml_error
+    import yaml
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+        try:
+            data = json.loads(text)         # JSON first: it carries every float (NaN too) exactly
+        except (json.JSONDecodeError, RecursionError):
+            data = load_yaml(text, "--values")
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        why = yaml_error(e) if isinstance(e, yaml.YAMLError) else getattr(e, "strerror", None) or str(e)
+        raise RecipeError(f"--values {path}: cannot read a mapping of dotted keys ({why})") from None
+    if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
+        raise RecipeError(f"--values {path}: expected a mapping of dotted keys to values, e.g. "
+                          '{"model.stem_args.width": 8}')
+    return data
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m audiostem.train", description=__doc__.split("\n\n")[0],
@@ -340,12 +361,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="dotted overrides, values as YAML (model.stem_args.width=8, data.folds=[1])")
     parser.add_argument("--print", action="store_true", dest="print_only",
                         help="print the resolved recipe and check it (and its cache) without training")
+    parser.add_argument("--values", metavar="FILE", help="a JSON or YAML mapping of dotted keys to values "
+                        "({\"model.stem_args.width\": 8}), set before the key=value overrides; - reads it from stdin "
+                        "(how the study runner hands a cell its values)")
     parser.add_argument("--restart", action="store_true", help="discard an earlier run in out_dir and start over")
     parser.add_argument("--resume", metavar="CKPT", help="resume from this checkpoint (default: "
                         "OUT_DIR/checkpoints/last.ckpt when it exists)")
     args = parser.parse_intermixed_args(argv)
     try:
-        recipe = load_recipe(args.recipe, args.overrides)
+        recipe = load_recipe(args.recipe, args.overrides, read_values(args.values))
         meta = check_data(recipe)
         if args.print_only:
             print(dump_recipe(recipe), end="")

@@ -24,15 +24,13 @@ from audiostem.export import WaveformClassifier, export_onnx, export_torchscript
 
 
 def from_recipe(path: str) -> WaveformClassifier:
-    from audiostem.models import build_model
     from audiostem.recipe import load_recipe
     from data_prep.config import feature_config
 
     r = load_recipe(path)
     c = feature_config(r.data.features)
     channels = 1 if c.mono else c.channels
-    m = r.model
-    model = build_model(m.stem, m.body, 10, channels, m.head, stem_overrides=dict(m.stem_args)).eval()
+    model = r.model.build(10, channels, pretrained=False).eval()
     stats = {"mean": torch.full((channels, c.bins), -40.0), "std": torch.full((channels, c.bins), 15.0),
              "pad": torch.full((channels, c.bins), -40.0)}
     crop = r.data.crop_frames

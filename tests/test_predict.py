@@ -115,3 +115,24 @@ def test_predict_reads_files_from_the_wild(audio_run, tmp_path):
     out, err = done.stdout.decode(), done.stderr.decode()
     assert done.returncode == 0 and "Traceback" not in err, err
     assert f"{tmp_path}/caf\\xe9_take1.wav: low" in out and "take2.wave: low" in out and "stream.wav: low" in out
+
+
+def test_evaluate_reads_the_stored_recipe_and_builds_one_model(audio_run, tmp_path, monkeypatch):
+    """The checkpoint's recipe was validated by training: evaluate parses it and builds the model
+    once (for the weights); a damaged stored recipe is one line naming the checkpoint."""
+    import torch
+
+    from audiostem import models
+    from audiostem.checkpoint import load_checkpoint
+    from audiostem.evaluate import evaluate
+    from audiostem.inference import CheckpointError
+    built = []
+    real = models.build_model
+    monkeypatch.setattr(models, "build_model", lambda *a, **k: built.append(1) or real(*a, **k))
+    assert evaluate(audio_run, split="test")["metrics"]["n_items"] > 0 and len(built) == 1
+    ckpt = load_checkpoint(audio_run / "checkpoints" / "best.ckpt")
+    ckpt["audiostem"]["recipe"]["data"]["folds"] = "every"
+    torch.save(ckpt, tmp_path / "damaged.ckpt")
+    with pytest.raises(CheckpointError, match=r"damaged\.ckpt: its stored recipe: data\.folds") as info:
+        evaluate(tmp_path / "damaged.ckpt", split="test")
+    assert len(str(info.value).splitlines()) == 1

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from audiostem import list_stems
@@ -73,6 +74,19 @@ def test_apply_overrides_does_not_touch_the_input():
     (["model.stem_args.width=8", "model.stem=resnet7"], r"model\.stem_args: .*unknown override 'width'.*kernel_size"),
     (["model.stem={layers: [{kernel: -3, channels: 4}]}"], r"model\.stem: stem\.layers\[0\]\.kernel"),
     (["model.body=wide"], r"model\.body: unknown body 'wide'; valid bodies: .*narrow"),
+    # other members of the kind: checked from the registries' declarations, no model built
+    (["model.stem_args.widht=8"], r"model\.stem_args: stem 'deep3': unknown override 'widht'; valid overrides: .*width"),
+    (["model.stem_args.kernel_size=five"], r"model\.stem_args\.kernel_size: .*must be int.*got 'five'"),
+    (["model.stem_args.width=true"], r"model\.stem_args\.width: .*must be int, got true"),
+    (["model.stem=tall", "model.stem_args.fraction=[1]"], r"model\.stem_args\.fraction: .*must be float"),
+    (["model.stem_args.depth=0"], r"model\.stem_args: deep3 depth: must be an int >= 1, got 0"),
+    (["model.stem={layers: [{kernel: 3, channels: 8}]}", "model.stem_args.width=8"],
+     r"model\.stem_args: stem 'spec': unknown override 'width'; valid overrides: coord"),
+    (["model.body=resnet50"], r"model\.body: unknown body 'resnet50'; valid bodies: "),
+    (["model.body={widths: [8, 16], depths: [1]}"], r"model\.body: widths \[8, 16\] and depths \[1\] must be"),
+    (["model.body=timm:resnet_nope"], r"model\.body: timm has no model 'resnet_nope'"),
+    (["model.body=torchvision:nope"], r"model\.body: torchvision has no classification model 'nope'"),
+    (["model.body=keras:resnet18"], r"model\.body: 'keras:resnet18': a library body is timm:<name> or torchvision:<name>"),
     (["model.head=max"], r"model\.head: must be one of avg, freq_time"),
     (["trainer.gpus=1"], r"trainer\.gpus: not a lightning\.Trainer argument; valid: accelerator"),
     (["trainer.max_epochs=3"], r"trainer\.max_epochs: set by audiostem.*train\.max_epochs"),
@@ -87,6 +101,41 @@ def test_bad_recipes_name_the_field(tmp_path, overrides, expected):
     with pytest.raises(RecipeError, match=expected) as info:
         load_recipe(path, overrides)
     assert str(info.value).startswith(str(path))
+
+
+def test_each_model_error_is_one_line_naming_the_field(tmp_path):
+    path = write(tmp_path, minimal(tmp_path))
+    for overrides in (["model.stem_args.kernel_size=five"], ["model.body=timm:resnet_nope"], ["model.stem=nope"]):
+        with pytest.raises(RecipeError) as info:
+            load_recipe(path, overrides)
+        assert len(str(info.value).splitlines()) == 1 and str(info.value).startswith(f"{path}: model.")
+
+
+def test_a_valid_recipe_builds_its_model_with_one_function(tmp_path):
+    """recipe.model.build is the one road from a recipe to a model; a list kernel is a valid preset argument."""
+    path = write(tmp_path, minimal(tmp_path))
+    r = load_recipe(path, ["model.stem_args={kernel_size: [5, 3], width: 8}", "model.head=freq_time"])
+    model = r.model.build(num_classes=3, in_channels=2)
+    assert model(torch.zeros(2, 2, 32, 40)).shape == (2, 3)
+    assert model.stem.spec["layers"][0]["kernel"] == [5, 3]
+
+
+@pytest.mark.parametrize("model, shape, expected", [
+    ({"stem": "tall"}, (1, 64, 32), r"model\.stem_args\.n_freq: 128 is more than the input's 64 bins.*n_freq: 64$"),
+    ({"stem": "pons", "stem_args": {"n_freq": 88}}, (1, 64, 32), r"model\.stem_args\.n_freq: 88 is more"),
+    ({"stem": "temporal"}, (1, 2, 16), r"model\.stem: an input of 2 bins x 16 frames .* too small for the stem 'temporal'"),
+    ({"stem": {"layers": [{"kernel": 3, "channels": 8, "stride": 3}]}, "body": "timm:test_resnet"}, (1, 32, 32),
+     r"model: the inline stem on the body timm:test_resnet: .*stride \(3, 3\) cannot be reduced to \(4, 4\)"),
+])
+def test_what_only_the_data_shows_is_one_line_naming_the_field(model, shape, expected):
+    """Checked once where the input shape is known (the training task), not when the recipe loads."""
+    from audiostem.recipe_schema import ModelConfig
+    from audiostem.task import model_for_input
+    with pytest.raises(RecipeError, match=expected) as info:
+        model_for_input(ModelConfig(**model), 3, shape)
+    assert len(str(info.value).splitlines()) == 1
+    assert model_for_input(ModelConfig(stem="tall", stem_args={"n_freq": 64}), 3, (1, 64, 32))(
+        torch.zeros(1, 1, 64, 32)).shape == (1, 3)
 
 
 def test_several_errors_are_reported_together(tmp_path):
@@ -154,6 +203,23 @@ def test_trainer_keys_match_lightning():
 def run_cli(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "audiostem.train", *map(str, args)], capture_output=True,
                           text=True, cwd=cwd)
+
+
+def test_cli_values_are_set_as_values_before_the_overrides(tmp_path):
+    """--values FILE (or - for stdin): how the study runner hands a cell its recipe values."""
+    path = write(tmp_path, minimal(tmp_path, data={"cache": str(tmp_path / "c"),
+                                                    "prepare": {"source": "folder", "root": "/x"}}))
+    done = subprocess.run([sys.executable, "-m", "audiostem.train", str(path), "--print", "--values", "-",
+                           "train.max_epochs=2"], input='{"model.stem_args": {"width": 8}, "train.max_epochs": 5, '
+                          '"train.lr": 1e-05}', capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    printed = yaml.safe_load(done.stdout)
+    assert printed["model"]["stem_args"] == {"width": 8} and printed["train"]["max_epochs"] == 2
+    assert printed["train"]["lr"] == 1e-05
+    for content, expected in (("[1, 2]", "expected a mapping of dotted keys"), ("{a: [", "cannot read")):
+        (tmp_path / "v.yaml").write_text(content)
+        bad = run_cli(path, "--print", "--values", tmp_path / "v.yaml")
+        assert bad.returncode == 2 and expected in bad.stderr and len(bad.stderr.splitlines()) == 1, bad.stderr
 
 
 def test_cli_print_and_errors(tmp_path):

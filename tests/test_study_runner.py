@@ -193,6 +193,14 @@ def test_smoke_study_end_to_end(tmp_path, capsys):
     assert metrics["seed"] == 0 and metrics["stem"]["stride"] == [4, 4]
     assert sorted(str(p.relative_to(runs)) for p in runs.rglob("*.ckpt")) == [
         "deep3/seed0/checkpoints/best.ckpt", "patch4/seed0/checkpoints/best.ckpt"]
+    # the cell's values reached the run as values (--values - on stdin); the command the log shows
+    # (key=value text, the one --dry-run prints) gives the same recipe
+    from audiostem.recipe import load_recipe
+    cell = next(c for c in expand(load_study(path)) if c.name == "espeak_digits/patch4/seed0")
+    stored = yaml.safe_load((runs / "patch4/seed0/recipe.yaml").read_text())
+    assert load_recipe(cell.recipe, [*cell.overrides, f"out_dir={cell.out_dir.resolve()}"]).to_dict() == stored
+    log = (tmp_path / "out/logs/espeak_digits__patch4__seed0.log").read_text()
+    assert "model.stem=patch4" in log and "--values" not in log
     assert main(["report", str(path)]) == 0
     rows = {r["variant"]: r for r in csv.DictReader(open(tmp_path / "out/report/results.csv"))}
     assert rows["deep3"]["n_seeds"] == "1" and rows["patch4"]["paired_seeds"] == "1"

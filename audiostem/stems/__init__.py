@@ -12,8 +12,9 @@ Build one from a preset name or a declarative spec (format: ``audiostem.stems.sp
 
 from . import presets as _presets  # noqa: F401  (registers the presets)
 from .modules import FreqCoord, Stem
-from .registry import build_stem, describe_stem, list_stems, register_stem, stem_overrides
+from .registry import (StemArgError, build_stem, describe_stem, list_stems, register_stem, stem_defaults,
+                       stem_overrides, stem_spec)
 from .spec import geometry, normalize_spec
 
-__all__ = ["FreqCoord", "Stem", "build_stem", "describe_stem", "geometry", "list_stems", "normalize_spec",
-           "register_stem", "stem_overrides"]
+__all__ = ["FreqCoord", "Stem", "StemArgError", "build_stem", "describe_stem", "geometry", "list_stems", "normalize_spec",
+           "register_stem", "stem_defaults", "stem_overrides", "stem_spec"]

@@ -27,7 +27,7 @@ def _at_least(value: int, minimum: int, name: str) -> int:
 
 
 @register_stem
-def resnet7(kernel_size: int = 7, out_channels: int = 64) -> dict:
+def resnet7(kernel_size: int | list[int] = 7, out_channels: int = 64) -> dict:
     """ResNet's stem: one k x k stride-2 conv (64 filters), BN-ReLU, 3x3 stride-2 max-pool.
 
     Source: He, Zhang, Ren, Sun, "Deep Residual Learning for Image Recognition", CVPR 2016.
@@ -37,7 +37,7 @@ def resnet7(kernel_size: int = 7, out_channels: int = 64) -> dict:
 
 
 @register_stem
-def deep3(kernel_size: int = 3, width: int = 32, depth: int = 3, out_channels: int = 64) -> dict:
+def deep3(kernel_size: int | list[int] = 3, width: int = 32, depth: int = 3, out_channels: int = 64) -> dict:
     """The deep stem: ``depth`` k x k convs (32, 32, 64), the first with stride 2, then a
     3x3 stride-2 max-pool.
 
@@ -55,7 +55,7 @@ def deep3(kernel_size: int = 3, width: int = 32, depth: int = 3, out_channels: i
 
 
 @register_stem
-def wide5(kernel_size: int = 5, width: int = 16, depth: int = 1, out_channels: int = 64) -> dict:
+def wide5(kernel_size: int | list[int] = 5, width: int = 16, depth: int = 1, out_channels: int = 64) -> dict:
     """fast.ai's wider first layer: a 5x5 stride-2 conv with few filters, then ``depth``
     3x3 convs to 64 channels, then a 3x3 stride-2 max-pool.
 
@@ -148,7 +148,7 @@ def octave(kernel_size: int = 3, width: int = 32, height: int = 13, out_channels
 
 
 @register_stem
-def patch4(kernel_size: int = 4, out_channels: int = 64) -> dict:
+def patch4(kernel_size: int | list[int] = 4, out_channels: int = 64) -> dict:
     """Patchify: one 4x4 stride-4 conv (non-overlapping patches) to 64 channels, then a
     LayerNorm over channels, no activation.
 

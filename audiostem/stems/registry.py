@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import copy
 import inspect
-from typing import Any, Callable
+import typing
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
@@ -68,6 +69,61 @@ def stem_overrides(name: str) -> list[str]:
     return sorted({"coord", *params})
 
 
+class StemArgError(ValueError):
+    """A stem name, spec or override that cannot make a stem. ``key`` is the override at fault
+    (``None``: the name, the spec, or the overrides together); ``is_spec`` says the stem itself
+    (name or spec) is wrong rather than its overrides."""
+
+    def __init__(self, message: str, key: Optional[str] = None, is_spec: bool = False):
+        super().__init__(message)
+        self.key, self.is_spec = key, is_spec
+
+
+def stem_defaults(name: str) -> dict[str, Any]:
+    """The default value of each of a preset's overrides (from its function's signature)."""
+    params = inspect.signature(_REGISTRY[name]).parameters
+    return {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
+
+
+def stem_spec(name_or_spec: str | dict, in_channels: int | None = None, **overrides: Any) -> dict:
+    """The canonical spec ``build_stem`` builds (plain data, no modules made): checks the name or
+    spec, the override names (from the preset function's signature), their types (from its type
+    hints: an ``int`` parameter takes an int, not ``true``, ``2.5`` or ``"3"``; a ``float`` one
+    also an int) and their values (the preset's own checks and :func:`normalize_spec`).
+
+    Raises :class:`StemArgError` (a ``ValueError``) naming the stem, the override and the valid
+    choices; its ``key`` says which override was wrong."""
+    overrides = dict(overrides)
+    coord = overrides.pop("coord", None)
+    if coord is not None and not isinstance(coord, bool):
+        raise StemArgError(f"stem override 'coord' must be true or false, got {coord!r}", key="coord")
+    if isinstance(name_or_spec, str):
+        if name_or_spec not in _REGISTRY:
+            raise StemArgError(f"unknown stem {name_or_spec!r}; registered stems: {', '.join(list_stems())}",
+                               is_spec=True)
+        fn = _REGISTRY[name_or_spec]
+        _checked(overrides, stem_overrides(name_or_spec), name_or_spec)
+        _typed(fn, overrides, name_or_spec)
+        try:
+            spec = dict(fn(**overrides))
+        except (TypeError, ValueError) as e:
+            raise StemArgError(str(e)) from None
+        spec.setdefault("name", name_or_spec)
+    elif isinstance(name_or_spec, dict):
+        _checked(overrides, ["coord"], "spec")
+        spec = dict(name_or_spec)
+    else:
+        raise TypeError(f"build_stem: expected a preset name or a spec dict, got {type(name_or_spec).__name__}")
+    if in_channels is not None:
+        spec["in_channels"] = in_channels
+    if coord is not None:
+        spec["coord"] = coord
+    try:
+        return normalize_spec(spec)
+    except ValueError as e:
+        raise StemArgError(str(e), is_spec=isinstance(name_or_spec, dict) or not overrides) from None
+
+
 def build_stem(name_or_spec: str | dict, in_channels: int | None = None, **overrides: Any) -> Stem:
     """Build a stem: ``(batch, in_channels, F, T) -> (batch, out_channels, F / s_f, T / s_t)``.
 
@@ -92,33 +148,37 @@ def build_stem(name_or_spec: str | dict, in_channels: int | None = None, **overr
         architecture).
 
     Raises:
-        ValueError: unknown preset, unknown override (naming the valid ones), or an invalid
-            spec (naming the field, e.g. ``stem.layers[1].kernel``).
+        ValueError: unknown preset, unknown override (naming the valid ones), an override of the
+            wrong type (naming the type the preset declares), or an invalid spec (naming the
+            field, e.g. ``stem.layers[1].kernel``); all checked by :func:`stem_spec`.
     """
-    coord = overrides.pop("coord", None)
-    if isinstance(name_or_spec, str):
-        if name_or_spec not in _REGISTRY:
-            raise ValueError(f"unknown stem {name_or_spec!r}; registered stems: {', '.join(list_stems())}")
-        valid = stem_overrides(name_or_spec)
-        spec = dict(_REGISTRY[name_or_spec](**_checked(overrides, valid, name_or_spec)))
-        spec.setdefault("name", name_or_spec)
-    elif isinstance(name_or_spec, dict):
-        _checked(overrides, ["coord"], "spec")
-        spec = dict(name_or_spec)
-    else:
-        raise TypeError(f"build_stem: expected a preset name or a spec dict, got {type(name_or_spec).__name__}")
-    if in_channels is not None:
-        spec["in_channels"] = in_channels
-    if coord is not None:
-        spec["coord"] = coord
-    return Stem(normalize_spec(spec))
+    return Stem(stem_spec(name_or_spec, in_channels, **overrides))
 
 
 def _checked(overrides: dict, valid: list[str], what: str) -> dict:
     for key in overrides:
         if key not in valid:
-            raise ValueError(f"stem {what!r}: unknown override {key!r}; valid overrides: {', '.join(valid)}")
+            raise StemArgError(f"stem {what!r}: unknown override {key!r}; valid overrides: {', '.join(valid)}")
     return overrides
+
+
+def _typed(fn: Callable[..., dict], overrides: dict, name: str) -> None:
+    """Check each override against the type hint of the preset function's parameter (if any)."""
+    from pydantic import TypeAdapter, ValidationError
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:          # a user's preset with hints that do not resolve: not checked
+        return
+    for key, value in overrides.items():
+        hint = hints.get(key)
+        if hint is None or hint is Any:
+            continue
+        try:
+            TypeAdapter(hint).validate_python(value, strict=True)
+        except ValidationError:
+            shown = getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+            got = str(value).lower() if isinstance(value, bool) else repr(value)
+            raise StemArgError(f"stem {name!r}: override {key!r} must be {shown}, got {got}", key=key) from None
 
 
 @torch.no_grad()

@@ -13,6 +13,7 @@ session stopped half-way leaves every stem with the same seeds.
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 import shlex
 import shutil
@@ -79,7 +80,10 @@ def main_cells(study: Study, echo: Callable[[str], None]) -> list[Cell]:
 
 
 def train_command(study: Study, cell: Cell, portable: bool = False) -> list[str]:
-    """The argv of one cell's training run: ``TRAIN RECIPE overrides... out_dir=CELL``.
+    """The argv of one cell's training run as a user would type it: ``TRAIN RECIPE key=value...
+    out_dir=CELL`` (the values spelled by :func:`grid.format_value`, which reads back the same).
+    A study's own ``train_command`` is run with these arguments; the default one is given the
+    values as they are (:func:`_run_argv`).
 
     ``portable`` spells the default train command ``python -m audiostem.train`` (for --plan)
     instead of this interpreter's full path.
@@ -87,6 +91,21 @@ def train_command(study: Study, cell: Cell, portable: bool = False) -> list[str]
     base = study.train_command or ["python" if portable else sys.executable, "-m", "audiostem.train"]
     recipe = str(Path(cell.recipe).resolve())
     return [*base, recipe, *cell.overrides, f"out_dir={cell.out_dir.resolve()}"]
+
+
+def _values(cell: Cell) -> dict:
+    """The cell's recipe values with its run folder: what its training run sets on its recipe."""
+    return {**cell.values, "out_dir": str(cell.out_dir.resolve())}
+
+
+def _run_argv(study: Study, cell: Cell) -> tuple[list[str], Optional[str]]:
+    """``(argv, stdin text)`` that run one cell: the default train command reads the cell's values
+    as JSON on stdin (``--values -``: values stay values, no text round trip); a study's own
+    ``train_command`` gets the ``key=value`` arguments of :func:`train_command`."""
+    if study.train_command is not None:
+        return train_command(study, cell), None
+    argv = [sys.executable, "-m", "audiostem.train", str(Path(cell.recipe).resolve()), "--values", "-"]
+    return argv, json.dumps(_values(cell))
 
 
 def log_path(study: Study, cell: Cell) -> Path:
@@ -137,7 +156,7 @@ def prepare_caches(study: Study, cells: list[Cell], echo: Callable[[str], None])
         if cell.dataset in failed:
             continue
         try:
-            recipe = load_recipe(cell.recipe, list(cell.overrides))
+            recipe = load_recipe(cell.recipe, values=cell.values)
             if recipe.data.cache in seen:
                 continue
             seen.add(recipe.data.cache)
@@ -183,7 +202,7 @@ def stale_changes(study: Study, cell: Cell) -> list[str]:
         return []
     from ..recipe import load_recipe
     try:
-        now = load_recipe(cell.recipe, [*cell.overrides, f"out_dir={cell.out_dir.resolve()}"])
+        now = load_recipe(cell.recipe, values=_values(cell))
     except ValueError:
         return []            # the train command reports a bad recipe itself
     return run_folder.recipe_changes(stored, now.to_dict())
@@ -195,17 +214,20 @@ def run_cell(study: Study, cell: Cell, env: Optional[dict] = None) -> tuple[bool
     Returns ``(finished, seconds, exit status)``; finished means the run wrote ``metrics.json``."""
     log = log_path(study, cell)
     log.parent.mkdir(parents=True, exist_ok=True)
-    argv = train_command(study, cell)
+    argv, values = _run_argv(study, cell)
+    shown = train_command(study, cell)         # the same run as a user would type it
     changes = stale_changes(study, cell)
     if changes:
         argv.append("--restart")
+        shown.append("--restart")
     start = time.time()
     with open(log, "a") as fh:
         if changes:
             fh.write(f"\n=== the recipe changed since this partial run ({'; '.join(changes[:5])}): restarting it\n")
-        fh.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {status(cell)}: {shlex.join(argv)}\n")
+        fh.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {status(cell)}: {shlex.join(shown)}\n")
         fh.flush()
-        rc = subprocess.run(argv, stdout=fh, stderr=subprocess.STDOUT, env=env).returncode
+        rc = subprocess.run(argv, input=values, text=True, stdout=fh, stderr=subprocess.STDOUT,
+                            env=env).returncode
         fh.write(f"=== exit status {rc} after {time.time() - start:.0f} s\n")
     return rc == 0 and is_finished(cell.out_dir), time.time() - start, rc
 
@@ -315,13 +337,13 @@ def export_cells(study: Study, cells: list[Cell], dest: Path) -> int:
 
 
 def check_cell(study: Study, cell: Cell) -> Optional[str]:
-    """The recipe error of a cell (its recipe with its overrides, validated and its model built
-    once, as the train command would), or None. Custom train commands are not checked."""
+    """The recipe error of a cell (its recipe with its values, validated as the train command would,
+    without building a model), or None. Custom train commands are not checked."""
     if study.train_command is not None:
         return None
     from ..recipe import load_recipe
     try:
-        load_recipe(cell.recipe, list(cell.overrides))
+        load_recipe(cell.recipe, values=cell.values)
     except ValueError as err:
         return str(err)
     return None
