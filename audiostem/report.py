@@ -58,9 +58,10 @@ def classification_metrics(logits: torch.Tensor, target: torch.Tensor, classes: 
     }
 
 
-def prediction_rows(items: list[dict], log_probs: torch.Tensor, target: torch.Tensor, classes: list[str],
+def prediction_rows(items: list, log_probs: torch.Tensor, target: torch.Tensor, classes: list[str],
                     fold: Optional[int] = None) -> list[dict]:
-    """One row per clip: ``id, label, pred, correct, fold, p_<class>..., group`` (probabilities).
+    """One row per clip of ``items`` (:class:`data_prep.Item`): ``id, label, pred, correct, fold,
+    p_<class>..., group`` (probabilities).
 
     ``fold`` is the test fold of a cross-validation run, else the item's own fold (may be empty);
     ``group`` is the item's group in the cache (a piece, a speaker, a game; may be empty).
@@ -69,11 +70,11 @@ def prediction_rows(items: list[dict], log_probs: torch.Tensor, target: torch.Te
     rows = []
     for item, p, y in zip(items, probs, target.tolist()):
         pred = int(p.argmax())
-        f = fold if fold is not None else item.get("fold")
-        row = {"id": item["id"], "label": classes[y], "pred": classes[pred], "correct": int(pred == y),
+        f = fold if fold is not None else item.fold
+        row = {"id": item.id, "label": classes[y], "pred": classes[pred], "correct": int(pred == y),
                "fold": "" if f is None else f}
         row.update({f"p_{c}": f"{float(v):.6f}" for c, v in zip(classes, p)})
-        row["group"] = item.get("group") or ""
+        row["group"] = item.group
         rows.append(row)
     return rows
 

@@ -2,7 +2,8 @@
 
 Files and signals only, never models. See ``python -m data_prep --help``.
 """
-from .cache import CacheError, CacheWriter, FeatureCache, check_existing, open_cache, verify_cache
+from .cache import CacheError, FeatureCache, Item, cache_exists, open_cache, verify_cache
+from .cache_writer import CacheWriter, check_existing
 from .config import AudioFeatures, PianoRollFeatures, config_diff, feature_config
 from .folk import build_folk
 from .polyphony import build_polyphony
@@ -22,7 +23,7 @@ def __getattr__(name: str):
         return getattr(features, name)
     raise AttributeError(f"module 'data_prep' has no attribute {name!r}")
 
-__all__ = ["AudioFeatures", "CacheError", "CacheWriter", "FeatureCache", "PianoRollFeatures",
-           "check_existing", "config_diff", "feature_config", "open_cache", "verify_cache", "piano_roll",
+__all__ = ["AudioFeatures", "CacheError", "CacheWriter", "FeatureCache", "Item", "PianoRollFeatures",
+           "cache_exists", "check_existing", "config_diff", "feature_config", "open_cache", "verify_cache", "piano_roll",
            "pianoroll_file", "build_folk", "build_polyphony", "render_dataset", "render_midi",
            "BadInputError", "extract_file", "load_audio", "prepare", *_FEATURES]

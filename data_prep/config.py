@@ -255,8 +255,9 @@ def feature_config(spec: Union[dict, FeatureConfig, None] = None, **overrides: A
 
 
 def config_diff(a: Union[dict, FeatureConfig], b: Union[dict, FeatureConfig]) -> list[str]:
-    """Fields whose values differ, as ``"name: a_value != b_value"`` strings (empty when equal)."""
-    da = feature_config(a).to_dict()
-    db = feature_config(b).to_dict()
+    """Fields whose values differ, as ``"name: a_value != b_value"`` strings (empty when equal).
+    A dict is resolved first (missing fields take their defaults); a config is compared as it is."""
+    da, db = (x.to_dict() if isinstance(x, (AudioFeatures, PianoRollFeatures)) else feature_config(x).to_dict()
+              for x in (a, b))
     return [f"{k}: {da.get(k)!r} != {db.get(k)!r}" for k in sorted(set(da) | set(db))
             if da.get(k) != db.get(k)]

@@ -23,11 +23,8 @@ import argparse
 import ctypes
 import errno
 import hashlib
-import json
-import math
 import mmap
 import os
-import shutil
 import sys
 import time
 from collections import Counter, deque
@@ -39,11 +36,13 @@ from typing import Any, Iterator, Optional, Union
 
 import numpy as np
 
-from .cache import CacheError, CacheWriter, FeatureCache, check_existing, open_cache
-from .config import AUDIO_KINDS, MIDI_KINDS, FeatureConfig, feature_config
+from .cache import CacheError, FeatureCache, partial_failures
+from .cache_writer import CacheWriter, check_existing, drop_unused_partial
+from .config import AUDIO_KINDS, FeatureConfig, feature_config
 from .discover import text_name
+from .source_options import resolve_features, source_arguments
 from .sources import Source, SourceItem, get_source
-from .stats import item_sums
+from .feature_stats import item_sums
 from .workers import context, cpu_count, die_with, forks
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
@@ -248,63 +247,6 @@ def _results(paths: list[str], config: FeatureConfig, workers: int) -> Iterator[
 
 
 # -- the pipeline ---------------------------------------------------------------------------------
-def source_arguments(source: Source, **options: Any) -> argparse.Namespace:
-    """The namespace a source's ``items`` receives: its option defaults overridden by
-    ``options`` (keyword names as the option's ``dest``: ``group_by``, ``valid_fraction``...)."""
-    parser = argparse.ArgumentParser(prog=f"data_prep {source.name}", add_help=False)
-    source.add_arguments(parser)
-    args = parser.parse_args([])
-    unknown = sorted(set(options) - set(vars(args)))
-    if unknown:
-        raise TypeError(f"source {source.name!r} has no option {unknown[0]!r}; "
-                        f"its options: {sorted(vars(args)) or 'none'}")
-    actions = {a.dest: a for a in parser._actions}
-    for key, value in options.items():
-        setattr(args, key, _option_value(actions[key], source.name, value))
-    return args
-
-
-def _option_value(action: argparse.Action, source: str, value: Any) -> Any:
-    """``value`` for a source option given from Python or a recipe, checked as the command line
-    would check it: ``true``/``false`` for a switch, a (finite) number of the option's type, one
-    of its choices. ``ValueError`` names the option otherwise."""
-    name = f"{source} option {action.dest!r} ({action.option_strings[0]})"
-    if value is None:
-        return value
-    if action.nargs == 0:                                   # store_true / --x/--no-x switches
-        if not isinstance(value, bool):
-            raise ValueError(f"{name}: expected true or false, got {value!r}")
-        return value
-    if action.type in (int, float):
-        integer = action.type is int
-        if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)) \
-                or (not integer and not math.isfinite(value)):
-            raise ValueError(f"{name}: expected {'an integer' if integer else 'a finite number'}, "
-                             f"got {value!r}")
-        value = action.type(value)
-    elif action.type is not None and isinstance(value, str):
-        value = action.type(value)
-    if action.choices is not None and value not in action.choices:
-        raise ValueError(f"{name}: expected one of {list(action.choices)}, got {value!r}")
-    return value
-
-
-def resolve_features(source: Source, features: Union[dict, FeatureConfig, None] = None) -> FeatureConfig:
-    """The feature config for ``source``: its ``default_features``, overridden by ``features``.
-
-    When ``features`` names a kind of the other family (``pianoroll`` for an audio default or
-    the reverse), the source's defaults are not used.
-    """
-    if features is not None and not isinstance(features, dict):
-        return feature_config(features)
-    given = dict(features or {})
-    defaults = dict(source.default_features)
-    family = lambda kind: "midi" if kind in MIDI_KINDS else "audio"   # noqa: E731
-    if "kind" in given and family(given["kind"]) != family(defaults.get("kind", "logmel")):
-        defaults = {}
-    return feature_config({**defaults, **given})
-
-
 def _describe(source: Source, root: Path, args: argparse.Namespace) -> dict:
     options = {k: (str(v) if isinstance(v, Path) else v) for k, v in sorted(vars(args).items())
                if k not in ("root", "features")}
@@ -377,8 +319,8 @@ def prepare(source: Union[str, Source], root: Union[str, Path], out: Union[str, 
     args = source_arguments(src, **source_options)
     args.root, args.features = root, config
     described = _describe(src, root, args)
-    if not force and check_existing(out, config, source=described) == "up to date":
-        cache = open_cache(out)
+    cache = check_existing(out, config, force=force, source=described)
+    if cache is not None:
         ignored = cache.meta.get("ignored", {}).get("count", 0)
         say(f"{out} is up to date ({len(cache)} items, {config.kind}, {len(cache.failures)} "
             f"skipped, {ignored} ignored); nothing to do (use --force to rebuild)"
@@ -397,9 +339,7 @@ def prepare(source: Union[str, Source], root: Union[str, Path], out: Union[str, 
         return _build(writer, items, unlisted, ignored, src, root, out, config, workers, progress,
                       started, say)
     except OSError as e:          # the disk: full, read-only, gone; the writer cleaned up after itself
-        partial = out.with_name(out.name + ".partial")
-        if partial.is_dir() and not any(partial.glob("shards/*.json")):    # no work to keep
-            shutil.rmtree(partial, ignore_errors=True)
+        drop_unused_partial(out)
         raise CacheError(disk_error(e, out)) from None
 
 
@@ -447,7 +387,7 @@ def _build(writer: CacheWriter, items: list[SourceItem], unlisted: list[tuple[st
     try:
         cache = writer.finish(extra_meta=extra)
     except CacheError as e:
-        raise CacheError(f"{e}{_failure_lines(_partial_failures(out) or skipped)}") from None
+        raise CacheError(f"{e}{_failure_lines(partial_failures(out) or skipped)}") from None
     except UnicodeEncodeError:      # rows an older version wrote with raw non-UTF-8 names
         raise CacheError(f"{out.name}.partial holds file names that are not UTF-8 text, from an "
                          f"interrupted build of an older version; run the same command with "
@@ -484,17 +424,6 @@ def _with_id(item: SourceItem, root: Path) -> SourceItem:
     from .sources.generic import item_id
 
     return replace(item, id=item_id(item.path, root))
-
-
-def _partial_failures(out: Path) -> list[dict]:
-    """Failures recorded in the shards of the interrupted build of ``out`` (for messages)."""
-    failures = []
-    for record in sorted(out.with_name(out.name + ".partial").glob("shards/*.json")):
-        try:
-            failures += json.loads(record.read_text())["failures"]
-        except (OSError, ValueError, KeyError):
-            pass
-    return failures
 
 
 def _progress(total: int, initial: int, name: str, enabled: bool):

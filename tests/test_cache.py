@@ -37,10 +37,10 @@ def test_roundtrip_and_stats(tmp_path):
     assert len(cache) == 10 and cache.classes == ["a", "b"]
     assert not (tmp_path / "c.partial").exists()
     for i, (item, (source_item, x)) in enumerate(zip(cache.items, _items())):
-        assert item["id"] == source_item["id"] and item["split"] == source_item["split"]
+        assert item.id == source_item["id"] and item.split == source_item["split"]
         np.testing.assert_array_equal(cache.features(i), x.astype(np.float16))
-        assert cache.features(i).dtype == np.float16 and item["frames"] == len(x)
-    assert cache.items[4]["fold"] == 1 and cache.label_index(1) == 1
+        assert cache.features(i).dtype == np.float16 and item.frames == len(x)
+    assert cache.items[4].fold == 1 and cache.label_index(1) == 1
     assert cache.indices("val") == [6, 7]
     train = np.concatenate([cache.features(i).astype(np.float64) for i in cache.indices("train")])
     mean, std = cache.stats
@@ -75,7 +75,7 @@ def test_partial_build_of_another_config_is_discarded(tmp_path):
 
 def test_check_existing(tmp_path):
     _build(tmp_path / "c")
-    assert check_existing(tmp_path / "c", CFG) == "up to date"
+    assert check_existing(tmp_path / "c", CFG) is not None
     with pytest.raises(CacheError, match=r"hop_length: 512 != 256"):
         check_existing(tmp_path / "c", AudioFeatures(n_mels=8, hop_length=256))
     assert check_existing(tmp_path / "c", AudioFeatures(n_mels=8, hop_length=256), force=True) is None
@@ -108,7 +108,7 @@ def test_feature_config_errors():
 def test_check_existing_compares_source_options(tmp_path):
     _build(tmp_path / "c")
     same = {"name": "test"}
-    assert check_existing(tmp_path / "c", CFG, source=same) == "up to date"
+    assert check_existing(tmp_path / "c", CFG, source=same) is not None
     with pytest.raises(CacheError, match=r"--split: None != 'random'"):
         check_existing(tmp_path / "c", CFG, source={"name": "test", "options": {"split": "random"}})
     with pytest.raises(CacheError, match=r"source: 'test' != 'gtzan'"):

@@ -143,7 +143,7 @@ def test_lakh_cli_groups_matches_and_records_broken_files(tmp_path):
     assert "unreadable MIDI" in cache.failures[0]["reason"]
     by_track = {}
     for item in cache.items:                          # matches of one song share a split
-        assert by_track.setdefault(item["group"], item["split"]) == item["split"]
+        assert by_track.setdefault(item.group, item.split) == item.split
     assert cache.config.beat_resolution == 4 and cache.meta["feature_shape"] == [128]
     one = prepare("lakh", root, tmp_path / "one", workers=1, progress=False, one_per_track=True,
                   min_per_class=2, features={"drums": "channel"})

@@ -147,5 +147,5 @@ def test_source_lists_a_folder_built_elsewhere_and_the_cli_builds_a_cache(tmp_pa
 
     cache = open_cache(tmp_path / "cache")
     assert len(cache) == 8 and cache.meta["features"]["beat_resolution"] == 4
-    assert all(it["group"].startswith(it["label"] + ":") and it["fold"] in range(1, 6) for it in cache.items)
-    assert max(it["frames"] for it in cache.items) <= 64                  # 16 beats x 4 frames
+    assert all(it.group.startswith(it.label + ":") and it.fold in range(1, 6) for it in cache.items)
+    assert max(it.frames for it in cache.items) <= 64                  # 16 beats x 4 frames

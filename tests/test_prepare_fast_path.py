@@ -98,7 +98,7 @@ def test_workers_give_the_cache_one_process_gives(tmp_path, monkeypatch, slot_by
     assert two.items == one.items and len(one) == 7
     assert handed_over == [slot_bytes == SLOT_BYTES] * 7 or not P.forks()
     for i, item in enumerate(one.items):
-        roll = piano_roll(root / item["source"], fs=50).astype(np.float16)
+        roll = piano_roll(root / item.source, fs=50).astype(np.float16)
         assert np.array_equal(one.features(i), roll) and np.array_equal(two.features(i), roll)
     assert two.meta["stats"] == one.meta["stats"]
     train = np.concatenate([one.features(i).astype(np.float64) for i in one.indices("train")])

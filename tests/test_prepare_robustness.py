@@ -58,11 +58,11 @@ def test_every_bad_input_is_skipped_with_its_reason(tmp_path):
     assert set(reasons) == set(expected)
     for source, reason in expected.items():
         assert reason in reasons[source], (source, reasons[source])
-    written = {it["source"]: it for it in cache.items}
+    written = {it.source: it for it in cache.items}
     assert set(written) == {f"ünï cödé/{n}" for n in ("a file with spaces ✓.wav", "stereo 48k.flac", "silence.wav",
                                                        "ten samples.wav", "cut in the data.wav")}
-    assert written["ünï cödé/ten samples.wav"]["frames"] == 1
-    assert written["ünï cödé/stereo 48k.flac"]["frames"] == 1 + 800 // 128   # resampled to 8 kHz
+    assert written["ünï cödé/ten samples.wav"].frames == 1
+    assert written["ünï cödé/stereo 48k.flac"].frames == 1 + 800 // 128   # resampled to 8 kHz
     silence = cache.features(cache.items.index(written["ünï cödé/silence.wav"]))
     assert np.all(np.asarray(silence) == 0)
     assert all(np.isfinite(cache.features(i)).all() for i in range(len(cache)))
