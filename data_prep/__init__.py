@@ -10,7 +10,8 @@ from .polyphony import build_polyphony
 from .midi import piano_roll, pianoroll_file
 from .render import render_dataset, render_midi
 from .audio import BadInputError, load_audio
-from .prepare import extract_file, prepare
+from .extract import extract_file
+from .prepare import prepare
 
 # The spectral functions import torch; load them on first use so the CLI starts fast.
 _FEATURES = ("amplitude_to_db", "compute_features", "cqt", "extract_audio_file", "logmel",

@@ -54,6 +54,24 @@ MANIFEST_FIELDS = ("id", "source", "checksum", "label", "split", "fold", "group"
                    "frames", "shard", "offset")
 
 
+FLOAT16_MAX = float(np.finfo(np.float16).max)      # 65504: the largest value the cache can hold
+
+
+def to_float16(features: np.ndarray, what: str = "feature", advice: str = "") -> np.ndarray:
+    """``features`` as the cache stores them: float16 (returned as it is when it is float16).
+
+    Raises ``ValueError`` when a value would overflow float16 (larger than 65504 in magnitude):
+    ``"WHAT values up to X overflow the float16 cache (max 65504)ADVICE"`` (``advice`` says what
+    to change, e.g. ``"; use a dB kind or power=1"``)."""
+    if features.dtype == np.float16:
+        return features
+    peak = float(np.abs(features).max()) if features.size else 0.0
+    if peak > FLOAT16_MAX:
+        raise ValueError(f"{what} values up to {peak:.3g} overflow the float16 cache "
+                         f"(max {FLOAT16_MAX:.0f}){advice}")
+    return features.astype(np.float16)
+
+
 class CacheError(Exception):
     """A cache that is missing, incomplete, damaged, being built by another process, rebuilt
     while being read, or built with another feature config."""

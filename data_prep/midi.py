@@ -33,6 +33,7 @@ from typing import Any, Union
 
 import numpy as np
 
+from .cache import to_float16
 from .config import PianoRollFeatures
 
 GM_FAMILIES = ("piano", "chromatic_percussion", "organ", "guitar", "bass", "strings", "ensemble",
@@ -43,7 +44,6 @@ SUSTAIN = 64                        # the sustain pedal controller; value >= 64 
 MAX_FILE_BYTES = 64 * 2**20         # real MIDI files are kilobytes; the largest known, a few MB
 COMPAT_MAX_BYTES = 2**30            # pretty_midi holds one float64 roll per instrument at once
 _CHUNK_CELLS = 4 * 2**20            # notes are painted in chunks of this many (frame, pitch) cells
-FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 MidiInput = Union[str, os.PathLike, bytes, bytearray, Any]
 
@@ -111,12 +111,9 @@ def pianoroll_file(path: Union[str, os.PathLike], config: PianoRollFeatures,
     if info.get("cut"):
         warnings.warn(f"{path}: piano roll cut at max_frames={config.max_frames} "
                       f"(the file would give {info['cut']} frames)", stacklevel=2)
-    if float16 and roll.dtype != np.float16:
-        roll = np.asarray(roll, np.float32)
-        peak = float(np.abs(roll).max())
-        if peak > FLOAT16_MAX:
-            raise ValueError(f"piano-roll values up to {peak:.3g} overflow the float16 cache "
-                             f"(max {FLOAT16_MAX:.0f}): too many notes sum up; use overlap='max'")
+    if float16 and roll.dtype != np.float16:     # (float32 first: float64 in compat mode)
+        roll = to_float16(np.asarray(roll, np.float32), "piano-roll",
+                          ": too many notes sum up; use overlap='max'")
     return np.asarray(roll, dtype=dtype).reshape(len(roll), *config.feature_shape)
 
 
@@ -231,6 +228,15 @@ def standard_midi(data: bytes) -> bytes:
     return out.getvalue()
 
 
+def _smf_bytes(midi: MidiInput) -> bytes:
+    """The Standard MIDI File bytes of ``midi`` (:func:`_midi_bytes`); ``ValueError`` when they
+    are not a MIDI file."""
+    data = _midi_bytes(midi)
+    if data[:4] != b"MThd":
+        raise ValueError("not a MIDI file (it does not start with 'MThd')")
+    return data
+
+
 def read_score(midi: MidiInput):
     """Parse MIDI with symusic into a tick-based ``symusic.Score``; ``ValueError`` if unreadable."""
     import symusic
@@ -240,9 +246,7 @@ def read_score(midi: MidiInput):
     elif isinstance(midi, (symusic.core.ScoreQuarter, symusic.core.ScoreSecond)):
         score = midi.to("tick")
     else:
-        data = _midi_bytes(midi)
-        if data[:4] != b"MThd":
-            raise ValueError("not a MIDI file (it does not start with 'MThd')")
+        data = _smf_bytes(midi)
         try:
             score = symusic.Score.from_midi(data)
         except RuntimeError as e:            # symusic reports every parse error this way
@@ -460,9 +464,7 @@ def _compat_roll(midi: MidiInput, config: PianoRollFeatures) -> tuple[np.ndarray
     if isinstance(midi, pretty_midi.PrettyMIDI):
         pm = midi
     else:
-        data = _midi_bytes(midi)
-        if data[:4] != b"MThd":
-            raise ValueError("not a MIDI file (it does not start with 'MThd')")
+        data = _smf_bytes(midi)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)   # tempo events on other tracks

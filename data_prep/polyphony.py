@@ -57,6 +57,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
+from .fileio import write_atomic
 from .folk import corpus_dir
 from .workers import cpu_count, pool as worker_pool
 
@@ -391,8 +392,7 @@ def _select_and_convert(pieces: dict[str, list[Piece]], per_class: int, per_piec
                 saved = stores[0] / piece.label / f"{piece.piece_id}.mid"
                 if data is not None and not saved.exists():
                     saved.parent.mkdir(parents=True, exist_ok=True)
-                    saved.with_suffix(".tmp").write_bytes(data)
-                    os.replace(saved.with_suffix(".tmp"), saved)
+                    write_atomic(saved, data)
                 if len(taken[piece.label]) >= target:
                     continue
                 if data is None:

@@ -42,6 +42,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 from .cli import run_resumable
+from .fileio import write_atomic
 from .workers import context, cpu_count, die_with
 
 PEAK = 10 ** (-1 / 20)                 # -1 dBFS
@@ -258,9 +259,7 @@ def _render_job(job: Job) -> tuple[str, Union[float, str]]:
                             program=job.program, max_seconds=s["max_seconds"], synth=s["synth"])
         out = s["out"] / job.out
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        sf.write(tmp, audio, s["sample_rate"], subtype="PCM_16", format="WAV")
-        os.replace(tmp, out)
+        write_atomic(out, lambda fh: sf.write(fh, audio, s["sample_rate"], subtype="PCM_16", format="WAV"))
         return "ok", len(audio) / s["sample_rate"]
     except Exception as e:      # one bad file is a recorded failure, never the end of the run
         text = " ".join(str(e).split()) or type(e).__name__

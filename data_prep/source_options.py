@@ -58,10 +58,11 @@ def resolve_features(source: Source, features: Union[dict, FeatureConfig, None] 
     """The feature config for ``source``: its ``default_features``, overridden by ``features``.
 
     When ``features`` names a kind of the other family (``pianoroll`` for an audio default or
-    the reverse), the source's defaults are not used.
+    the reverse), the source's defaults are not used. A config object is returned as it is (it
+    is resolved already). Raises ``ValueError`` naming a bad field.
     """
     if features is not None and not isinstance(features, dict):
-        return feature_config(features)
+        return features
     given = dict(features or {})
     defaults = dict(source.default_features)
     family = lambda kind: "midi" if kind in MIDI_KINDS else "audio"   # noqa: E731

@@ -159,4 +159,4 @@ def test_nsynth_family_source_and_subset(tmp_path):
     assert cache.classes == ["bass", "flute"] and cache.meta["splits"] == {"test": 6, "train": 6, "valid": 6}
     by_source = run("nsynth", tmp_path / "nsynth-valid", tmp_path / "valid", label="source", max_per_class=2)
     assert by_source.classes == ["acoustic", "electronic"] and len(by_source) == 4
-    assert {it["split"] for it in by_source.items} == {"valid"}
+    assert {it.split for it in by_source.items} == {"valid"}

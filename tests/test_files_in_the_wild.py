@@ -128,7 +128,7 @@ def test_every_file_is_prepared_skipped_or_ignored(tmp_path):
     assert len(cache) + len(cache.failures) + cache.meta["ignored"]["count"] == n_files
     assert cache.classes == ["birds", "cars"]
     latin1 = next(it for it in cache.items if it.source == "birds/caf\\xe9_take1.wav")
-    assert latin1["id"] == "birds/caf\\xe9_take1" and latin1["label"] == "birds"
+    assert latin1.id == "birds/caf\\xe9_take1" and latin1.label == "birds"
     with open(tmp_path / "cache" / "manifest.csv", encoding="utf-8") as fh:   # valid UTF-8 text
         assert "caf\\xe9_take1" in fh.read()
 

@@ -16,8 +16,9 @@ from collections import Counter
 from pathlib import Path
 
 from ..download import Archive
-from . import (MIDI_EXTENSIONS, Source, SourceItem, fractions_from, group_split, register_source,
-               split_arguments)
+from ..discover import MIDI_EXTENSIONS
+from ..splits import group_split
+from .base import Source, SourceItem, fractions_from, register_source, split_arguments
 from .generic import list_files, normalise_split
 
 # Folk melodies, whatever their tempo, on a sixteenth-note grid: 4 frames per quarter note (a
