@@ -14,7 +14,8 @@ It is built in ``CACHE.partial/`` and swapped in when complete, so a folder name
 always whole, and a rebuild (``--force``) leaves the old cache in place until the new one is
 complete. One build at a time: a writer holds ``CACHE.lock`` for the whole build and a second
 one is refused, naming the holder (see :mod:`data_prep.cache_files`). While building, items are
-appended to ``NNNNN.npy.tmp`` as they arrive (:mod:`data_prep.shard_file`), and a shard is committed by renaming it to ``NNNNN.npy`` once it is on disk (fsync) and then writing
+appended to ``NNNNN.npy.tmp`` as they arrive (:mod:`data_prep.shard_file`), and a shard is
+committed by renaming it to ``NNNNN.npy`` once it is on disk (fsync) and then writing
 ``NNNNN.json`` (its manifest rows, failures and per-bin sums for the statistics); a shard
 without its ``.json`` is incomplete and is rebuilt. Items arrive in a deterministic order and
 shards close at deterministic points, so a build that was killed and resumed ends with the same
@@ -52,8 +53,6 @@ from .shard_file import checksum_problems, shard_problems
 FORMAT_VERSION = 1
 MANIFEST_FIELDS = ("id", "source", "checksum", "label", "split", "fold", "group",
                    "frames", "shard", "offset")
-
-
 FLOAT16_MAX = float(np.finfo(np.float16).max)      # 65504: the largest value the cache can hold
 
 

@@ -126,11 +126,6 @@ class AudioFeatures:
         """Shape of one frame: ``(bins,)``, or ``(channels, bins)`` when ``mono`` is false."""
         return (self.bins,) if self.mono else (self.channels, self.bins)
 
-    @property
-    def frame_rate(self) -> float:
-        """Frames per second."""
-        return self.sample_rate / self.hop_length
-
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -219,11 +214,6 @@ class PianoRollFeatures:
     def feature_shape(self) -> tuple[int, ...]:
         """Shape of one frame: ``(bins,)`` or ``(channels, bins)`` with several channels."""
         return (self.bins,) if self.channels == 1 else (self.channels, self.bins)
-
-    @property
-    def frame_rate(self) -> Union[float, None]:
-        """Frames per second, or ``None`` for a beat-synchronous roll."""
-        return None if self.beat_resolution else float(self.fs)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -193,18 +193,15 @@ class Job:
 
 def list_midi_dataset(root: Path) -> list[tuple[str, str, str, str]]:
     """``(path relative to root, label, split, group)`` of every MIDI file of a dataset: the
-    rows of ``root/manifest.csv``, or the files of one sub-folder per class."""
+    rows of ``root/manifest.csv`` (:func:`~data_prep.sources.midi_datasets.read_dataset_manifest`;
+    an item without a group is its own), or the files of one sub-folder per class."""
     from .sources import MIDI_EXTENSIONS
-    from .sources.generic import list_files, normalise_split, read_table
+    from .sources.generic import list_files
+    from .sources.midi_datasets import read_dataset_manifest
 
-    manifest = root / "manifest.csv"
-    if manifest.is_file():
-        rows = read_table(manifest)[1]
-        if rows and not {"path", "label"} <= set(rows[0]):
-            raise ValueError(f"{manifest}: needs columns path and label, has {list(rows[0])}")
-        return [(r["path"], r["label"], normalise_split(r.get("split") or "", f"{manifest}: "),
-                 r.get("group") or r.get("tune_id") or Path(r["path"]).with_suffix("").as_posix())
-                for r in rows]
+    if (root / "manifest.csv").is_file():
+        return [(it.path.relative_to(root).as_posix(), it.label, it.split, it.group or it.id)
+                for it in read_dataset_manifest(root)]
     if not root.is_dir():
         raise ValueError(f"--root {root}: no such folder")
     items = []
