@@ -63,6 +63,17 @@ def test_up_to_date_refused_config_and_force(tmp_path, capsys):
     assert cache.features(0).shape[1] == 24
 
 
+def test_extract_file_gives_what_the_cache_holds_and_refuses_overflow(tmp_path):
+    t = np.arange(SR) / SR
+    sf.write(tmp_path / "quiet.wav", 0.3 * np.sin(2 * np.pi * 440 * t), SR)
+    assert extract_file(tmp_path / "quiet.wav", AudioFeatures(**FEATURES)).dtype == np.float16
+    sf.write(tmp_path / "loud.wav", np.sin(2 * np.pi * 1000 * t), SR)
+    loud = AudioFeatures(kind="mel", sample_rate=SR, n_fft=4096, hop_length=1024, n_mels=16, mel_norm=None)
+    with pytest.raises(ValueError, match=r"values up to .* overflow the float16 cache \(max 65504\); "
+                                         r"use a dB kind or power=1"):
+        extract_file(tmp_path / "loud.wav", loud)        # what predict reports for such a file
+
+
 def test_two_workers_give_the_same_cache_as_one(tmp_path):
     root = make_folder(tmp_path / "data")
     (root / "low" / "broken.wav").write_bytes(b"RIFF....WAVEfmt garbage")
