@@ -8,7 +8,8 @@ from .config import AudioFeatures, PianoRollFeatures, config_diff, feature_confi
 from .folk import build_folk
 from .polyphony import build_polyphony
 from .midi import piano_roll, pianoroll_file
-from .render import render_dataset, render_midi
+from .render import render_dataset
+from .synth import render_midi
 from .audio import BadInputError, load_audio
 from .extract import extract_file
 from .prepare import prepare
