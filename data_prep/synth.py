@@ -76,7 +76,7 @@ def render_midi(midi, soundfont: Union[str, os.PathLike, None] = None, sample_ra
     """
     import symusic
 
-    from .midi import read_score
+    from .midi_file import read_score
 
     score = read_score(midi).copy()
     if program is not None:
