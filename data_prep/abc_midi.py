@@ -13,9 +13,8 @@ import re
 from fractions import Fraction
 from typing import Optional
 
-TICKS_PER_QUARTER = 480
-TEMPO_QPM = 120.0
-VELOCITY = 80
+from .midi_file import TICKS_PER_QUARTER, one_track_midi
+
 MIN_NOTES, MIN_BEATS = 8, 6.0
 FIELD = re.compile(r"^([A-Za-z]):\s*(.*)$")      # an ABC header field line: "T: title"
 
@@ -130,23 +129,6 @@ def tune_notes(abc: str) -> tuple[list[tuple[int, int, int]], int]:
     return [tuple(n) for n in notes], now
 
 
-def midi_bytes(notes: list[tuple[int, int, int]], meter: str = "") -> bytes:
-    """A one-track MIDI file of the notes at the fixed tempo, velocity and program."""
-    import symusic
-
-    score = symusic.Score(TICKS_PER_QUARTER)
-    score.tempos.append(symusic.Tempo(time=0, qpm=TEMPO_QPM))
-    m = re.match(r"^\s*(\d+)\s*/\s*(\d+)", meter or "")
-    if m and int(m.group(1)) > 0 and int(m.group(2)) in (1, 2, 4, 8, 16, 32):
-        score.time_signatures.append(symusic.TimeSignature(time=0, numerator=int(m.group(1)),
-                                                           denominator=int(m.group(2))))
-    track = symusic.Track(name="melody", program=0, is_drum=False)
-    for start, duration, pitch in notes:
-        track.notes.append(symusic.Note(time=start, duration=duration, pitch=pitch, velocity=VELOCITY))
-    score.tracks.append(track)
-    return score.dumps_midi()
-
-
 def convert_tune(abc: str, meter: str = "") -> tuple[Optional[bytes], dict]:
     """ABC text of one tune -> ``(MIDI bytes, info)``, or ``(None, {"reason": ...})``."""
     try:
@@ -158,5 +140,5 @@ def convert_tune(abc: str, meter: str = "") -> tuple[Optional[bytes], dict]:
         return None, {"reason": f"too short ({len(notes)} notes, {beats:g} beats)"}
     intervals = [b[2] - a[2] for a, b in zip(notes, notes[1:])]
     shape = ",".join(f"{i}:{n[1]}" for i, n in zip(intervals, notes[1:]))
-    return midi_bytes(notes, meter), {"n_notes": len(notes), "beats": round(beats, 3),
+    return one_track_midi(notes, "melody", meter), {"n_notes": len(notes), "beats": round(beats, 3),
                                       "melody_key": digest(shape)}

@@ -1,8 +1,12 @@
-"""Reading MIDI files as they are found in the wild (used by :mod:`data_prep.midi` for piano
-rolls and :mod:`data_prep.synth` for rendering): RIFF MIDI, headers before ``MThd``, long header
-chunks, foreign chunks, tracks without End of Track, SMPTE timing -- all made into a Standard
-MIDI File (:func:`standard_midi`) before symusic or pretty_midi parses it. A file that is not
-MIDI, too large or unreadable raises ``ValueError`` saying why.
+"""MIDI files: reading them as they are found in the wild (used by :mod:`data_prep.midi` for
+piano rolls and :mod:`data_prep.synth` for rendering): RIFF MIDI, headers before ``MThd``, long
+header chunks, foreign chunks, tracks without End of Track, SMPTE timing -- all made into a
+Standard MIDI File (:func:`standard_midi`) before symusic or pretty_midi parses it. A file that
+is not MIDI, too large or unreadable raises ``ValueError`` saying why.
+
+And writing the one-track files of the built-in datasets (:func:`one_track_midi`: folk,
+polyphony), at a fixed tempo and velocity: any tempo or dynamics marking would tell their
+classes apart.
 """
 from __future__ import annotations
 
@@ -13,6 +17,9 @@ from pathlib import Path
 from typing import Any, Union
 
 MAX_FILE_BYTES = 64 * 2**20         # real MIDI files are kilobytes; the largest known, a few MB
+TICKS_PER_QUARTER = 480             # the built-in datasets' files: 480 ticks per quarter note,
+TEMPO_QPM = 120.0                   # 120 quarter notes per minute,
+VELOCITY = 80                       # every note at velocity 80, program 0
 
 MidiInput = Union[str, os.PathLike, bytes, bytearray, Any]   # a path, bytes, a PrettyMIDI or a symusic Score
 
@@ -155,3 +162,24 @@ def read_score(midi: MidiInput):
         raise ValueError(f"MIDI header gives {score.ticks_per_quarter} ticks per quarter note; "
                          f"a valid file has a positive value")
     return score
+
+
+def one_track_midi(notes, track: str, meter: str = "") -> bytes:
+    """A one-track MIDI file (program 0) of ``notes`` (``(start tick, duration ticks, pitch)``,
+    at :data:`TICKS_PER_QUARTER`) at :data:`TEMPO_QPM` and :data:`VELOCITY`; ``meter`` (``"6/8"``)
+    adds a time signature when it is a valid one; ``track`` names the track."""
+    import re
+
+    import symusic
+
+    score = symusic.Score(TICKS_PER_QUARTER)
+    score.tempos.append(symusic.Tempo(time=0, qpm=TEMPO_QPM))
+    m = re.match(r"^\s*(\d+)\s*/\s*(\d+)", meter or "")
+    if m and int(m.group(1)) > 0 and int(m.group(2)) in (1, 2, 4, 8, 16, 32):
+        score.time_signatures.append(symusic.TimeSignature(time=0, numerator=int(m.group(1)),
+                                                           denominator=int(m.group(2))))
+    midi_track = symusic.Track(name=track, program=0, is_drum=False)
+    for start, duration, pitch in notes:
+        midi_track.notes.append(symusic.Note(time=start, duration=duration, pitch=pitch, velocity=VELOCITY))
+    score.tracks.append(midi_track)
+    return score.dumps_midi()

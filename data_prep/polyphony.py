@@ -59,6 +59,7 @@ from typing import Optional, Sequence
 
 from .fileio import write_atomic
 from .folk import corpus_dir
+from .midi_file import TICKS_PER_QUARTER, one_track_midi
 from .workers import cpu_count, pool as worker_pool
 
 COLLECTIONS = {
@@ -74,9 +75,6 @@ DEFAULT_CLASSES = tuple(COLLECTIONS)
 DEFAULT_ROOT = Path("~/.cache/audiostem/data/polyphony_midi")
 SPLIT_FRACTIONS = {"train": 0.70, "valid": 0.15, "test": 0.15}
 N_FOLDS = 5
-TICKS_PER_QUARTER = 480
-TEMPO_QPM = 120.0
-VELOCITY = 80
 MIN_ONSETS = 8
 FORMAT = 1                   # bump when the conversion changes, so old folders are rebuilt
 MANIFEST_FIELDS = ("path", "label", "split", "fold", "group", "piece", "source", "start_beat", "n_notes")
@@ -184,21 +182,8 @@ def score_notes(path: os.PathLike | str) -> Notes:
     return sorted(tuple(n) for n in notes)
 
 
-def midi_bytes(notes: Notes) -> bytes:
-    """A one-track MIDI file of the notes at the fixed tempo, velocity and program."""
-    import symusic
-
-    score = symusic.Score(TICKS_PER_QUARTER)
-    score.tempos.append(symusic.Tempo(time=0, qpm=TEMPO_QPM))
-    track = symusic.Track(name="voices", program=0, is_drum=False)
-    for start, duration, pitch in notes:
-        track.notes.append(symusic.Note(time=start, duration=duration, pitch=pitch, velocity=VELOCITY))
-    score.tracks.append(track)
-    return score.dumps_midi()
-
-
 def midi_notes(data: bytes) -> Notes:
-    """The notes of a MIDI file written by :func:`midi_bytes` (a cached score)."""
+    """The notes of a MIDI file written by :func:`one_track_midi` (a cached score)."""
     import symusic
 
     score = symusic.Score.from_midi(data)
@@ -240,7 +225,7 @@ def _convert(job: tuple[str, Optional[bytes]]) -> tuple[Optional[bytes], str]:
         return None, f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
     if not notes:
         return None, "no notes"
-    return midi_bytes(notes), ""
+    return one_track_midi(notes, "voices"), ""
 
 
 # -- the dataset -------------------------------------------------------------------------------
@@ -410,7 +395,7 @@ def _select_and_convert(pieces: dict[str, list[Piece]], per_class: int, per_piec
                     taken[piece.label].append({
                         "path": f"{piece.label}/{piece.piece_id}_b{start:04d}.mid", "label": piece.label,
                         "group": piece.group, "piece": piece.piece_id, "source": piece.source,
-                        "start_beat": start, "n_notes": len(notes), "midi": midi_bytes(notes)})
+                        "start_beat": start, "n_notes": len(notes), "midi": one_track_midi(notes, "voices")})
             done = {label: len(rows) for label, rows in taken.items()}
             say(f"  excerpts so far: {done}")
     finally:
