@@ -7,12 +7,14 @@ import symusic
 
 from data_prep import polyphony
 from data_prep.__main__ import main
-from data_prep.polyphony import build_polyphony, excerpts, list_pieces, score_notes, work_of
+from data_prep.midi_file import TICKS_PER_QUARTER
+from data_prep.polyphony import build_polyphony, list_pieces, work_of
+from data_prep.score_excerpts import excerpts, score_notes
 
 # a few small scores of two classes (the real classes parse for minutes)
 SMALL = {"bach": [f"bach/bwv{n}.mxl" for n in range(250, 255)],
          "palestrina": [f"palestrina/Agnus_0{n}.krn" for n in range(1, 6)]}
-Q = polyphony.TICKS_PER_QUARTER
+Q = TICKS_PER_QUARTER
 
 
 def test_score_notes_all_voices_chords_ties_no_graces(tmp_path):
