@@ -22,6 +22,7 @@ from typing import Any, Iterator, Optional
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from data_prep.cache import Item
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from . import augment as aug
@@ -173,7 +174,7 @@ class Windows(Dataset):
     def __init__(self, cache, indices: list[int], crop: int, hop: int, stats: dict):
         self.cache, self.indices, self.crop, self.stats = cache, indices, crop, stats
         self.windows = [(c, s) for c, i in enumerate(indices)
-                        for s in window_starts(cache.items[i]["frames"], crop, hop)]
+                        for s in window_starts(cache.items[i].frames, crop, hop)]
 
     @property
     def n_clips(self) -> int:
@@ -225,14 +226,14 @@ class ShardSampler(Sampler):
 
 
 # --- splits and folds ---------------------------------------------------------------------------
-def assign_folds(items: list[dict], k: int, seed: int) -> list[int]:
+def assign_folds(items: list[Item], k: int, seed: int) -> list[int]:
     """Stratified folds ``1..k`` for items without any: per label, groups of items (the ``group``
     field, or each item alone) are shuffled with ``seed`` and dealt round-robin."""
     folds = [0] * len(items)
     rng = np.random.default_rng(seed)
     by_label: dict[str, dict[str, list[int]]] = {}
     for n, it in enumerate(items):
-        by_label.setdefault(it["label"], {}).setdefault(it.get("group") or f"#{n}", []).append(n)
+        by_label.setdefault(it.label, {}).setdefault(it.group or f"#{n}", []).append(n)
     offset = 0
     for label in sorted(by_label):
         groups = [by_label[label][g] for g in sorted(by_label[label])]
@@ -253,13 +254,13 @@ def resolve_splits(cache, recipe: Recipe) -> list[Split]:
         for role, name in (("train", d.train_split), ("val", d.val_split), ("test", d.test_split)):
             out[role] = cache.indices(split=name) if name is not None else []
             if name is not None and not out[role]:
-                present = sorted({it["split"] for it in cache.items})
+                present = cache.splits
                 hint = ("; set it to null to train without one" if role != "train" else "")
                 raise RecipeError(f"data.{role}_split: no item of {cache.path} has split {name!r}; "
                                   f"its splits are {present}{hint}")
         return [out]
     cv = d.folds if isinstance(d.folds, CrossValidation) else CrossValidation(cv=2, test=list(d.folds))
-    folds = [it["fold"] for it in cache.items]
+    folds = [it.fold for it in cache.items]
     present = sorted({f for f in folds if f is not None})
     if isinstance(d.folds, CrossValidation):
         if not present:
@@ -290,7 +291,7 @@ def resolve_splits(cache, recipe: Recipe) -> list[Split]:
     return runs
 
 
-def held_out(items: list[dict], indices: list[int], folds: list, fraction: float,
+def held_out(items: list[Item], indices: list[int], folds: list, fraction: float,
              seed: int) -> tuple[list[int], list[int]]:
     """``(train, val)``: ``indices`` split so that ``val`` holds about ``fraction`` of every
     (label, fold) stratum, items of one ``group`` on one side (seeded by ``seed``; the split of
@@ -298,24 +299,23 @@ def held_out(items: list[dict], indices: list[int], folds: list, fraction: float
     from data_prep.sources import group_split
 
     chosen = [items[i] for i in indices]
-    sides = group_split([it["id"] for it in chosen], [f"{it['label']}|{folds[i]}" for i, it in zip(indices, chosen)],
-                        [it.get("group") or "" for it in chosen], {"train": 1 - fraction, "valid": fraction},
+    sides = group_split([it.id for it in chosen], [f"{it.label}|{folds[i]}" for i, it in zip(indices, chosen)],
+                        [it.group for it in chosen], {"train": 1 - fraction, "valid": fraction},
                         seed=seed)
     return ([i for i, s in zip(indices, sides) if s == "train"],
             [i for i, s in zip(indices, sides) if s == "valid"])
 
 
 def train_stats(cache, indices: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Per-bin mean and std over the frames of ``indices`` (shape ``feature_shape``)."""
-    total = np.zeros(cache.meta["feature_shape"], np.float64)
-    total_sq, count = np.zeros_like(total), 0
+    """Per-bin mean and std over the frames of ``indices`` (float64, shape ``feature_shape``),
+    summed as the cache sums its own train statistics (:mod:`data_prep.feature_stats`)."""
+    from data_prep.feature_stats import Sums, item_sums
+
+    sums = Sums(cache.config.feature_shape)
     for i in indices:
-        x = np.asarray(cache.features(i), np.float64)
-        total += x.sum(0)
-        total_sq += np.square(x).sum(0)
-        count += len(x)
-    mean = total / max(count, 1)
-    return mean, np.sqrt(np.maximum(total_sq / max(count, 1) - mean**2, 0.0))
+        x = cache.features(i)
+        sums.add(len(x), *item_sums(x))
+    return sums.mean_std()
 
 
 # --- the data module ----------------------------------------------------------------------------

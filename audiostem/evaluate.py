@@ -34,7 +34,6 @@ def evaluate_checkpoint(checkpoint: Union[str, Path], split: str = "test", cache
     :class:`~audiostem.inference.CheckpointError`. A cache rebuilt while it is being scored
     raises :class:`data_prep.CacheError`."""
     import data_prep
-    from data_prep.config import config_diff
     from torch.utils.data import DataLoader
 
     from .data import Windows, resolve_splits
@@ -49,10 +48,9 @@ def evaluate_checkpoint(checkpoint: Union[str, Path], split: str = "test", cache
                               f"{built[:12]}, cache now: build {cache.build_id[:12]}); its items and "
                               "features may differ from the model's. Retrain, or pass --cache "
                               f"{cache.path} to score the model on the new build anyway")
-    diff = config_diff(cache.meta["features"], payload.features)
-    if diff:
-        raise CheckpointError(f"{cache.path}: built with another feature config than the model "
-                              f"({'; '.join(diff)})")
+    problem = cache.mismatch(payload.features, "model")
+    if problem:
+        raise CheckpointError(problem)
     if cache.classes != payload.classes:
         raise CheckpointError(f"{cache.path}: classes {cache.classes} differ from the model's {payload.classes}")
     if split in ROLES:
@@ -66,8 +64,7 @@ def evaluate_checkpoint(checkpoint: Union[str, Path], split: str = "test", cache
     else:
         indices = cache.indices(split=split)
     if not indices:
-        present = sorted({it["split"] for it in cache.items})
-        raise CheckpointError(f"--split {split}: no items in {cache.path} (its splits: {present}; "
+        raise CheckpointError(f"--split {split}: no items in {cache.path} (its splits: {cache.splits}; "
                               "or test, val, train as the recipe defined them)")
     windows = Windows(cache, indices, payload.crop_frames, payload.eval_hop, payload.stats_tensors())
     loader = DataLoader(windows, batch_size=batch_size)

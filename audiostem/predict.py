@@ -5,9 +5,9 @@
 CHECKPOINT is a ``.ckpt`` file or a run folder (its ``checkpoints/best.ckpt``). Each file is
 turned into features with exactly the feature config stored in the checkpoint
 (``data_prep.extract_file``: a spectrogram model reads audio, a piano-roll model reads MIDI),
-stored as float16 like the cache, normalised with the training statistics, cut into the
-evaluation windows and scored; the window logits are averaged and the top classes printed
-with their probabilities. A file that cannot be read is reported and skipped (exit status 1).
+as the float16 values a cache would hold (values that overflow float16 are refused), normalised
+with the training statistics, cut into the evaluation windows and scored; the window logits are
+averaged and the top classes printed with their probabilities. A file that cannot be read is reported and skipped (exit status 1).
 """
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-import numpy as np
 import torch
 
 from .inference import CheckpointError, clip_logits, load_classifier
@@ -45,7 +44,7 @@ def predict_files(checkpoint: Union[str, Path], files: Sequence[Union[str, Path]
             results.append({"file": str(f), "error": f"{type(e).__name__}: {e} (this model reads {what} "
                                                      f"files: {config.kind} features)"})
             continue
-        x = clip_windows(np.asarray(features, np.float16), payload.crop_frames, payload.eval_hop, stats)
+        x = clip_windows(features, payload.crop_frames, payload.eval_hop, stats)   # float16, as cached
         batches = [(x[i:i + batch_size], torch.zeros(len(x[i:i + batch_size]), dtype=torch.long))
                    for i in range(0, len(x), batch_size)]
         probs = torch.softmax(clip_logits(model, batches, 1, device)[0], 0)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -37,9 +37,12 @@ from .recipe_schema import (MANAGED_TRAINER_KEYS, METRICS, SEED_MAX, TRAINER_KEY
                             ModelConfig, Prepare, Recipe, Train, expand_path)
 from .yamlio import load_yaml, yaml_error
 
+if TYPE_CHECKING:
+    from data_prep.cache import FeatureCache
+
 __all__ = ["MANAGED_TRAINER_KEYS", "METRICS", "RECIPES_DIR", "SEED_MAX", "TRAINER_KEYS", "Augment", "CrossValidation",
-           "Data", "ModelConfig", "Prepare", "Recipe", "RecipeError", "Train", "apply_overrides", "check_data",
-           "dump_recipe", "expand_path", "find_recipe", "key_table", "load_recipe", "parse_overrides",
+           "Data", "ModelConfig", "Prepare", "Recipe", "RecipeError", "Train", "apply_overrides",
+           "dump_recipe", "expand_path", "find_recipe", "key_table", "load_recipe", "open_data", "parse_overrides",
            "stored_recipe", "validate_recipe"]
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"   # package data; the repository's recipes/ links here
@@ -174,9 +177,9 @@ def dump_recipe(recipe: Recipe) -> str:
     return yaml.safe_dump(recipe.to_dict(), sort_keys=False, default_flow_style=None)
 
 
-def check_data(recipe: Recipe) -> Optional[dict]:
-    """Check the recipe's cache before training; return its ``meta.json`` (``None`` when the
-    cache is missing and ``data.prepare`` says how to build it).
+def open_data(recipe: Recipe) -> Optional[FeatureCache]:
+    """Open the recipe's cache, checked against the recipe; ``None`` when the cache is missing
+    and ``data.prepare`` says how to build it.
 
     Raises :class:`RecipeError` when the cache is missing and no ``data.prepare`` section
     exists (saying which command builds it), or when ``data.features`` differs from the
@@ -184,26 +187,21 @@ def check_data(recipe: Recipe) -> Optional[dict]:
     :class:`data_prep.CacheError` when the cache is damaged (naming the file and the command
     that rebuilds it).
     """
-    from data_prep.cache import open_cache
-    from data_prep.config import config_diff
+    from data_prep.cache import cache_exists, open_cache, partial_path
     cache = Path(recipe.data.cache)
-    meta_path = cache / "meta.json"
-    if not meta_path.exists():
+    if not cache_exists(cache):
         if recipe.data.prepare is not None:
             return None
-        partial = cache.with_name(cache.name + ".partial")
+        partial = partial_path(cache)
         what = "an interrupted build is at " + str(partial) if partial.exists() else "it does not exist"
         raise RecipeError(
             f"data.cache: no feature cache at {cache} ({what}). Build it with\n"
             f"  python -m data_prep SOURCE --root DATASET_FOLDER --out {cache}\n"
             "(`python -m data_prep --help` lists the sources), or add a data.prepare section "
             "(source, root, options) so that training builds it.")
-    meta = open_cache(cache).meta        # CacheError naming a damaged file and the rebuild command
-    if recipe.data.features is not None:
-        diff = config_diff(meta["features"], recipe.data.features)
-        if diff:
-            raise RecipeError(
-                f"data.features: the cache {cache} was built with another feature config "
-                f"(cache != recipe: {'; '.join(diff)}). Rebuild the cache with these features "
-                "(python -m data_prep ... --force, or another data.cache), or remove data.features.")
-    return meta
+    opened = open_cache(cache)           # CacheError naming a damaged file and the rebuild command
+    problem = opened.mismatch(recipe.data.features, "recipe") if recipe.data.features is not None else None
+    if problem:
+        raise RecipeError(f"data.features: {problem}. Rebuild the cache with these features "
+                          "(python -m data_prep ... --force, or another data.cache), or remove data.features.")
+    return opened

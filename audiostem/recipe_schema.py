@@ -94,7 +94,7 @@ class Prepare(_Strict):
     @model_validator(mode="after")
     def _options(self) -> "Prepare":
         """The source exists and takes these options, with values of the right types."""
-        from data_prep.prepare import source_arguments
+        from data_prep.source_options import source_arguments
         from data_prep.sources import get_source
 
         try:

@@ -303,10 +303,10 @@ def best_epoch(rows: list[dict], metric: str) -> int:
 
 
 # --- predictions_<split>.csv ------------------------------------------------------------------------
-def prediction_rows(items: list[dict], log_probs: torch.Tensor, target: torch.Tensor, classes: list[str],
+def prediction_rows(items: list, log_probs: torch.Tensor, target: torch.Tensor, classes: list[str],
                     fold: Optional[int] = None) -> list[dict]:
     """One row per clip: ``id, label, pred, correct, fold, p_<class>..., group`` (probabilities),
-    from cache items, ``(clips, classes)`` log-probabilities and ``(clips,)`` label indices.
+    from cache items (:class:`data_prep.Item`), ``(clips, classes)`` log-probabilities and ``(clips,)`` label indices.
 
     ``fold`` is the test fold of a cross-validation run, else the item's own fold (may be empty);
     ``group`` is the item's group in the cache (a piece, a speaker, a game; may be empty).
@@ -315,11 +315,11 @@ def prediction_rows(items: list[dict], log_probs: torch.Tensor, target: torch.Te
     rows = []
     for item, p, y in zip(items, probs, target.tolist()):
         pred = int(p.argmax())
-        f = fold if fold is not None else item.get("fold")
-        row = {"id": item["id"], "label": classes[y], "pred": classes[pred], "correct": int(pred == y),
+        f = fold if fold is not None else item.fold
+        row = {"id": item.id, "label": classes[y], "pred": classes[pred], "correct": int(pred == y),
                "fold": "" if f is None else f}
         row.update({f"p_{c}": f"{float(v):.6f}" for c, v in zip(classes, p)})
-        row["group"] = item.get("group") or ""
+        row["group"] = item.group or ""
         rows.append(row)
     return rows
 

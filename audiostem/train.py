@@ -23,7 +23,7 @@ from data_prep import CacheError
 
 from . import run_folder
 from .checkpoint import PAYLOAD_KEY, CheckpointError, CheckpointPayload, load_checkpoint, verified_checkpoint_io
-from .recipe import Recipe, RecipeError, check_data, dump_recipe, load_recipe
+from .recipe import Recipe, RecipeError, dump_recipe, load_recipe, open_data
 
 # Lightning is imported by the functions that train, so that checking a recipe (--print, or an
 # error in it) answers in the time it takes to import torch.
@@ -39,26 +39,26 @@ def _is_rank_zero() -> bool:
 
 # --- the cache ----------------------------------------------------------------------------------
 def ensure_cache(recipe: Recipe, wait_seconds: float = 3600.0):
-    """Open the recipe's cache, building it first with ``data_prep.prepare`` when it is missing
-    and ``data.prepare`` says how. Ranks other than 0 wait for rank 0 to build it."""
+    """Open the recipe's cache (:func:`~audiostem.recipe.open_data`), building it first with
+    ``data_prep.prepare`` when it is missing and ``data.prepare`` says how. Ranks other than 0
+    wait for rank 0 to build it."""
     import data_prep
-    check_data(recipe)
-    cache = Path(recipe.data.cache)
-    if not (cache / "meta.json").exists():
-        if _is_rank_zero():
-            p = recipe.data.prepare
-            print(f"audiostem: building the feature cache {cache} from source {p.source!r} "
-                  f"(root {p.root})", file=sys.stderr)
-            data_prep.prepare(p.source, p.root, cache, recipe.data.features, workers=p.workers, **p.options)
-        else:
-            deadline = time.time() + wait_seconds
-            while not (cache / "meta.json").exists():
-                if time.time() > deadline:
-                    raise RecipeError(f"data.cache: rank {_global_rank()} waited {wait_seconds:.0f} s "
-                                      f"for rank 0 to build {cache}")
-                time.sleep(2)
-    check_data(recipe)
-    return data_prep.open_cache(cache)
+    cache = open_data(recipe)
+    if cache is not None:
+        return cache
+    path = Path(recipe.data.cache)
+    if _is_rank_zero():
+        p = recipe.data.prepare
+        print(f"audiostem: building the feature cache {path} from source {p.source!r} "
+              f"(root {p.root})", file=sys.stderr)
+        return data_prep.prepare(p.source, p.root, path, recipe.data.features, workers=p.workers, **p.options)
+    deadline = time.time() + wait_seconds
+    while not data_prep.cache_exists(path):
+        if time.time() > deadline:
+            raise RecipeError(f"data.cache: rank {_global_rank()} waited {wait_seconds:.0f} s "
+                              f"for rank 0 to build {path}")
+        time.sleep(2)
+    return open_data(recipe)
 
 
 # --- the cache's build ----------------------------------------------------------------------------
@@ -232,9 +232,11 @@ def _device_name(trainer) -> str:
 
 # --- the whole run ------------------------------------------------------------------------------
 def train(recipe: Recipe, callbacks: Sequence = (), restart: bool = False,
-          resume_from: Optional[str] = None) -> dict:
+          resume_from: Optional[str] = None, cache=None) -> dict:
     """Train (or resume, or read back) the run of ``recipe``; returns its ``metrics.json`` dict
-    (``{}`` on ranks other than 0). ``callbacks`` are extra Lightning callbacks for every run.
+    (``{}`` on ranks other than 0). ``callbacks`` are extra Lightning callbacks for every run;
+    ``cache`` is the recipe's cache when the caller opened it already (:func:`ensure_cache`
+    opens or builds it otherwise).
 
     One process trains a run folder at a time: rank 0 holds ``OUT_DIR/run.lock`` throughout,
     and a second ``train`` of the same ``out_dir`` is refused (:class:`RecipeError` naming the
@@ -249,16 +251,17 @@ def train(recipe: Recipe, callbacks: Sequence = (), restart: bool = False,
         except CacheBusyError as e:
             raise RecipeError(f"out_dir: {e}") from None
     try:
-        return _train(recipe, callbacks, restart, resume_from)
+        return _train(recipe, callbacks, restart, resume_from, cache)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _train(recipe: Recipe, callbacks: Sequence, restart: bool, resume_from: Optional[str]) -> dict:
+def _train(recipe: Recipe, callbacks: Sequence, restart: bool, resume_from: Optional[str], cache=None) -> dict:
     from .data import resolve_splits
     quiet_lightning()
-    cache = ensure_cache(recipe)
+    if cache is None:
+        cache = ensure_cache(recipe)
     out = run_folder.prepare(recipe, restart, write=_is_rank_zero())
     if run_folder.is_finished(out):
         print(f"audiostem: {out} is already finished (metrics.json); pass --restart to train it again",
@@ -370,16 +373,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_intermixed_args(argv)
     try:
         recipe = load_recipe(args.recipe, args.overrides, read_values(args.values))
-        meta = check_data(recipe)
+        cache = open_data(recipe)
         if args.print_only:
             print(dump_recipe(recipe), end="")
-            if meta is None:
+            if cache is None:
                 print(f"# the cache {recipe.data.cache} will be built from source {recipe.data.prepare.source!r}")
             else:
-                print(f"# cache {recipe.data.cache}: {meta['n_items']} items, classes {meta['classes']}, "
-                      f"splits {meta.get('splits')}, features {meta['features']['kind']}")
+                print(f"# cache {recipe.data.cache}: {len(cache)} items, classes {cache.classes}, "
+                      f"splits {cache.meta.get('splits')}, features {cache.config.kind}")
             return 0
-        metrics = train(recipe, restart=args.restart, resume_from=args.resume)
+        metrics = train(recipe, restart=args.restart, resume_from=args.resume, cache=cache)
     except (RecipeError, CacheError, CheckpointError) as e:
         print(f"error: {one_message(e)}", file=sys.stderr)
         return 2

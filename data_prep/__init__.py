@@ -2,14 +2,17 @@
 
 Files and signals only, never models. See ``python -m data_prep --help``.
 """
-from .cache import CacheError, CacheWriter, FeatureCache, check_existing, open_cache, verify_cache
+from .cache import CacheError, FeatureCache, Item, cache_exists, open_cache, verify_cache
+from .cache_writer import CacheWriter, check_existing
 from .config import AudioFeatures, PianoRollFeatures, config_diff, feature_config
 from .folk import build_folk
 from .polyphony import build_polyphony
 from .midi import piano_roll, pianoroll_file
-from .render import render_dataset, render_midi
+from .render import render_dataset
+from .synth import render_midi
 from .audio import BadInputError, load_audio
-from .prepare import extract_file, prepare
+from .extract import extract_file
+from .prepare import prepare
 
 # The spectral functions import torch; load them on first use so the CLI starts fast.
 _FEATURES = ("amplitude_to_db", "compute_features", "cqt", "extract_audio_file", "logmel",
@@ -22,7 +25,7 @@ def __getattr__(name: str):
         return getattr(features, name)
     raise AttributeError(f"module 'data_prep' has no attribute {name!r}")
 
-__all__ = ["AudioFeatures", "CacheError", "CacheWriter", "FeatureCache", "PianoRollFeatures",
-           "check_existing", "config_diff", "feature_config", "open_cache", "verify_cache", "piano_roll",
+__all__ = ["AudioFeatures", "CacheError", "CacheWriter", "FeatureCache", "Item", "PianoRollFeatures",
+           "cache_exists", "check_existing", "config_diff", "feature_config", "open_cache", "verify_cache", "piano_roll",
            "pianoroll_file", "build_folk", "build_polyphony", "render_dataset", "render_midi",
            "BadInputError", "extract_file", "load_audio", "prepare", *_FEATURES]

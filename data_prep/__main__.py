@@ -159,14 +159,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_help()
         return 2
     args = parser.parse_args(argv)
-    from .prepare import prepare, resolve_features, source_arguments
+    from .prepare import prepare
+    from .source_options import resolve_features, source_arguments
     from .sources import get_source
 
     src = get_source(args.source)
-    features = _given_features(args)
     options = {k: getattr(args, k) for k in vars(source_arguments(src))}
     try:
-        resolve_features(src, features)     # bad feature options are argument errors (exit 2)
+        config = resolve_features(src, _given_features(args))   # bad feature options: exit status 2
     except ValueError as e:
         subparsers[args.source].error(str(e))
     if args.download:
@@ -179,7 +179,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 1
     built = []
     status = run_resumable(lambda: built.append(prepare(
-        src, args.root, args.out, features, force=args.force, workers=args.workers,
+        src, args.root, args.out, config, force=args.force, workers=args.workers,
         progress=not args.quiet, **options)), args.out, errors=(CacheError, ValueError, TypeError))
     if status == EXIT_OK and built and built[0].failures:
         return EXIT_SKIPPED

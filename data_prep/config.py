@@ -126,11 +126,6 @@ class AudioFeatures:
         """Shape of one frame: ``(bins,)``, or ``(channels, bins)`` when ``mono`` is false."""
         return (self.bins,) if self.mono else (self.channels, self.bins)
 
-    @property
-    def frame_rate(self) -> float:
-        """Frames per second."""
-        return self.sample_rate / self.hop_length
-
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -220,11 +215,6 @@ class PianoRollFeatures:
         """Shape of one frame: ``(bins,)`` or ``(channels, bins)`` with several channels."""
         return (self.bins,) if self.channels == 1 else (self.channels, self.bins)
 
-    @property
-    def frame_rate(self) -> Union[float, None]:
-        """Frames per second, or ``None`` for a beat-synchronous roll."""
-        return None if self.beat_resolution else float(self.fs)
-
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -255,8 +245,9 @@ def feature_config(spec: Union[dict, FeatureConfig, None] = None, **overrides: A
 
 
 def config_diff(a: Union[dict, FeatureConfig], b: Union[dict, FeatureConfig]) -> list[str]:
-    """Fields whose values differ, as ``"name: a_value != b_value"`` strings (empty when equal)."""
-    da = feature_config(a).to_dict()
-    db = feature_config(b).to_dict()
+    """Fields whose values differ, as ``"name: a_value != b_value"`` strings (empty when equal).
+    A dict is resolved first (missing fields take their defaults); a config is compared as it is."""
+    da, db = (x.to_dict() if isinstance(x, (AudioFeatures, PianoRollFeatures)) else feature_config(x).to_dict()
+              for x in (a, b))
     return [f"{k}: {da.get(k)!r} != {db.get(k)!r}" for k in sorted(set(da) | set(db))
             if da.get(k) != db.get(k)]

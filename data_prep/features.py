@@ -440,7 +440,8 @@ def extract_audio(path: Union[str, Path], config: AudioFeatures) -> tuple[np.nda
 def extract_audio_file(path: Union[str, Path], config: AudioFeatures) -> np.ndarray:
     """Decode, resample and analyse one audio file with ``config``.
 
-    Returns ``(frames, *config.feature_shape)`` float32 (what a cache stores for the file).
+    Returns ``(frames, *config.feature_shape)`` float32, before the cache's float16 rounding
+    (:func:`data_prep.extract_file` gives the float16 values a cache stores).
     Raises :class:`~data_prep.audio.BadInputError` (a ``ValueError``) naming the file and the
     reason when it is unusable: unreadable, empty, NaN/Inf samples. A file read with a
     caveat (truncated: shorter than its header says) gives a ``UserWarning`` saying so.

@@ -9,11 +9,12 @@ O'Neill's *Music of Ireland* (1850), Aird's *Airs* (1782-1803) and Ryan's *Mammo
                                        n_notes,beats
     ROOT/folk.json                     what was asked for and what was built (counts, skips)
 
-How a tune becomes MIDI: music21's ABC tokenizer reads the tune (pitches with key signature and
-accidentals, lengths with broken rhythms and tuplets, ties, chords); we lay the notes out in
-time ourselves -- repeats and first/second endings expanded, tied notes merged, grace notes and
-chord symbols left out -- and write a one-track file at a fixed 120 quarter notes per minute,
-velocity 80, program 0 (any tempo or dynamics marking would tell the collections apart). This
+How a tune becomes MIDI (:mod:`data_prep.abc_midi`): music21's ABC tokenizer reads the tune
+(pitches with key signature and accidentals, lengths with broken rhythms and tuplets, ties,
+chords); we lay the notes out in time ourselves -- repeats and first/second endings expanded,
+tied notes merged, grace notes and chord symbols left out -- and write a one-track file at a
+fixed 120 quarter notes per minute, velocity 80, program 0 (any tempo or dynamics marking would
+tell the collections apart). This
 skips music21's stream building and MIDI export, which is slow and fails on some tunes
 (a ``TimeSignature`` shared by two measures raises ``StreamException``); any tune that still
 fails is skipped and counted, as are tunes shorter than 8 notes or 6 beats.
@@ -29,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import io
 import json
 import os
@@ -38,9 +38,9 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import Optional, Sequence
+from .abc_midi import FIELD, convert_tune, digest, letter_key
 from .workers import cpu_count, pool as worker_pool
 
 COLLECTIONS = {
@@ -57,12 +57,8 @@ COLLECTIONS = {
 DEFAULT_CLASSES = ("chinese", "german", "irish", "scottish", "american")
 DEFAULT_ROOT = Path("~/.cache/audiostem/data/folk_midi")
 SPLIT_FRACTIONS = {"train": 0.70, "valid": 0.15, "test": 0.15}
-TICKS_PER_QUARTER = 480
-TEMPO_QPM = 120.0
-VELOCITY = 80
-MIN_NOTES, MIN_BEATS = 8, 6.0
 FORMAT = 1                   # bump when the conversion changes, so old folders are rebuilt
-MANIFEST_FIELDS = ("path", "label", "split", "tune_id", "group", "source", "title", "meter", "key",
+MANIFESTFIELDS = ("path", "label", "split", "tune_id", "group", "source", "title", "meter", "key",
                    "n_notes", "beats")
 
 
@@ -85,16 +81,13 @@ def corpus_dir() -> Path:
 
 # -- listing tunes ---------------------------------------------------------------------------
 
-_FIELD = re.compile(r"^([A-Za-z]):\s*(.*)$")
-
-
 def split_tunes(text: str, source: str, label: str) -> list[Tune]:
     """The tunes of one ABC file (each starts at an ``X:`` line)."""
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     starts = [i for i, line in enumerate(lines) if re.match(r"^X:\s*\d+", line)]
     if not starts:
         return []
-    header = [line for line in lines[:starts[0]] if _FIELD.match(line) and line[0] not in "XT"]
+    header = [line for line in lines[:starts[0]] if FIELD.match(line) and line[0] not in "XT"]
     stem, seen, tunes = Path(source).stem, set(), []
     for k, i in enumerate(starts):
         block = lines[i:starts[k + 1] if k + 1 < len(starts) else len(lines)]
@@ -105,7 +98,7 @@ def split_tunes(text: str, source: str, label: str) -> list[Tune]:
         seen.add(tune_id)
         fields: dict = {}
         for line in block:
-            m = _FIELD.match(line)
+            m = FIELD.match(line)
             if m and m.group(1) not in fields:
                 fields[m.group(1)] = m.group(2).strip()
         # melody only: no tempo (Q:) and no abc2midi directives (%%MIDI ...)
@@ -127,151 +120,8 @@ def list_tunes(classes: Sequence[str]) -> dict[str, list[Tune]]:
                              f"({', '.join(COLLECTIONS[label])}); is music21 fully installed?")
         tunes = [t for f in files for t in split_tunes(f.read_text(encoding="latin-1"),
                                                         f.relative_to(root).as_posix(), label)]
-        out[label] = sorted(tunes, key=lambda t: _digest(t.tune_id))
+        out[label] = sorted(tunes, key=lambda t: digest(t.tune_id))
     return out
-
-
-def _digest(text: str) -> str:
-    return hashlib.sha1(f"folk:{text}".encode()).hexdigest()
-
-
-def letter_key(abc: str) -> str:
-    """The tune's note letters in order (text only): equal for copies of one transcription."""
-    body = [line for line in abc.split("\n") if line and not _FIELD.match(line) and line[0] != "%"]
-    text = re.sub(r'"[^"]*"|![^!]*!|%.*', "", "\n".join(body))
-    return _digest(re.sub(r"[^A-Ga-g]", "", text))
-
-
-# -- one tune to MIDI ------------------------------------------------------------------------
-
-def _midi_pitch(name: str) -> int:
-    m = re.fullmatch(r"([A-G])([#-]*)(\d+)", name)
-    if not m:
-        from music21 import pitch
-
-        return int(round(pitch.Pitch(name).ps))
-    step = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}[m.group(1)]
-    return 12 * (int(m.group(3)) + 1) + step + m.group(2).count("#") - m.group(2).count("-")
-
-
-def tune_events(abc: str) -> list:
-    """The tune as a flat list: ``(pitches, ticks, tie)`` for notes, chords and rests
-    (pitches ``()``), and the strings ``start``, ``end``, ``first``, ``second`` for repeat
-    marks, in written order. Uses music21's ABC tokenizer; only the first voice is kept."""
-    from music21 import abcFormat
-
-    if not re.search(r"^[LM]:", abc, re.M):             # ABC's default unit without a meter
-        abc = re.sub(r"^(X:.*)$", r"\1\nL:1/8", abc, count=1, flags=re.M)
-    handler = abcFormat.ABCHandler()
-    handler.process(abc)
-    events: list = []
-    first_voice, skipping = None, False
-    for token in handler.tokens:
-        # a voice starts at "V:1" on its own line, or inline as "[V:1]" (which the tokenizer
-        # reads as an empty chord)
-        m = re.match(r"^\[?V:\s*([^\]\s]*)", token.src.strip())
-        if m and isinstance(token, (abcFormat.ABCMetadata, abcFormat.ABCChord)):
-            first_voice = m.group(1) if first_voice is None else first_voice
-            skipping = m.group(1) != first_voice
-        elif isinstance(token, abcFormat.ABCMetadata):
-            continue
-        elif skipping:
-            continue
-        elif isinstance(token, abcFormat.ABCBar):
-            if token.barType == "repeat" and token.repeatForm in ("start", "end"):
-                events.append(token.repeatForm)
-            elif token.repeatForm in ("first", "second"):
-                events.append(token.repeatForm)
-        elif isinstance(token, abcFormat.ABCNote) and not token.inGrace:
-            length = Fraction(token.quarterLength) * TICKS_PER_QUARTER
-            if token.activeTuplet is not None:
-                length *= Fraction(token.activeTuplet.tupletMultiplier())
-            length = round(length)                     # 480 ticks: halves, thirds, fifths exact
-            if isinstance(token, abcFormat.ABCChord):
-                pitches = tuple(_midi_pitch(t.pitchName) for t in token.subTokens
-                                if isinstance(t, abcFormat.ABCNote) and t.pitchName)
-                if not pitches:
-                    continue            # an inline field such as [K:G]: no note, no time
-            else:
-                pitches = () if token.isRest else (_midi_pitch(token.pitchName),)
-            events.append((pitches, length, token.tie))
-    return events
-
-
-def expand_repeats(events: list) -> list:
-    """Play repeats as a musician would: ``|: A :|`` twice, ``|: A |1 B :|2 C`` as A B A C,
-    ``:|`` without ``|:`` from the beginning (or the previous repeat's end)."""
-    out: list = []
-    section, first_ending = 0, None
-    for e in events:
-        if e == "start":
-            section, first_ending = len(out), None
-        elif e == "first":
-            first_ending = len(out)
-        elif e == "second":
-            pass
-        elif e == "end":
-            out.extend(out[section:first_ending if first_ending is not None else len(out)])
-            section, first_ending = len(out), None
-        else:
-            out.append(e)
-    return out
-
-
-def tune_notes(abc: str) -> tuple[list[tuple[int, int, int]], int]:
-    """``[(start tick, duration ticks, pitch)]`` of the tune and its length in ticks."""
-    notes: list[list[int]] = []
-    tied: dict[int, int] = {}            # pitch -> index of the note a tie continues
-    now = 0
-    for pitches, length, tie in expand_repeats(tune_events(abc)):
-        start, end = now, now + length
-        now = end
-        next_tied = {}
-        for p in pitches:
-            if not 0 <= p <= 127 or end <= start:
-                continue
-            if tie in ("stop", "continue") and p in tied:
-                i = tied[p]
-                notes[i][1] = end - notes[i][0]               # a tie lengthens the held note
-            else:
-                i = len(notes)
-                notes.append([start, end - start, p])
-            if tie in ("start", "continue"):
-                next_tied[p] = i
-        tied = next_tied
-    return [tuple(n) for n in notes], now
-
-
-def midi_bytes(notes: list[tuple[int, int, int]], meter: str = "") -> bytes:
-    """A one-track MIDI file of the notes at the fixed tempo, velocity and program."""
-    import symusic
-
-    score = symusic.Score(TICKS_PER_QUARTER)
-    score.tempos.append(symusic.Tempo(time=0, qpm=TEMPO_QPM))
-    m = re.match(r"^\s*(\d+)\s*/\s*(\d+)", meter or "")
-    if m and int(m.group(1)) > 0 and int(m.group(2)) in (1, 2, 4, 8, 16, 32):
-        score.time_signatures.append(symusic.TimeSignature(time=0, numerator=int(m.group(1)),
-                                                           denominator=int(m.group(2))))
-    track = symusic.Track(name="melody", program=0, is_drum=False)
-    for start, duration, pitch in notes:
-        track.notes.append(symusic.Note(time=start, duration=duration, pitch=pitch, velocity=VELOCITY))
-    score.tracks.append(track)
-    return score.dumps_midi()
-
-
-def convert_tune(abc: str, meter: str = "") -> tuple[Optional[bytes], dict]:
-    """ABC text of one tune -> ``(MIDI bytes, info)``, or ``(None, {"reason": ...})``."""
-    try:
-        notes, length = tune_notes(abc)
-    except Exception as e:                  # music21 raises many kinds on odd transcriptions
-        return None, {"reason": f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"}
-    beats = length / TICKS_PER_QUARTER
-    if len(notes) < MIN_NOTES or beats < MIN_BEATS:
-        return None, {"reason": f"too short ({len(notes)} notes, {beats:g} beats)"}
-    intervals = [b[2] - a[2] for a, b in zip(notes, notes[1:])]
-    shape = ",".join(f"{i}:{n[1]}" for i, n in zip(intervals, notes[1:]))
-    return midi_bytes(notes, meter), {"n_notes": len(notes), "beats": round(beats, 3),
-                                      "melody_key": _digest(shape)}
 
 
 def _convert(tune: Tune) -> tuple[Optional[bytes], dict]:
@@ -362,7 +212,7 @@ def _build_locked(root: Path, request: dict, per_class: int, classes: list[str],
         row["split"] = split
     rows.sort(key=lambda r: r["path"])
     text = io.StringIO()
-    writer = csv.DictWriter(text, MANIFEST_FIELDS, lineterminator="\n", extrasaction="ignore")
+    writer = csv.DictWriter(text, MANIFESTFIELDS, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     (partial / "manifest.csv").write_bytes(text.getvalue().encode("utf-8"))

@@ -26,26 +26,23 @@ from __future__ import annotations
 
 import io
 import os
-import sys
 import warnings
-from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
 
+from .cache import to_float16
 from .config import PianoRollFeatures
+from .midi_file import MidiInput, read_score, smf_bytes
 
 GM_FAMILIES = ("piano", "chromatic_percussion", "organ", "guitar", "bass", "strings", "ensemble",
                "brass", "reed", "pipe", "synth_lead", "synth_pad", "synth_effects", "ethnic",
                "percussive", "sound_effects")
 PIANO_KEYS = (21, 109)              # A0 .. C8, as a half-open pitch range
 SUSTAIN = 64                        # the sustain pedal controller; value >= 64 is "down"
-MAX_FILE_BYTES = 64 * 2**20         # real MIDI files are kilobytes; the largest known, a few MB
 COMPAT_MAX_BYTES = 2**30            # pretty_midi holds one float64 roll per instrument at once
 _CHUNK_CELLS = 4 * 2**20            # notes are painted in chunks of this many (frame, pitch) cells
-FLOAT16_MAX = float(np.finfo(np.float16).max)
 
-MidiInput = Union[str, os.PathLike, bytes, bytearray, Any]
 
 
 def piano_roll(midi: MidiInput, fs: float = 100.0, *, beat_resolution: Union[int, None] = None,
@@ -111,148 +108,10 @@ def pianoroll_file(path: Union[str, os.PathLike], config: PianoRollFeatures,
     if info.get("cut"):
         warnings.warn(f"{path}: piano roll cut at max_frames={config.max_frames} "
                       f"(the file would give {info['cut']} frames)", stacklevel=2)
-    if float16 and roll.dtype != np.float16:
-        roll = np.asarray(roll, np.float32)
-        peak = float(np.abs(roll).max())
-        if peak > FLOAT16_MAX:
-            raise ValueError(f"piano-roll values up to {peak:.3g} overflow the float16 cache "
-                             f"(max {FLOAT16_MAX:.0f}): too many notes sum up; use overlap='max'")
+    if float16 and roll.dtype != np.float16:     # (float32 first: float64 in compat mode)
+        roll = to_float16(np.asarray(roll, np.float32), "piano-roll",
+                          ": too many notes sum up; use overlap='max'")
     return np.asarray(roll, dtype=dtype).reshape(len(roll), *config.feature_shape)
-
-
-# -- reading ---------------------------------------------------------------------------------
-
-def _midi_bytes(midi: MidiInput) -> bytes:
-    pm = sys.modules.get("pretty_midi")
-    if pm is not None and isinstance(midi, pm.PrettyMIDI):
-        buffer = io.BytesIO()
-        midi.write(buffer)
-        return buffer.getvalue()
-    if isinstance(midi, (bytes, bytearray, memoryview)):
-        data = bytes(midi)
-    elif isinstance(midi, (str, os.PathLike)):
-        path = Path(midi)
-        try:
-            size = path.stat().st_size
-        except OSError as e:
-            raise ValueError(f"cannot read {path}: {e.strerror or e}") from None
-        if size > MAX_FILE_BYTES:
-            raise ValueError(f"{size / 2**20:.0f} MiB is too large for a MIDI file "
-                             f"(limit {MAX_FILE_BYTES // 2**20} MiB)")
-        data = path.read_bytes()
-    else:
-        raise TypeError(f"expected a path, bytes, a pretty_midi.PrettyMIDI or a symusic.Score, "
-                        f"got {type(midi).__name__}")
-    if len(data) > MAX_FILE_BYTES:
-        raise ValueError(f"{len(data) / 2**20:.0f} MiB is too large for a MIDI file")
-    return standard_midi(data)
-
-
-def _standard_chunks(data: bytes) -> bytes:
-    """``data`` (starting ``MThd``) with a 6-byte header, its ``MTrk`` chunks only, each ending
-    with an End of Track event; the bytes unchanged when they already are so. A track chunk
-    whose length runs past the end of the file is left as it is (the parser reports it)."""
-    header_len = int.from_bytes(data[4:8], "big")
-    pos = 8 + header_len
-    tracks, changed = [], header_len != 6
-    while pos + 8 <= len(data):
-        chunk, length = data[pos:pos + 4], int.from_bytes(data[pos + 4:pos + 8], "big")
-        body = data[pos + 8:pos + 8 + length]
-        pos += 8 + length
-        if chunk != b"MTrk":
-            changed = True
-            continue
-        if len(body) == length and not body.endswith(b"\xff\x2f\x00"):
-            body += b"\x00\xff\x2f\x00"                # delta 0, End of Track
-            changed = True
-        tracks.append(body if len(body) == length or changed else data[pos - 8 - length:pos])
-    if not changed or header_len < 6:
-        return data
-    return (b"MThd\x00\x00\x00\x06" + data[8:14]
-            + b"".join(b"MTrk" + len(t).to_bytes(4, "big") + t for t in tracks))
-
-
-def standard_midi(data: bytes) -> bytes:
-    """A Standard MIDI File with metrical timing (ticks per quarter note) for what readers
-    expect, from the variants found in the wild:
-
-    - a RIFF MIDI file (``.rmi``, ``RIFF....RMID``): the SMF in its ``data`` chunk;
-    - a file with a header before ``MThd`` (MacBinary's 128 bytes): what starts at ``MThd``;
-    - a header chunk longer than 6 bytes (the standard lets later versions add fields), chunks
-      other than ``MTrk`` (Yamaha XF's ``XFIH``...: readers must skip them), a track without its
-      End of Track event: the standard form (:func:`_standard_chunks`);
-    - SMPTE time division (a negative frames-per-second byte -24, -25, -29 (29.97 drop-frame)
-      or -30 and ticks per frame, e.g. ``0xE728``: 25 fps x 40 = 1000 ticks per second): the
-      same events, with ``round(fps) x ticks per frame`` ticks per quarter note and one tempo
-      that makes a quarter note last ``round(fps) / fps`` seconds; tempo events, which SMPTE
-      time ignores (SMF 1.0, "Time Division"), are dropped. Timing in seconds is unchanged.
-
-    Other bytes are returned unchanged (the parser then says what is wrong).
-    """
-    if data[:4] == b"RIFF" and data[8:12] == b"RMID":
-        at = data.find(b"data", 12)
-        if at > 0:
-            data = data[at + 8:at + 8 + int.from_bytes(data[at + 4:at + 8], "little")]
-    start = data.find(b"MThd", 0, 512)
-    if start > 0:
-        data = data[start:]
-    if data[:4] != b"MThd" or len(data) < 14:
-        return data
-    data = _standard_chunks(data)
-    if not data[12] & 0x80:
-        return data
-    fps = {232: 24.0, 231: 25.0, 227: 30000 / 1001, 226: 30.0}.get(data[12])
-    per_frame = data[13]
-    if fps is None or per_frame == 0:
-        raise ValueError(f"SMPTE time division {data[12:14].hex()} is not valid (frames per "
-                         f"second must be -24, -25, -29 or -30, ticks per frame positive)")
-    import mido
-
-    try:
-        smf = mido.MidiFile(file=io.BytesIO(data[:12] + b"\x01\xe0" + data[14:]))
-    except Exception as e:                   # noqa: BLE001  (mido raises many kinds)
-        raise ValueError(f"unreadable MIDI with SMPTE timing ({type(e).__name__}: {e})") from None
-    smf.ticks_per_beat = round(fps) * per_frame
-    for track in smf.tracks:
-        carry = 0
-        kept = []
-        for msg in track:
-            if msg.type == "set_tempo":
-                carry += msg.time
-                continue
-            kept.append(msg.copy(time=msg.time + carry))
-            carry = 0
-        track[:] = kept
-    tempo = round(1e6 * round(fps) / fps)            # microseconds per quarter note
-    if smf.tracks:
-        smf.tracks[0].insert(0, mido.MetaMessage("set_tempo", tempo=tempo, time=0))
-    out = io.BytesIO()
-    smf.save(file=out)
-    return out.getvalue()
-
-
-def read_score(midi: MidiInput):
-    """Parse MIDI with symusic into a tick-based ``symusic.Score``; ``ValueError`` if unreadable."""
-    import symusic
-
-    if isinstance(midi, symusic.core.ScoreTick):
-        score = midi
-    elif isinstance(midi, (symusic.core.ScoreQuarter, symusic.core.ScoreSecond)):
-        score = midi.to("tick")
-    else:
-        data = _midi_bytes(midi)
-        if data[:4] != b"MThd":
-            raise ValueError("not a MIDI file (it does not start with 'MThd')")
-        try:
-            score = symusic.Score.from_midi(data)
-        except RuntimeError as e:            # symusic reports every parse error this way
-            reason = str(e).replace("MiniMidi: ", "").replace(": iostream error", "")
-            raise ValueError(f"unreadable MIDI ({reason}; the file is probably truncated "
-                             f"or corrupt)") from None
-    if score.ticks_per_quarter <= 0:
-        raise ValueError(f"MIDI header gives {score.ticks_per_quarter} ticks per quarter note; "
-                         f"a valid file has a positive value")
-    return score
 
 
 # -- the default implementation ---------------------------------------------------------------
@@ -460,9 +319,7 @@ def _compat_roll(midi: MidiInput, config: PianoRollFeatures) -> tuple[np.ndarray
     if isinstance(midi, pretty_midi.PrettyMIDI):
         pm = midi
     else:
-        data = _midi_bytes(midi)
-        if data[:4] != b"MThd":
-            raise ValueError("not a MIDI file (it does not start with 'MThd')")
+        data = smf_bytes(midi)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)   # tempo events on other tracks

@@ -57,7 +57,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
+from .fileio import write_atomic
 from .folk import corpus_dir
+from .midi_file import one_track_midi
+from .score_excerpts import excerpts, midi_notes, score_notes
 from .workers import cpu_count, pool as worker_pool
 
 COLLECTIONS = {
@@ -73,14 +76,9 @@ DEFAULT_CLASSES = tuple(COLLECTIONS)
 DEFAULT_ROOT = Path("~/.cache/audiostem/data/polyphony_midi")
 SPLIT_FRACTIONS = {"train": 0.70, "valid": 0.15, "test": 0.15}
 N_FOLDS = 5
-TICKS_PER_QUARTER = 480
-TEMPO_QPM = 120.0
-VELOCITY = 80
-MIN_ONSETS = 8
 FORMAT = 1                   # bump when the conversion changes, so old folders are rebuilt
 MANIFEST_FIELDS = ("path", "label", "split", "fold", "group", "piece", "source", "start_beat", "n_notes")
 
-Notes = list  # [(start tick, duration ticks, pitch)], sorted
 
 
 @dataclass(frozen=True)
@@ -148,85 +146,7 @@ def _digest(text: str) -> str:
     return hashlib.sha1(f"polyphony:{text}".encode()).hexdigest()
 
 
-# -- one score to notes and MIDI -----------------------------------------------------------------
-
-def score_notes(path: os.PathLike | str) -> Notes:
-    """The notes of every part of a score as ``[(start tick, duration ticks, pitch)]``, sorted,
-    at :data:`TICKS_PER_QUARTER` ticks per quarter note. Tied notes are merged, grace notes
-    dropped, repeats played once as written. Raises whatever music21 raises on a bad file."""
-    import music21
-
-    score = music21.converter.parse(str(path))
-    parts = list(score.parts) or [score]
-    notes: list[list[int]] = []
-    for part in parts:
-        tied: dict[int, int] = {}              # pitch -> index of the note a tie continues
-        for n in part.flatten().notes:
-            length = n.duration.quarterLength
-            if length <= 0 or n.duration.isGrace:
-                continue
-            start = round(float(n.offset) * TICKS_PER_QUARTER)
-            end = round(float(n.offset + length) * TICKS_PER_QUARTER)
-            tie = n.tie.type if n.tie is not None else None
-            for p in n.pitches:
-                pitch = int(round(p.ps))
-                if not 0 <= pitch <= 127 or end <= start:
-                    continue
-                if tie in ("stop", "continue") and pitch in tied:
-                    notes[tied[pitch]][1] = end - notes[tied[pitch]][0]
-                    i = tied.pop(pitch)
-                else:
-                    i = len(notes)
-                    notes.append([start, end - start, pitch])
-                if tie in ("start", "continue"):
-                    tied[pitch] = i
-    return sorted(tuple(n) for n in notes)
-
-
-def midi_bytes(notes: Notes) -> bytes:
-    """A one-track MIDI file of the notes at the fixed tempo, velocity and program."""
-    import symusic
-
-    score = symusic.Score(TICKS_PER_QUARTER)
-    score.tempos.append(symusic.Tempo(time=0, qpm=TEMPO_QPM))
-    track = symusic.Track(name="voices", program=0, is_drum=False)
-    for start, duration, pitch in notes:
-        track.notes.append(symusic.Note(time=start, duration=duration, pitch=pitch, velocity=VELOCITY))
-    score.tracks.append(track)
-    return score.dumps_midi()
-
-
-def midi_notes(data: bytes) -> Notes:
-    """The notes of a MIDI file written by :func:`midi_bytes` (a cached score)."""
-    import symusic
-
-    score = symusic.Score.from_midi(data)
-    if score.ticks_per_quarter != TICKS_PER_QUARTER:
-        raise ValueError(f"expected {TICKS_PER_QUARTER} ticks per quarter, got {score.ticks_per_quarter}")
-    return sorted((n.time, n.duration, n.pitch) for t in score.tracks for n in t.notes)
-
-
-def excerpts(notes: Notes, beats: int, per_piece: int) -> list[tuple[int, Notes]]:
-    """``[(start beat, notes shifted to start at 0)]``: the whole windows of ``beats`` quarter
-    notes at offsets 0, beats, 2*beats ... with at least :data:`MIN_ONSETS` onsets, at most
-    ``per_piece`` of them, evenly spaced (the first and last kept)."""
-    span = beats * TICKS_PER_QUARTER
-    end = max((s + d for s, d, _ in notes), default=0)
-    windows = []
-    for k in range(end // span):
-        lo, hi = k * span, (k + 1) * span
-        inside = [(max(s, lo) - lo, min(s + d, hi) - max(s, lo), p) for s, d, p in notes
-                  if s < hi and s + d > lo]
-        if sum(1 for s, _, _ in notes if lo <= s < hi) >= MIN_ONSETS:
-            windows.append((k * beats, sorted(inside)))
-    if len(windows) > per_piece:
-        if per_piece == 1:
-            keep = [len(windows) // 2]
-        else:
-            keep = sorted({round(i * (len(windows) - 1) / (per_piece - 1)) for i in range(per_piece)})
-        windows = [windows[i] for i in keep]
-    return windows
-
+# -- one score to MIDI ----------------------------------------------------------------------------
 
 def _convert(job: tuple[str, Optional[bytes]]) -> tuple[Optional[bytes], str]:
     """``(source, cached MIDI or None)`` -> ``(MIDI of the whole score, "")`` or ``(None, reason)``."""
@@ -239,7 +159,7 @@ def _convert(job: tuple[str, Optional[bytes]]) -> tuple[Optional[bytes], str]:
         return None, f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
     if not notes:
         return None, "no notes"
-    return midi_bytes(notes), ""
+    return one_track_midi(notes, "voices"), ""
 
 
 # -- the dataset -------------------------------------------------------------------------------
@@ -391,8 +311,7 @@ def _select_and_convert(pieces: dict[str, list[Piece]], per_class: int, per_piec
                 saved = stores[0] / piece.label / f"{piece.piece_id}.mid"
                 if data is not None and not saved.exists():
                     saved.parent.mkdir(parents=True, exist_ok=True)
-                    saved.with_suffix(".tmp").write_bytes(data)
-                    os.replace(saved.with_suffix(".tmp"), saved)
+                    write_atomic(saved, data)
                 if len(taken[piece.label]) >= target:
                     continue
                 if data is None:
@@ -410,7 +329,7 @@ def _select_and_convert(pieces: dict[str, list[Piece]], per_class: int, per_piec
                     taken[piece.label].append({
                         "path": f"{piece.label}/{piece.piece_id}_b{start:04d}.mid", "label": piece.label,
                         "group": piece.group, "piece": piece.piece_id, "source": piece.source,
-                        "start_beat": start, "n_notes": len(notes), "midi": midi_bytes(notes)})
+                        "start_beat": start, "n_notes": len(notes), "midi": one_track_midi(notes, "voices")})
             done = {label: len(rows) for label, rows in taken.items()}
             say(f"  excerpts so far: {done}")
     finally:

@@ -14,297 +14,30 @@
 5. publish the cache and print one summary: items prepared, files skipped with their reasons,
    files ignored, warnings about files read with a caveat (a truncated WAV).
 
-:func:`extract_file` is the one-file entry point shared with prediction: it dispatches on the
-config's kind to :func:`data_prep.features.extract_audio_file` or ``data_prep.midi.pianoroll_file``.
+Reading the files (step 4, by kind, in worker processes) is :mod:`data_prep.extract`.
 """
 from __future__ import annotations
 
 import argparse
-import ctypes
 import errno
-import hashlib
-import json
-import math
-import mmap
 import os
-import shutil
 import sys
 import time
-from collections import Counter, deque
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from contextlib import contextmanager
+from collections import Counter
 from pathlib import Path
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Optional, Union
 
-import numpy as np
-
-from .cache import CacheError, CacheWriter, FeatureCache, check_existing, open_cache
-from .config import AUDIO_KINDS, MIDI_KINDS, FeatureConfig, feature_config
+from .cache import CacheError, FeatureCache, partial_failures
+from .cache_writer import CacheWriter, check_existing, drop_unused_partial
+from .config import FeatureConfig
 from .discover import text_name
+from .extract import extract_in_order, preload
+from .source_options import resolve_features, source_arguments
 from .sources import Source, SourceItem, get_source
-from .stats import item_sums
-from .workers import context, cpu_count, die_with, forks
-
-FLOAT16_MAX = float(np.finfo(np.float16).max)
-SLOT_BYTES = 32 * 2**20      # features up to this size come back from workers in shared memory
-
-
-# -- one file -------------------------------------------------------------------------------------
-def extract_file(path: Union[str, Path], config: Union[FeatureConfig, dict]) -> np.ndarray:
-    """Features of one file as the cache stores them: ``(frames, *config.feature_shape)`` float32.
-
-    Audio kinds (``stft``, ``mel``, ``logmel``, ``mfcc``, ``cqt``) decode and analyse audio;
-    ``pianoroll`` reads MIDI. Raises ``ValueError`` (``BadInputError`` for audio) naming the
-    file and the reason when it is unusable.
-    """
-    config = feature_config(config)
-    if config.kind in AUDIO_KINDS:
-        from .features import extract_audio_file
-
-        return extract_audio_file(path, config)
-    from .midi import pianoroll_file
-
-    return np.asarray(pianoroll_file(path, config), dtype=np.float32)
-
-
-def _sha1_file(path: Path) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return "sha1:" + h.hexdigest()
-
-
-def _reason(error: BaseException, path: str) -> str:
-    """An exception as a one-line reason, without repeating the file name."""
-    text = " ".join(str(error).split()) or type(error).__name__
-    for prefix in (f"{path}: ", f"{path}:"):
-        if text.startswith(prefix):
-            text = text[len(prefix):]
-    if not isinstance(error, ValueError):      # BadInputError and ValueError explain themselves
-        text = f"{type(error).__name__}: {text}"
-    return text
-
-
-_CONFIG: Optional[FeatureConfig] = None
-_SLOTS: Optional[list] = None
-
-
-def _extract(path: str, config: Optional[FeatureConfig] = None) -> tuple:
-    """Worker task: ``("ok", float16 features, checksum, seconds, item_sums, warnings)`` or
-    ``("fail", reason)``; ``warnings`` are notes about a file that was read (a truncated WAV)."""
-    config = config or _CONFIG
-    try:
-        if config.kind in AUDIO_KINDS:
-            from .features import extract_audio
-
-            features, audio = extract_audio(path, config)
-            checksum, seconds, notes = audio.checksum, audio.duration, audio.warnings
-            if len(features) and np.abs(features).max() > FLOAT16_MAX:
-                return ("fail", f"feature values up to {np.abs(features).max():.3g} overflow the "
-                                f"float16 cache (max {FLOAT16_MAX:.0f}); use a dB kind or power=1")
-            features = features.astype(np.float16)
-        else:
-            from .midi import pianoroll_file
-
-            features = pianoroll_file(path, config, dtype=np.float16)
-            checksum, seconds, notes = _sha1_file(Path(path)), None, []
-        if len(features) == 0:
-            return ("fail", "no frames")
-        return ("ok", features, checksum, seconds, item_sums(features), notes)
-    except Exception as e:      # one bad file is a recorded failure, never the end of the build
-        return ("fail", _reason(e, path))
-
-
-def _extract_to_slot(path: str, slot: Optional[int]) -> tuple:
-    """Worker task: :func:`_extract`, with the features copied into shared-memory slot
-    ``slot`` and only ``("slot", slot, shape)`` sent back. Through the pipe, a 6-MB piano roll
-    is copied five times and cost the main process ~10 ms (measured), more than its writing."""
-    result = _extract(path)
-    if result[0] == "ok" and slot is not None and _SLOTS is not None:
-        features = np.ascontiguousarray(result[1])
-        if features.nbytes <= len(_SLOTS[slot]):
-            _SLOTS[slot][:features.nbytes] = memoryview(features).cast("B")
-            result = ("ok", ("slot", slot, features.shape), *result[2:])
-    return result
-
-
-def _from_slot(result: tuple, slots: Optional[list]) -> tuple:
-    """A worker's result with features left in a slot turned into an array over that slot."""
-    if result[0] != "ok" or not isinstance(result[1], tuple):
-        return result
-    _, slot, shape = result[1]
-    features = np.frombuffer(slots[slot], np.float16, count=int(np.prod(shape))).reshape(shape)
-    return ("ok", features, *result[2:])
-
-
-def _init_worker(config: FeatureConfig, slots: Optional[list] = None, parent: int = 0) -> None:
-    """Worker set-up: die with the parent (:func:`die_with`), one thread each (the workers are
-    the parallelism), and malloc settings that keep large freed blocks for reuse instead of
-    returning them to the kernel and paying for fresh zeroed pages on every file."""
-    global _CONFIG, _SLOTS
-    if parent:
-        die_with(parent)
-    _CONFIG, _SLOTS = config, slots
-    if config.kind in AUDIO_KINDS:       # piano rolls never touch torch: don't pay its import
-        import torch
-
-        torch.set_num_threads(1)
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-4, 0)              # M_MMAP_MAX: no mmap'd chunks
-        libc.mallopt(-1, 1 << 30)        # M_TRIM_THRESHOLD: keep up to 1 GiB of free heap
-    except (OSError, AttributeError):
-        pass
-
-
-# -- many files -----------------------------------------------------------------------------------
-def _pool(workers: int, config: FeatureConfig, slots: Optional[list] = None) -> ProcessPoolExecutor:
-    """Worker processes; ``slots`` (shared memory, inherited) only when they are forked."""
-    return ProcessPoolExecutor(workers, mp_context=context(), initializer=_init_worker,
-                               initargs=(config, slots, os.getpid()))
-
-
-@contextmanager
-def _one_torch_thread():
-    """Per-file tensors are small: torch's thread pool costs more than it gives (on a busy
-    2-core machine a 20x16 matmul took 7 ms with 2 threads, 9 us with one)."""
-    if "torch" not in sys.modules:       # piano rolls never import torch: don't pay for it
-        yield
-        return
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def _preload(config: FeatureConfig) -> None:
-    """Import the extraction code (torch; symusic, which the MIDI code imports when it first
-    reads a file: 80 ms) once here, so forked workers start ready."""
-    if config.kind in AUDIO_KINDS:
-        from . import features  # noqa: F401
-    else:
-        try:
-            from . import midi  # noqa: F401
-            import symusic  # noqa: F401
-        except ImportError:
-            pass
-
-
-def _isolated(path: str, config: FeatureConfig) -> tuple:
-    """Run one file in a process of its own, to tell a crashing file from its neighbours."""
-    with _pool(1, config) as pool:
-        try:
-            return pool.submit(_extract, path).result()
-        except BrokenProcessPool:
-            return ("fail", "the worker process died while reading this file (a decoder crash)")
-
-
-def _results(paths: list[str], config: FeatureConfig, workers: int) -> Iterator[tuple]:
-    """Results of ``_extract`` for ``paths``, in order, from at most ``2 * workers + 2``
-    files in flight. If a worker dies (a crash in a native decoder) the file in question is
-    retried alone and recorded as failed if it crashes again; the others are resubmitted.
-
-    With forked workers, each file in flight has a slot of shared memory for its features, and
-    the features yielded are a view of it: valid until the next result is asked for.
-    """
-    if workers <= 1:
-        with _one_torch_thread():
-            for path in paths:
-                yield _extract(path, config)
-        return
-    window = 2 * workers + 2
-    slots = [mmap.mmap(-1, SLOT_BYTES) for _ in range(window)] if forks() else None
-    free = list(range(window)) if slots else [None] * window
-    todo = iter(paths)
-    pool = _pool(workers, config, slots)
-    pending: deque = deque()
-    try:
-        while True:
-            for path in todo:
-                slot = free.pop()
-                pending.append((path, slot, pool.submit(_extract_to_slot, path, slot)))
-                if not free:
-                    break
-            if not pending:
-                return
-            path, slot, future = pending.popleft()
-            try:
-                result = future.result()
-            except BrokenProcessPool:
-                pool.shutdown(wait=True, cancel_futures=True)
-                result = _isolated(path, config)
-                pool = _pool(workers, config, slots)
-                pending = deque((p, k, pool.submit(_extract_to_slot, p, k)) for p, k, _ in pending)
-            yield _from_slot(result, slots)
-            free.append(slot)
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+from .workers import cpu_count
 
 
 # -- the pipeline ---------------------------------------------------------------------------------
-def source_arguments(source: Source, **options: Any) -> argparse.Namespace:
-    """The namespace a source's ``items`` receives: its option defaults overridden by
-    ``options`` (keyword names as the option's ``dest``: ``group_by``, ``valid_fraction``...)."""
-    parser = argparse.ArgumentParser(prog=f"data_prep {source.name}", add_help=False)
-    source.add_arguments(parser)
-    args = parser.parse_args([])
-    unknown = sorted(set(options) - set(vars(args)))
-    if unknown:
-        raise TypeError(f"source {source.name!r} has no option {unknown[0]!r}; "
-                        f"its options: {sorted(vars(args)) or 'none'}")
-    actions = {a.dest: a for a in parser._actions}
-    for key, value in options.items():
-        setattr(args, key, _option_value(actions[key], source.name, value))
-    return args
-
-
-def _option_value(action: argparse.Action, source: str, value: Any) -> Any:
-    """``value`` for a source option given from Python or a recipe, checked as the command line
-    would check it: ``true``/``false`` for a switch, a (finite) number of the option's type, one
-    of its choices. ``ValueError`` names the option otherwise."""
-    name = f"{source} option {action.dest!r} ({action.option_strings[0]})"
-    if value is None:
-        return value
-    if action.nargs == 0:                                   # store_true / --x/--no-x switches
-        if not isinstance(value, bool):
-            raise ValueError(f"{name}: expected true or false, got {value!r}")
-        return value
-    if action.type in (int, float):
-        integer = action.type is int
-        if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)) \
-                or (not integer and not math.isfinite(value)):
-            raise ValueError(f"{name}: expected {'an integer' if integer else 'a finite number'}, "
-                             f"got {value!r}")
-        value = action.type(value)
-    elif action.type is not None and isinstance(value, str):
-        value = action.type(value)
-    if action.choices is not None and value not in action.choices:
-        raise ValueError(f"{name}: expected one of {list(action.choices)}, got {value!r}")
-    return value
-
-
-def resolve_features(source: Source, features: Union[dict, FeatureConfig, None] = None) -> FeatureConfig:
-    """The feature config for ``source``: its ``default_features``, overridden by ``features``.
-
-    When ``features`` names a kind of the other family (``pianoroll`` for an audio default or
-    the reverse), the source's defaults are not used.
-    """
-    if features is not None and not isinstance(features, dict):
-        return feature_config(features)
-    given = dict(features or {})
-    defaults = dict(source.default_features)
-    family = lambda kind: "midi" if kind in MIDI_KINDS else "audio"   # noqa: E731
-    if "kind" in given and family(given["kind"]) != family(defaults.get("kind", "logmel")):
-        defaults = {}
-    return feature_config({**defaults, **given})
-
-
 def _describe(source: Source, root: Path, args: argparse.Namespace) -> dict:
     options = {k: (str(v) if isinstance(v, Path) else v) for k, v in sorted(vars(args).items())
                if k not in ("root", "features")}
@@ -377,8 +110,8 @@ def prepare(source: Union[str, Source], root: Union[str, Path], out: Union[str, 
     args = source_arguments(src, **source_options)
     args.root, args.features = root, config
     described = _describe(src, root, args)
-    if not force and check_existing(out, config, source=described) == "up to date":
-        cache = open_cache(out)
+    cache = check_existing(out, config, force=force, source=described)
+    if cache is not None:
         ignored = cache.meta.get("ignored", {}).get("count", 0)
         say(f"{out} is up to date ({len(cache)} items, {config.kind}, {len(cache.failures)} "
             f"skipped, {ignored} ignored); nothing to do (use --force to rebuild)"
@@ -397,9 +130,7 @@ def prepare(source: Union[str, Source], root: Union[str, Path], out: Union[str, 
         return _build(writer, items, unlisted, ignored, src, root, out, config, workers, progress,
                       started, say)
     except OSError as e:          # the disk: full, read-only, gone; the writer cleaned up after itself
-        partial = out.with_name(out.name + ".partial")
-        if partial.is_dir() and not any(partial.glob("shards/*.json")):    # no work to keep
-            shutil.rmtree(partial, ignore_errors=True)
+        drop_unused_partial(out)
         raise CacheError(disk_error(e, out)) from None
 
 
@@ -418,10 +149,10 @@ def _build(writer: CacheWriter, items: list[SourceItem], unlisted: list[tuple[st
         say(f"resuming {out}: {resumed} of {len(items)} items were already done")
 
     written, skipped, warnings, seconds = 0, [], [], 0.0
-    _preload(config)                         # before the bar starts, so its ETA is about files
+    preload(config)                          # before the bar starts, so its ETA is about files
     bar = _progress(len(items), resumed, src.name, progress)
     try:
-        for (item, key), result in zip(todo, _results([str(it.path) for it, _ in todo], config, n_workers)):
+        for (item, key), result in zip(todo, extract_in_order([str(it.path) for it, _ in todo], config, n_workers)):
             if result[0] == "ok":
                 _, array, checksum, duration, sums, notes = result
                 writer.add(array, id=item.id, source=key, label=item.label, split=item.split,
@@ -447,7 +178,7 @@ def _build(writer: CacheWriter, items: list[SourceItem], unlisted: list[tuple[st
     try:
         cache = writer.finish(extra_meta=extra)
     except CacheError as e:
-        raise CacheError(f"{e}{_failure_lines(_partial_failures(out) or skipped)}") from None
+        raise CacheError(f"{e}{_failure_lines(partial_failures(out) or skipped)}") from None
     except UnicodeEncodeError:      # rows an older version wrote with raw non-UTF-8 names
         raise CacheError(f"{out.name}.partial holds file names that are not UTF-8 text, from an "
                          f"interrupted build of an older version; run the same command with "
@@ -484,17 +215,6 @@ def _with_id(item: SourceItem, root: Path) -> SourceItem:
     from .sources.generic import item_id
 
     return replace(item, id=item_id(item.path, root))
-
-
-def _partial_failures(out: Path) -> list[dict]:
-    """Failures recorded in the shards of the interrupted build of ``out`` (for messages)."""
-    failures = []
-    for record in sorted(out.with_name(out.name + ".partial").glob("shards/*.json")):
-        try:
-            failures += json.loads(record.read_text())["failures"]
-        except (OSError, ValueError, KeyError):
-            pass
-    return failures
 
 
 def _progress(total: int, initial: int, name: str, enabled: bool):

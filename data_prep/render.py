@@ -14,10 +14,11 @@ is rendered once per General MIDI program and labelled by instrument (instrument
 classification), with the tune as its ``group`` and its original split kept, so one melody
 never straddles splits. Train on it with ``python -m data_prep csv --root OUT/manifest.csv``.
 
-The synthesizer is rustysynth (a SoundFont synthesizer in Rust, from the ``midirenderer``
-wheel on PyPI: no system library), rendering at 48 kHz, resampled with soxr; the soundfont
-defaults to ``TimGM6mb.sf2``, which ships inside ``pretty_midi``. ``--synth fluidsynth`` uses
-FluidSynth through ``pyfluidsynth`` when that and the FluidSynth library are installed.
+The synthesizer (:mod:`data_prep.synth`) is rustysynth (a SoundFont synthesizer in Rust, from
+the ``midirenderer`` wheel on PyPI: no system library), rendering at 48 kHz, resampled with soxr;
+the soundfont defaults to ``TimGM6mb.sf2``, which ships inside ``pretty_midi``. ``--synth
+fluidsynth`` uses FluidSynth through ``pyfluidsynth`` when that and the FluidSynth library are
+installed.
 (symusic's own synthesizer is not used: in symusic 0.6.0 it cannot return its buffer, and in
 0.5.9 it plays SF2 soundfonts at wrong pitches -- TimGM6mb's piano two octaves up, its violin
 one -- being right only with MuseScore's SF3.) Rendering is deterministic, parallel over files,
@@ -32,7 +33,6 @@ import csv
 import io
 import json
 import os
-import re
 import shutil
 import sys
 import time
@@ -40,141 +40,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-import numpy as np
 from .cli import run_resumable
+from .fileio import write_atomic
+from .synth import SYNTHS, default_soundfont, instrument_name, parse_programs, render_midi, synthesizer
 from .workers import context, cpu_count, die_with
 
-PEAK = 10 ** (-1 / 20)                 # -1 dBFS
-TAIL_SECONDS = 1.0                     # rendered after the last note, for its release
 FORMAT = 1
 MANIFEST_FIELDS = ("path", "label", "split", "group", "origin", "origin_label", "program",
                    "instrument", "seconds")
-
-
-def default_soundfont() -> Path:
-    """``TimGM6mb.sf2``, the General MIDI soundfont shipped inside the ``pretty_midi`` package."""
-    import pretty_midi
-
-    path = Path(pretty_midi.__file__).parent / "TimGM6mb.sf2"
-    if not path.is_file():
-        raise ValueError(f"pretty_midi's soundfont is missing ({path}); give one with --soundfont")
-    return path
-
-
-def instrument_name(program: int) -> str:
-    """The General MIDI name of ``program`` as a label: 40 -> ``violin``, 0 -> ``acoustic_grand_piano``."""
-    import pretty_midi
-
-    return re.sub(r"[^a-z0-9]+", "_", pretty_midi.program_to_instrument_name(program).lower()).strip("_")
-
-
-def parse_programs(text: str) -> list[int]:
-    """``"0,40,violin,flute"`` -> General MIDI program numbers (names as :func:`instrument_name`
-    gives them; a unique part of a name is enough: ``nylon`` -> 24)."""
-    names = {instrument_name(p): p for p in range(128)}
-    programs = []
-    for part in (p.strip().lower() for p in text.split(",") if p.strip()):
-        if part.isdigit() and 0 <= int(part) <= 127:
-            programs.append(int(part))
-        elif part in names:
-            programs.append(names[part])
-        else:
-            found = [n for n in names if part.replace(" ", "_") in n]
-            if len(found) != 1:
-                raise ValueError(f"program {part!r}: give 0-127 or a General MIDI name "
-                                 f"({'matches ' + ', '.join(found) if found else 'e.g. violin, flute, trumpet, acoustic_grand_piano'})")
-            programs.append(names[found[0]])
-    if len(set(programs)) != len(programs):
-        raise ValueError(f"programs {text!r} name one instrument twice")
-    return programs
-
-
-def render_midi(midi, soundfont: Union[str, os.PathLike, None] = None, sample_rate: int = 22050, *,
-                program: Optional[int] = None, max_seconds: Optional[float] = None,
-                synth: str = "rustysynth") -> np.ndarray:
-    """Render one MIDI file (path, bytes or ``symusic.Score``) to mono float32 audio, peak -1 dBFS.
-
-    Args:
-        soundfont: an SF2/SF3 file (default :func:`default_soundfont`).
-        program: play every pitched track with this General MIDI program (drums stay drums).
-        max_seconds: render only the first seconds of the music (otherwise the whole file and
-            ``TAIL_SECONDS`` after it, for the last release).
-        synth: ``rustysynth`` (the ``midirenderer`` package) or ``fluidsynth`` (needs
-            ``pip install pyfluidsynth`` and the FluidSynth library).
-
-    Returns ``(samples,)`` float32; raises ``ValueError`` for unreadable or silent files.
-    """
-    import symusic
-
-    from .midi import read_score
-
-    score = read_score(midi).copy()
-    if program is not None:
-        for track in score.tracks:
-            if not track.is_drum:
-                track.program = program
-    timed = score.to("second")
-    if max_seconds is not None:                # notes that start in time; the audio is cut below
-        timed = timed.clip(0, max_seconds, False)
-    # a marker after the last note, or the synthesizer stops at the last note-off, cutting releases
-    timed.markers.append(symusic.TextMeta(timed.end() + TAIL_SECONDS, "end", ttype="second"))
-    score = timed.to("tick")
-    if score.note_num() == 0:
-        raise ValueError("no notes to render" + (f" in the first {max_seconds:g} s" if max_seconds else ""))
-    audio = _synthesizer(soundfont, sample_rate, synth)(score)
-    if max_seconds is not None:
-        audio = audio[:int(round(max_seconds * sample_rate))]
-    peak = float(np.abs(audio).max()) if len(audio) else 0.0
-    if not np.isfinite(peak) or peak < 1e-6:
-        raise ValueError("renders to silence (no sound for these programs in the soundfont?)")
-    return (audio * (PEAK / peak)).astype(np.float32)
-
-
-_SYNTHS: dict = {}
-SYNTHS = ("rustysynth", "fluidsynth")
-
-
-def _synthesizer(soundfont, sample_rate: int, synth: str):
-    """A function score -> mono float32 audio at ``sample_rate``, cached per process."""
-    soundfont = Path(soundfont) if soundfont else default_soundfont()
-    key = (str(soundfont), sample_rate, synth)
-    if key in _SYNTHS:
-        return _SYNTHS[key]
-    if not soundfont.is_file():
-        raise ValueError(f"--soundfont {soundfont}: no such file")
-    if synth == "rustysynth":
-        try:
-            import midirenderer
-        except ImportError:
-            raise ValueError("rendering needs the midirenderer package (rustysynth): "
-                             "pip install midirenderer") from None
-        import soundfile as sf
-        import soxr
-
-        font = soundfont.read_bytes()
-
-        def render(score):
-            wav = midirenderer.render_wave_from(font, score.dumps_midi())
-            audio, rate = sf.read(io.BytesIO(wav), dtype="float32", always_2d=True)
-            audio = audio.mean(axis=1)
-            if rate != sample_rate:
-                audio = soxr.resample(audio, rate, sample_rate, quality="HQ")
-            return np.asarray(audio, np.float32)
-    elif synth == "fluidsynth":
-        try:
-            import fluidsynth  # noqa: F401
-            import pretty_midi
-        except (ImportError, OSError) as e:
-            raise ValueError(f"--synth fluidsynth needs pyfluidsynth and the FluidSynth library "
-                             f"({e}); pip install pyfluidsynth, or use --synth rustysynth") from None
-
-        def render(score):
-            pm = pretty_midi.PrettyMIDI(io.BytesIO(score.dumps_midi()))
-            return pm.fluidsynth(fs=sample_rate, synthesizer=str(soundfont)).astype(np.float32)
-    else:
-        raise ValueError(f"--synth must be one of {SYNTHS}, got {synth!r}")
-    _SYNTHS[key] = render
-    return render
 
 
 # -- datasets ------------------------------------------------------------------------------------
@@ -192,18 +65,15 @@ class Job:
 
 def list_midi_dataset(root: Path) -> list[tuple[str, str, str, str]]:
     """``(path relative to root, label, split, group)`` of every MIDI file of a dataset: the
-    rows of ``root/manifest.csv``, or the files of one sub-folder per class."""
+    rows of ``root/manifest.csv`` (:func:`~data_prep.sources.midi_datasets.read_dataset_manifest`;
+    an item without a group is its own), or the files of one sub-folder per class."""
     from .sources import MIDI_EXTENSIONS
-    from .sources.generic import list_files, normalise_split, read_table
+    from .sources.generic import list_files
+    from .sources.midi_datasets import read_dataset_manifest
 
-    manifest = root / "manifest.csv"
-    if manifest.is_file():
-        rows = read_table(manifest)[1]
-        if rows and not {"path", "label"} <= set(rows[0]):
-            raise ValueError(f"{manifest}: needs columns path and label, has {list(rows[0])}")
-        return [(r["path"], r["label"], normalise_split(r.get("split") or "", f"{manifest}: "),
-                 r.get("group") or r.get("tune_id") or Path(r["path"]).with_suffix("").as_posix())
-                for r in rows]
+    if (root / "manifest.csv").is_file():
+        return [(it.path.relative_to(root).as_posix(), it.label, it.split, it.group or it.id)
+                for it in read_dataset_manifest(root)]
     if not root.is_dir():
         raise ValueError(f"--root {root}: no such folder")
     items = []
@@ -258,9 +128,7 @@ def _render_job(job: Job) -> tuple[str, Union[float, str]]:
                             program=job.program, max_seconds=s["max_seconds"], synth=s["synth"])
         out = s["out"] / job.out
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        sf.write(tmp, audio, s["sample_rate"], subtype="PCM_16", format="WAV")
-        os.replace(tmp, out)
+        write_atomic(out, lambda fh: sf.write(fh, audio, s["sample_rate"], subtype="PCM_16", format="WAV"))
         return "ok", len(audio) / s["sample_rate"]
     except Exception as e:      # one bad file is a recorded failure, never the end of the run
         text = " ".join(str(e).split()) or type(e).__name__
@@ -312,7 +180,7 @@ def _render_dataset(root: Union[str, os.PathLike], out: Union[str, os.PathLike],
                 "synth": synth, "peak_dbfs": -1.0}
     _check_out(out, settings, force)
     jobs = plan_jobs(list_midi_dataset(root), programs)
-    _synthesizer(soundfont, sample_rate, synth)             # fail early on a bad synth or soundfont
+    synthesizer(soundfont, sample_rate, synth)             # fail early on a bad synth or soundfont
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.rglob("*.wav.tmp"):                  # left by a run that was killed
         stale.unlink()

@@ -64,8 +64,8 @@ def test_gtzan_filtered_split_from_a_parent_folder(gtzan_root, tmp_path):
     assert cache.failures == [{"source": "jazz/jazz.00054.wav", "reason": cache.failures[0]["reason"]}]
     assert "not a readable audio file" in cache.failures[0]["reason"]
     assert cache.meta["source"]["root"].endswith("genres_original")
-    blues = next(it for it in cache.items if it["id"] == "blues.00012")
-    assert blues["split"] == "test" and blues["label"] == "blues"
+    blues = next(it for it in cache.items if it.id == "blues.00012")
+    assert blues.split == "test" and blues.label == "blues"
 
 
 def test_gtzan_random_split_via_cli(gtzan_root, tmp_path, capsys):
@@ -98,11 +98,11 @@ def test_esc50_folds_groups_esc10_and_test_fold(tmp_path):
     write_esc50(tmp_path / "ESC-50-master")
     cache = run("esc50", tmp_path, tmp_path / "cache")
     assert len(cache) == 20 and cache.classes == ["dog", "rooster"]
-    assert sorted({it["fold"] for it in cache.items}) == [1, 2, 3, 4, 5]
-    assert {it["split"] for it in cache.items} == {""} and cache.meta["stats"]["over"] == "all"
+    assert sorted({it.fold for it in cache.items}) == [1, 2, 3, 4, 5]
+    assert {it.split for it in cache.items} == {""} and cache.meta["stats"]["over"] == "all"
     assert len(cache.indices(folds=[2])) == 4
     first = cache.items[0]
-    assert first["group"] == first["id"].split("-")[1]         # src_file: takes of one recording
+    assert first.group == first.id.split("-")[1]         # src_file: takes of one recording
     esc10 = run("esc50", tmp_path / "ESC-50-master", tmp_path / "esc10", esc10=True, test_fold=5)
     assert esc10.classes == ["dog"] and esc10.meta["splits"] == {"test": 2, "train": 8}
 
@@ -121,9 +121,9 @@ def test_urbansound8k_mixed_rates_channels_and_depths(tmp_path):
     (root / "metadata" / "UrbanSound8K.csv").write_text("\n".join(rows) + "\n")
     cache = run("urbansound8k", tmp_path, tmp_path / "cache")
     assert len(cache) == 6 and not cache.failures
-    assert {it["frames"] for it in cache.items} == {1 + 2000 // 128}     # 0.25 s at 8 kHz
-    assert sorted({it["fold"] for it in cache.items}) == [1, 2, 3]
-    assert {it["group"] for it in cache.items} == {"1000", "1001", "1002"}
+    assert {it.frames for it in cache.items} == {1 + 2000 // 128}     # 0.25 s at 8 kHz
+    assert sorted({it.fold for it in cache.items}) == [1, 2, 3]
+    assert {it.group for it in cache.items} == {"1000", "1001", "1002"}
 
 
 def test_speechcommands_lists_speakers_and_words(tmp_path):
@@ -136,9 +136,9 @@ def test_speechcommands_lists_speakers_and_words(tmp_path):
     (root / "testing_list.txt").write_text("yes/cc33_nohash_0.wav\nno/cc33_nohash_0.wav\nwow/cc33_nohash_0.wav\n")
     cache = run("speechcommands", tmp_path, tmp_path / "cache")
     assert cache.classes == ["no", "wow", "yes"] and len(cache) == 9
-    assert {(it["group"], it["split"]) for it in cache.items} == {("aa11", "train"), ("bb22", "valid"),
+    assert {(it.group, it.split) for it in cache.items} == {("aa11", "train"), ("bb22", "valid"),
                                                                  ("cc33", "test")}
-    assert not any("background" in it["source"] for it in cache.items)
+    assert not any("background" in it.source for it in cache.items)
     subset = run("speechcommands", root, tmp_path / "subset", words="yes,no", unknown=True)
     assert subset.classes == ["_unknown_", "no", "yes"]
 
@@ -159,4 +159,4 @@ def test_nsynth_family_source_and_subset(tmp_path):
     assert cache.classes == ["bass", "flute"] and cache.meta["splits"] == {"test": 6, "train": 6, "valid": 6}
     by_source = run("nsynth", tmp_path / "nsynth-valid", tmp_path / "valid", label="source", max_per_class=2)
     assert by_source.classes == ["acoustic", "electronic"] and len(by_source) == 4
-    assert {it["split"] for it in by_source.items} == {"valid"}
+    assert {it.split for it in by_source.items} == {"valid"}

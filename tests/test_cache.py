@@ -4,7 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from data_prep import CacheError, CacheWriter, AudioFeatures, check_existing, open_cache
+from data_prep import CacheError, CacheWriter, AudioFeatures, cache_exists, check_existing, open_cache
+from data_prep.cache import partial_failures
 from data_prep.config import PianoRollFeatures, config_diff, feature_config
 
 CFG = AudioFeatures(n_mels=8)
@@ -37,10 +38,10 @@ def test_roundtrip_and_stats(tmp_path):
     assert len(cache) == 10 and cache.classes == ["a", "b"]
     assert not (tmp_path / "c.partial").exists()
     for i, (item, (source_item, x)) in enumerate(zip(cache.items, _items())):
-        assert item["id"] == source_item["id"] and item["split"] == source_item["split"]
+        assert item.id == source_item["id"] and item.split == source_item["split"]
         np.testing.assert_array_equal(cache.features(i), x.astype(np.float16))
-        assert cache.features(i).dtype == np.float16 and item["frames"] == len(x)
-    assert cache.items[4]["fold"] == 1 and cache.label_index(1) == 1
+        assert cache.features(i).dtype == np.float16 and item.frames == len(x)
+    assert cache.items[4].fold == 1 and cache.label_index(1) == 1
     assert cache.indices("val") == [6, 7]
     train = np.concatenate([cache.features(i).astype(np.float64) for i in cache.indices("train")])
     mean, std = cache.stats
@@ -75,11 +76,33 @@ def test_partial_build_of_another_config_is_discarded(tmp_path):
 
 def test_check_existing(tmp_path):
     _build(tmp_path / "c")
-    assert check_existing(tmp_path / "c", CFG) == "up to date"
+    assert check_existing(tmp_path / "c", CFG) is not None
     with pytest.raises(CacheError, match=r"hop_length: 512 != 256"):
         check_existing(tmp_path / "c", AudioFeatures(n_mels=8, hop_length=256))
     assert check_existing(tmp_path / "c", AudioFeatures(n_mels=8, hop_length=256), force=True) is None
     assert open_cache(tmp_path / "c")     # a rebuild replaces the old cache only when it is complete
+
+
+def test_what_other_modules_ask_the_cache(tmp_path):
+    out = tmp_path / "c"
+    assert not cache_exists(out) and partial_failures(out) == []
+    _build(out, crash_after=5, shard_items=2).close()           # interrupted after a failure
+    assert not cache_exists(out)
+    assert partial_failures(out) == [{"source": "/data/bad.wav", "reason": "truncated file"}]
+    cache = _build(out, shard_items=2)
+    assert cache_exists(out) and partial_failures(out) == []
+    assert cache.mismatch(CFG, "recipe") is None and cache.mismatch(CFG.to_dict(), "model") is None
+    # one message form, whoever asks; a dict is resolved against the defaults first
+    assert cache.mismatch({"kind": "logmel", "n_mels": 8, "hop_length": 256}, "model") == (
+        f"{out} was built with another feature config (cache != model: hop_length: 512 != 256)")
+    assert cache.mismatch(CFG, "this command", {"name": "gtzan"}) == (
+        f"{out} was built with another feature config or source (cache != this command: "
+        "source: 'test' != 'gtzan')")
+
+
+def test_the_writer_takes_a_resolved_config(tmp_path):
+    with pytest.raises(TypeError, match="feature config object"):
+        CacheWriter(tmp_path / "c", CFG.to_dict(), SOURCE)
 
 
 def test_bad_features_and_empty_cache(tmp_path):
@@ -108,7 +131,7 @@ def test_feature_config_errors():
 def test_check_existing_compares_source_options(tmp_path):
     _build(tmp_path / "c")
     same = {"name": "test"}
-    assert check_existing(tmp_path / "c", CFG, source=same) == "up to date"
+    assert check_existing(tmp_path / "c", CFG, source=same) is not None
     with pytest.raises(CacheError, match=r"--split: None != 'random'"):
         check_existing(tmp_path / "c", CFG, source={"name": "test", "options": {"split": "random"}})
     with pytest.raises(CacheError, match=r"source: 'test' != 'gtzan'"):

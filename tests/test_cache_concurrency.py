@@ -28,12 +28,12 @@ ROLL = ["--kind", "pianoroll", "--fs", "8"]
 # (or this one killed) while it holds the lock, even on a fast machine.
 SLOW_PREP = textwrap.dedent("""
     import importlib, sys, time
-    P = importlib.import_module("data_prep.prepare")
-    real = P._extract
+    E = importlib.import_module("data_prep.extract")
+    real = E.extract_one
     def slow(path, config=None):
         time.sleep(0.15)
         return real(path, config)
-    P._extract = slow
+    E.extract_one = slow
     from data_prep.__main__ import main
     sys.exit(main(sys.argv[1:]))
 """)

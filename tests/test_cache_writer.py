@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from data_prep import CacheWriter, PianoRollFeatures, open_cache
-from data_prep import cache as cache_module
-from data_prep.stats import _float16_as_float64, item_sums
+from data_prep import shard_file
+from data_prep.feature_stats import _float16_as_float64, item_sums
 
 CFG = PianoRollFeatures(fs=10, pitch_range="piano", onsets=True)      # feature shape (2, 88)
 
@@ -32,7 +32,7 @@ def _build(out, **kw):
 @pytest.mark.parametrize("stage", [8192, None])
 def test_shards_are_what_np_save_writes(tmp_path, monkeypatch, direct, stage):
     if stage:                                   # a small staging buffer: many aligned writes
-        monkeypatch.setattr(cache_module._ShardFile, "STAGE", stage)
+        monkeypatch.setattr(shard_file.ShardFile, "STAGE", stage)
     if not direct:                              # as on macOS or tmpfs: through the page cache
         monkeypatch.delattr(os, "O_DIRECT", raising=False)
     cache = _build(tmp_path / "c")
@@ -42,7 +42,7 @@ def test_shards_are_what_np_save_writes(tmp_path, monkeypatch, direct, stage):
         data = np.concatenate([x.astype(np.float16) for j, (_, x) in enumerate(items) if j // 4 == k])
         np.save(tmp_path / "expected.npy", data)
         assert shard.read_bytes() == (tmp_path / "expected.npy").read_bytes()
-    assert [it["offset"] for it in cache.items[:5]] == [0, 20, 47, 81, 0]
+    assert [it.offset for it in cache.items[:5]] == [0, 20, 47, 81, 0]
 
 
 def test_a_file_system_that_refuses_direct_writes(tmp_path, monkeypatch):

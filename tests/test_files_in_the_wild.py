@@ -117,7 +117,7 @@ def wild_root(root: Path) -> dict:
 def test_every_file_is_prepared_skipped_or_ignored(tmp_path):
     expected = wild_root(tmp_path / "data")
     cache = prepare("folder", tmp_path / "data", tmp_path / "cache", FEATURES, workers=1, progress=False)
-    assert {it["source"] for it in cache.items} == expected["items"]
+    assert {it.source for it in cache.items} == expected["items"]
     reasons = {f["source"]: f["reason"] for f in cache.failures}
     assert set(reasons) == set(expected["skipped"])
     for source, reason in expected["skipped"].items():
@@ -127,8 +127,8 @@ def test_every_file_is_prepared_skipped_or_ignored(tmp_path):
     n_files = sum(len(files) for _, _, files in os.walk(tmp_path / "data"))
     assert len(cache) + len(cache.failures) + cache.meta["ignored"]["count"] == n_files
     assert cache.classes == ["birds", "cars"]
-    latin1 = next(it for it in cache.items if it["source"] == "birds/caf\\xe9_take1.wav")
-    assert latin1["id"] == "birds/caf\\xe9_take1" and latin1["label"] == "birds"
+    latin1 = next(it for it in cache.items if it.source == "birds/caf\\xe9_take1.wav")
+    assert latin1.id == "birds/caf\\xe9_take1" and latin1.label == "birds"
     with open(tmp_path / "cache" / "manifest.csv", encoding="utf-8") as fh:   # valid UTF-8 text
         assert "caf\\xe9_take1" in fh.read()
 
@@ -198,7 +198,7 @@ def test_midi_roots_find_midi_by_content(tmp_path):
     put(root, "low/take.wav", wav_bytes())
     put(root, "low/._a.mid", APPLEDOUBLE)
     cache = prepare("folder", root, tmp_path / "c", {"kind": "pianoroll", "fs": 10}, workers=1, progress=False)
-    assert {it["source"] for it in cache.items} == {"low/a.mid", "low/b.MID", "high/a.mid", "high/b.MID",
+    assert {it.source for it in cache.items} == {"low/a.mid", "low/b.MID", "high/a.mid", "high/b.MID",
                                                     "high/exported_from_daw", "low/old.rmi"}
     assert [f["source"] for f in cache.failures] == ["low/take.wav"]
     assert "WAV audio, not MIDI: choose an audio --kind" in cache.failures[0]["reason"]
@@ -293,7 +293,7 @@ def test_prepare_reports_warnings_and_zero_size_wavs(tmp_path):
     assert run.returncode == 0, run.stderr
     assert "warning: b/cut.wav: truncated" in run.stderr and "warning: a/stream.wav: the WAV header" in run.stderr
     cache = open_cache(tmp_path / "c")
-    frames = {it["source"]: it["frames"] for it in cache.items}
+    frames = {it.source: it.frames for it in cache.items}
     assert frames["a/stream.wav"] == 1 + (SR // 2) // 128
     assert len(cache.meta["build"]["warnings"]) == 2
 
@@ -430,7 +430,7 @@ def test_links_loops_and_twins(tmp_path):
     os.mkfifo(root / "a" / "pipe.wav")                          # a reader would wait on it forever
     (root / "a" / "zeros.wav").symlink_to("/dev/zero")           # ... or read it forever
     cache = prepare("folder", root, tmp_path / "c", FEATURES, workers=1, progress=False)
-    assert sorted(it["id"] for it in cache.items) == ["a/x.flac", "a/x.wav", "b/0", "b/1"]
+    assert sorted(it.id for it in cache.items) == ["a/x.flac", "a/x.wav", "b/0", "b/1"]
     assert [f["source"] for f in cache.failures] == ["a/gone.wav"]
     assert "cannot read" in cache.failures[0]["reason"]
 

@@ -6,7 +6,8 @@ import pytest
 import symusic
 
 from data_prep import folk
-from data_prep.folk import build_folk, convert_tune, split_tunes, tune_notes
+from data_prep.abc_midi import TICKS_PER_QUARTER, convert_tune, letter_key, tune_notes
+from data_prep.folk import build_folk, split_tunes
 
 CLASSES = list(folk.DEFAULT_CLASSES)
 
@@ -48,7 +49,7 @@ def test_bad_tunes_are_reported_not_raised(abc, reason):
 def test_midi_of_a_tune():
     data, info = convert_tune("X:1\nT:t\nM:3/4\nL:1/8\nK:D\nfed cBA|d2 f2 a2|fed cBA|d6|]\n", "3/4")
     score = symusic.Score.from_midi(data)
-    assert score.tpq == folk.TICKS_PER_QUARTER and score.tempos[0].qpm == pytest.approx(120)
+    assert score.tpq == TICKS_PER_QUARTER and score.tempos[0].qpm == pytest.approx(120)
     assert (score.time_signatures[0].numerator, score.time_signatures[0].denominator) == (3, 4)
     notes = score.tracks[0].notes
     assert [n.pitch for n in notes][:3] == [78, 76, 74] and {n.velocity for n in notes} == {80}
@@ -60,7 +61,7 @@ def test_split_tunes_ids_and_header():
     tunes = split_tunes(text, "book/b1.abc", "scottish")
     assert [t.tune_id for t in tunes] == ["b1_X1", "b1_X1_2"]
     assert "L:1/16" in tunes[0].abc and tunes[1].fields["T"] == "One again"
-    assert folk.letter_key(tunes[0].abc) != folk.letter_key(tunes[1].abc)
+    assert letter_key(tunes[0].abc) != letter_key(tunes[1].abc)
 
 
 def _files(root):
@@ -82,7 +83,7 @@ def test_build_is_deterministic_split_by_tune_and_deduplicated(tmp_path):
     for r in rows:                                     # one title, one split
         assert groups.setdefault(r["group"], r["split"]) == r["split"]
         assert (a / r["path"]).read_bytes()[:4] == b"MThd"
-    keys = [folk.letter_key(t.abc) for t in _tunes_of(rows)]
+    keys = [letter_key(t.abc) for t in _tunes_of(rows)]
     assert len(set(keys)) == len(keys)
     report = json.loads((a / "folk.json").read_text())
     assert report["request"]["per_class"] == 12

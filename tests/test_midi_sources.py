@@ -143,7 +143,7 @@ def test_lakh_cli_groups_matches_and_records_broken_files(tmp_path):
     assert "unreadable MIDI" in cache.failures[0]["reason"]
     by_track = {}
     for item in cache.items:                          # matches of one song share a split
-        assert by_track.setdefault(item["group"], item["split"]) == item["split"]
+        assert by_track.setdefault(item.group, item.split) == item.split
     assert cache.config.beat_resolution == 4 and cache.meta["feature_shape"] == [128]
     one = prepare("lakh", root, tmp_path / "one", workers=1, progress=False, one_per_track=True,
                   min_per_class=2, features={"drums": "channel"})
@@ -195,7 +195,7 @@ def test_interrupted_midi_build_resumes_to_the_same_cache(tmp_path, monkeypatch)
     root = midi_folder(tmp_path / "midi")
     features = {"kind": "pianoroll", "fs": 10.0}
     whole = prepare("folder", root, tmp_path / "whole", features, workers=1, progress=False, shard_items=3)
-    real = prepare_module._results
+    real = prepare_module.extract_in_order
 
     def dies_after_five(paths, config, workers):
         for k, result in enumerate(real(paths, config, workers)):
@@ -203,11 +203,11 @@ def test_interrupted_midi_build_resumes_to_the_same_cache(tmp_path, monkeypatch)
                 raise KeyboardInterrupt
             yield result
 
-    monkeypatch.setattr(prepare_module, "_results", dies_after_five)
+    monkeypatch.setattr(prepare_module, "extract_in_order", dies_after_five)
     with pytest.raises(KeyboardInterrupt):
         prepare("folder", root, tmp_path / "cut", features, workers=1, progress=False, shard_items=3)
     assert (tmp_path / "cut.partial").exists() and not (tmp_path / "cut").exists()
-    monkeypatch.setattr(prepare_module, "_results", real)
+    monkeypatch.setattr(prepare_module, "extract_in_order", real)
     resumed = prepare("folder", root, tmp_path / "cut", features, workers=1, progress=False, shard_items=3)
     assert resumed.meta["build"]["resumed"] > 0
     assert resumed.items == whole.items and resumed.failures == whole.failures

@@ -7,12 +7,14 @@ import symusic
 
 from data_prep import polyphony
 from data_prep.__main__ import main
-from data_prep.polyphony import build_polyphony, excerpts, list_pieces, score_notes, work_of
+from data_prep.midi_file import TICKS_PER_QUARTER
+from data_prep.polyphony import build_polyphony, list_pieces, work_of
+from data_prep.score_excerpts import excerpts, score_notes
 
 # a few small scores of two classes (the real classes parse for minutes)
 SMALL = {"bach": [f"bach/bwv{n}.mxl" for n in range(250, 255)],
          "palestrina": [f"palestrina/Agnus_0{n}.krn" for n in range(1, 6)]}
-Q = polyphony.TICKS_PER_QUARTER
+Q = TICKS_PER_QUARTER
 
 
 def test_score_notes_all_voices_chords_ties_no_graces(tmp_path):
@@ -147,5 +149,5 @@ def test_source_lists_a_folder_built_elsewhere_and_the_cli_builds_a_cache(tmp_pa
 
     cache = open_cache(tmp_path / "cache")
     assert len(cache) == 8 and cache.meta["features"]["beat_resolution"] == 4
-    assert all(it["group"].startswith(it["label"] + ":") and it["fold"] in range(1, 6) for it in cache.items)
-    assert max(it["frames"] for it in cache.items) <= 64                  # 16 beats x 4 frames
+    assert all(it.group.startswith(it.label + ":") and it.fold in range(1, 6) for it in cache.items)
+    assert max(it.frames for it in cache.items) <= 64                  # 16 beats x 4 frames

@@ -64,15 +64,16 @@ def end_session(proc: subprocess.Popen) -> None:
 
 SLOW_PREP = textwrap.dedent("""
     import importlib, json, os, sys, time
-    P = importlib.import_module("data_prep.prepare")
-    real = P._extract
+    E = importlib.import_module("data_prep.extract")
+    real = E.extract_one
     def slow(path, config=None):
         with open(sys.argv[3], "a") as fh:
             fh.write(f"{os.getpid()}\\n")
         time.sleep(0.5)
         return real(path, config)
-    P._extract = slow
-    P.prepare("folder", sys.argv[1], sys.argv[2], json.loads(sys.argv[4]), workers=2, progress=False)
+    E.extract_one = slow
+    from data_prep.prepare import prepare
+    prepare("folder", sys.argv[1], sys.argv[2], json.loads(sys.argv[4]), workers=2, progress=False)
 """)
 
 

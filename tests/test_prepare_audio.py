@@ -40,10 +40,10 @@ def test_folder_prepare_writes_a_readable_cache(tmp_path):
     root = make_folder(tmp_path / "data")
     cache = prepare("folder", root, tmp_path / "cache", FEATURES, workers=1, progress=False)
     assert len(cache) == 10 and cache.classes == ["high", "low"]
-    assert {it["split"] for it in cache.items} <= {"train", "valid", "test"}
+    assert {it.split for it in cache.items} <= {"train", "valid", "test"}
     item = cache.items[0]
-    assert item["source"] == "high/spk0_0.wav" and item["checksum"].startswith("sha1:")
-    direct = extract_file(root / item["source"], AudioFeatures(**FEATURES))
+    assert item.source == "high/spk0_0.wav" and item.checksum.startswith("sha1:")
+    direct = extract_file(root / item.source, AudioFeatures(**FEATURES))
     assert np.array_equal(cache.features(0), direct.astype(np.float16))      # float16 storage
     assert cache.features(0).shape == (1 + int(SR * 0.3) // 128, 16)
     assert cache.meta["build"]["written"] == 10 and cache.meta["build"]["audio_hours"] > 0
@@ -63,12 +63,23 @@ def test_up_to_date_refused_config_and_force(tmp_path, capsys):
     assert cache.features(0).shape[1] == 24
 
 
+def test_extract_file_gives_what_the_cache_holds_and_refuses_overflow(tmp_path):
+    t = np.arange(SR) / SR
+    sf.write(tmp_path / "quiet.wav", 0.3 * np.sin(2 * np.pi * 440 * t), SR)
+    assert extract_file(tmp_path / "quiet.wav", AudioFeatures(**FEATURES)).dtype == np.float16
+    sf.write(tmp_path / "loud.wav", np.sin(2 * np.pi * 1000 * t), SR)
+    loud = AudioFeatures(kind="mel", sample_rate=SR, n_fft=4096, hop_length=1024, n_mels=16, mel_norm=None)
+    with pytest.raises(ValueError, match=r"values up to .* overflow the float16 cache \(max 65504\); "
+                                         r"use a dB kind or power=1"):
+        extract_file(tmp_path / "loud.wav", loud)        # what predict reports for such a file
+
+
 def test_two_workers_give_the_same_cache_as_one(tmp_path):
     root = make_folder(tmp_path / "data")
     (root / "low" / "broken.wav").write_bytes(b"RIFF....WAVEfmt garbage")
     one = prepare("folder", root, tmp_path / "one", FEATURES, workers=1, progress=False)
     two = prepare("folder", root, tmp_path / "two", FEATURES, workers=2, progress=False)
-    assert [{k: v for k, v in it.items()} for it in one.items] == two.items
+    assert one.items == two.items
     assert all(np.array_equal(one.features(i), two.features(i)) for i in range(len(one)))
     assert one.failures == two.failures and one.failures[0]["source"] == "low/broken.wav"
 
@@ -82,12 +93,12 @@ def test_csv_source_with_splits_folds_and_groups(tmp_path):
                     group_by="speaker", valid_fraction=0.25, test_fraction=0.25)
     by_group = {}
     for it in cache.items:
-        by_group.setdefault((it["label"], it["group"]), set()).add(it["split"])
+        by_group.setdefault((it.label, it.group), set()).add(it.split)
     assert all(len(s) == 1 for s in by_group.values())       # a speaker never straddles splits
     (root / "folds.csv").write_text("path,label,fold,split\nlow/spk0_0.wav,low,1,\nhigh/spk0_0.wav,high,2,\n"
                                     "high/spk1_1.wav,high,2,validation\n")
     cache = prepare("csv", root / "folds.csv", tmp_path / "folds", FEATURES, workers=1, progress=False)
-    assert [(it["fold"], it["split"]) for it in cache.items] == [(1, ""), (2, ""), (2, "valid")]
+    assert [(it.fold, it.split) for it in cache.items] == [(1, ""), (2, ""), (2, "valid")]
 
 
 def test_csv_fold_column_names_the_folds(tmp_path, capsys):
@@ -98,11 +109,11 @@ def test_csv_fold_column_names_the_folds(tmp_path, capsys):
     (root / "manifest.csv").write_text("\n".join(rows) + "\n")
     cache = prepare("csv", root, tmp_path / "sf", FEATURES, workers=1, progress=False, fold_column="soundfont")
     number = {"csound": 1, "fluid": 2, "timgm": 3}             # sorted names, printed for the reader
-    assert {it["id"]: it["fold"] for it in cache.items} == {
+    assert {it.id: it.fold for it in cache.items} == {
         f"{c}/spk{i % 2}_{i}": number[sfs[i]] for c in ("low", "high") for i in range(4)}
     assert "folds from column 'soundfont': 1=csound, 2=fluid, 3=timgm" in capsys.readouterr().err
     cache = prepare("csv", root, tmp_path / "game", FEATURES, workers=1, progress=False, fold_column="game")
-    assert sorted({it["fold"] for it in cache.items}) == [4, 5, 6, 7]            # whole numbers as they are
+    assert sorted({it.fold for it in cache.items}) == [4, 5, 6, 7]            # whole numbers as they are
     with pytest.raises(ValueError, match=r"manifest\.csv: --fold-column 'speaker' is not a column"):
         prepare("csv", root, tmp_path / "x", FEATURES, workers=1, progress=False, fold_column="speaker")
     (root / "bad.csv").write_text("path,label,fold\nlow/spk0_0.wav,low,one\n")

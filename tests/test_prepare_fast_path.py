@@ -1,6 +1,5 @@
 """The fast path from MIDI to cache: float16 rolls painted directly, features handed over from
 worker processes in shared memory, statistics summed in the workers -- same cache as before."""
-import importlib
 
 import numpy as np
 import pytest
@@ -9,8 +8,8 @@ import symusic
 from data_prep import PianoRollFeatures, open_cache, piano_roll, prepare
 from data_prep.midi import pianoroll_file
 
-P = importlib.import_module("data_prep.prepare")      # data_prep.prepare is also the function
-SLOT_BYTES = P.SLOT_BYTES
+from data_prep import extract as E
+SLOT_BYTES = E.SLOT_BYTES
 
 
 def song(seed, seconds=20, tpq=480):
@@ -89,16 +88,16 @@ def test_workers_give_the_cache_one_process_gives(tmp_path, monkeypatch, slot_by
     root = folder(tmp_path / "midi")
     features = {"kind": "pianoroll", "fs": 50.0}
     one = prepare("folder", root, tmp_path / "one", features, workers=1, progress=False, shard_items=3)
-    monkeypatch.setattr(P, "SLOT_BYTES", slot_bytes)
+    monkeypatch.setattr(E, "SLOT_BYTES", slot_bytes)
     handed_over = []
-    real = P._from_slot
-    monkeypatch.setattr(P, "_from_slot", lambda result, slots: handed_over.append(
+    real = E._from_slot
+    monkeypatch.setattr(E, "_from_slot", lambda result, slots: handed_over.append(
         isinstance(result[1], tuple)) or real(result, slots))
     two = prepare("folder", root, tmp_path / "two", features, workers=2, progress=False, shard_items=3)
     assert two.items == one.items and len(one) == 7
-    assert handed_over == [slot_bytes == SLOT_BYTES] * 7 or not P.forks()
+    assert handed_over == [slot_bytes == SLOT_BYTES] * 7 or not E.forks()
     for i, item in enumerate(one.items):
-        roll = piano_roll(root / item["source"], fs=50).astype(np.float16)
+        roll = piano_roll(root / item.source, fs=50).astype(np.float16)
         assert np.array_equal(one.features(i), roll) and np.array_equal(two.features(i), roll)
     assert two.meta["stats"] == one.meta["stats"]
     train = np.concatenate([one.features(i).astype(np.float64) for i in one.indices("train")])

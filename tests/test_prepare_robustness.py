@@ -58,11 +58,11 @@ def test_every_bad_input_is_skipped_with_its_reason(tmp_path):
     assert set(reasons) == set(expected)
     for source, reason in expected.items():
         assert reason in reasons[source], (source, reasons[source])
-    written = {it["source"]: it for it in cache.items}
+    written = {it.source: it for it in cache.items}
     assert set(written) == {f"ünï cödé/{n}" for n in ("a file with spaces ✓.wav", "stereo 48k.flac", "silence.wav",
                                                        "ten samples.wav", "cut in the data.wav")}
-    assert written["ünï cödé/ten samples.wav"]["frames"] == 1
-    assert written["ünï cödé/stereo 48k.flac"]["frames"] == 1 + 800 // 128   # resampled to 8 kHz
+    assert written["ünï cödé/ten samples.wav"].frames == 1
+    assert written["ünï cödé/stereo 48k.flac"].frames == 1 + 800 // 128   # resampled to 8 kHz
     silence = cache.features(cache.items.index(written["ünï cödé/silence.wav"]))
     assert np.all(np.asarray(silence) == 0)
     assert all(np.isfinite(cache.features(i)).all() for i in range(len(cache)))
@@ -77,15 +77,15 @@ def _crashy(path, config=None):
 
 
 def test_a_worker_that_dies_costs_one_file_not_the_build(tmp_path, monkeypatch):
-    P = importlib.import_module("data_prep.prepare")   # data_prep.prepare is also the function
+    E = importlib.import_module("data_prep.extract")
 
     root = tmp_path / "data"
     for i in range(6):
         (root / "c").mkdir(parents=True, exist_ok=True)
         sf.write(root / "c" / f"{i}.wav", noise(800, i), SR)
     (root / "c" / "crash.wav").write_bytes((root / "c" / "0.wav").read_bytes())
-    monkeypatch.setattr(_crashy, "real", P._extract, raising=False)
-    monkeypatch.setattr(P, "_extract", _crashy)
+    monkeypatch.setattr(_crashy, "real", E.extract_one, raising=False)
+    monkeypatch.setattr(E, "extract_one", _crashy)
     cache = prepare("folder", root, tmp_path / "cache", FEATURES, workers=2, progress=False)
     assert len(cache) == 6
     assert cache.failures == [{"source": "c/crash.wav",
@@ -94,13 +94,14 @@ def test_a_worker_that_dies_costs_one_file_not_the_build(tmp_path, monkeypatch):
 
 KILLABLE = textwrap.dedent("""
     import importlib, sys, time
-    P = importlib.import_module("data_prep.prepare")
-    real = P._extract
+    E = importlib.import_module("data_prep.extract")
+    real = E.extract_one
     def slow(path, config=None):
         time.sleep(0.3)     # slow enough to be caught in the middle, even on a busy machine
         return real(path, config)
-    P._extract = slow
-    P.prepare("folder", sys.argv[1], sys.argv[2], %r, workers=2, progress=False, shard_items=2)
+    E.extract_one = slow
+    from data_prep.prepare import prepare
+    prepare("folder", sys.argv[1], sys.argv[2], %r, workers=2, progress=False, shard_items=2)
 """ % FEATURES)
 
 

@@ -11,7 +11,7 @@ import yaml
 
 from audiostem import list_stems
 from audiostem.recipe import (MANAGED_TRAINER_KEYS, RECIPES_DIR, TRAINER_KEYS, RecipeError, apply_overrides,
-                              check_data, dump_recipe, expand_path, load_recipe, validate_recipe)
+                              dump_recipe, expand_path, load_recipe, open_data, validate_recipe)
 from fixtures import synthetic_cache
 
 SHIPPED = sorted(RECIPES_DIR.glob("*.yaml"))
@@ -31,7 +31,7 @@ def minimal(tmp_path, **extra):
 def test_every_shipped_recipe_loads_and_validates(path, monkeypatch, tmp_path):
     monkeypatch.setenv("AUDIOSTEM_CACHE", str(tmp_path / "caches"))
     recipe = load_recipe(path)
-    assert check_data(recipe) is None          # no cache yet: the recipe says how to build it
+    assert open_data(recipe) is None          # no cache yet: the recipe says how to build it
     assert recipe.data.prepare is not None and recipe.data.cache.startswith(str(tmp_path))
     again = validate_recipe(yaml.safe_load(dump_recipe(recipe)))       # the resolved form round-trips
     assert again.to_dict() == recipe.to_dict()
@@ -178,20 +178,20 @@ def test_missing_cache_without_prepare_says_how_to_build_it(tmp_path):
     recipe = load_recipe(write(tmp_path, minimal(tmp_path)))
     with pytest.raises(RecipeError, match=r"(?s)data\.cache: no feature cache at .*python -m data_prep SOURCE "
                                           r"--root DATASET_FOLDER --out .*data\.prepare"):
-        check_data(recipe)
+        open_data(recipe)
 
 
 def test_a_different_feature_config_is_refused_with_the_fields(tmp_path):
     synthetic_cache(tmp_path / "cache", per_class=2)
     ok = load_recipe(write(tmp_path, minimal(tmp_path)))
-    assert check_data(ok)["classes"] == ["a", "b", "c"]
+    assert open_data(ok).classes == ["a", "b", "c"]
     same = load_recipe(write(tmp_path, minimal(tmp_path)), [
         "data.features={kind: logmel, sample_rate: 8000, n_fft: 256, hop_length: 128, n_mels: 16}"])
-    assert check_data(same) is not None
+    assert open_data(same) is not None
     other = load_recipe(write(tmp_path, minimal(tmp_path)), [
         "data.features={kind: logmel, sample_rate: 8000, n_fft: 256, hop_length: 128, n_mels: 32}"])
     with pytest.raises(RecipeError, match=r"data\.features: .*another feature config.*n_mels: 16 != 32"):
-        check_data(other)
+        open_data(other)
 
 
 def test_trainer_keys_match_lightning():

@@ -169,10 +169,10 @@ def test_cross_validation_reports_the_mean_over_folds(tmp_path):
     assert m["test"]["accuracy"] == pytest.approx(sum(f["accuracy"] for f in m["folds"]) / 3)
     assert "accuracy_std" in m["test"] and m["test"]["n_items"] == len(cache)
     preds = read_csv(out / "predictions_test.csv")
-    assert sorted(r["id"] for r in preds) == sorted(it["id"] for it in cache.items)
+    assert sorted(r["id"] for r in preds) == sorted(it.id for it in cache.items)
     assert {r["fold"] for r in preds} == {"1", "2", "3"}
     assert list(preds[0])[-1] == "group"                    # the cache's group, last, for clustering
-    assert {r["id"]: r["group"] for r in preds} == {it["id"]: it["group"] for it in cache.items}
+    assert {r["id"]: r["group"] for r in preds} == {it.id: it.group for it in cache.items}
     val = read_csv(out / "fold_1" / "predictions_val.csv")
     assert val and {r["id"][0] for r in val} == {"a", "b", "c"}
     assert not {r["id"] for r in val} & {r["id"] for r in read_csv(out / "fold_1" / "predictions_test.csv")}

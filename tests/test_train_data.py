@@ -1,4 +1,6 @@
 """The data side of training: windows, crops, normalisation, folds, samplers and augmentations."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -7,6 +9,7 @@ from audiostem import augment as aug
 from audiostem.data import (CacheDataModule, EpochSampler, RandomCrops, ShardSampler, Windows, assign_folds,
                             clip_windows, crop_frames, input_stats, resolve_splits, to_cft, window_starts)
 from audiostem.recipe import RecipeError, validate_recipe
+from data_prep import Item
 from fixtures import synthetic_cache
 
 
@@ -100,8 +103,8 @@ def test_the_cache_folds_are_used(tmp_path):
     cache = synthetic_cache(tmp_path / "cache", per_class=10, folds=5)
     runs = resolve_splits(cache, recipe_for(tmp_path / "cache", folds=[2, 5]))
     assert [r["fold"] for r in runs] == [2, 5]
-    assert all(cache.items[i]["fold"] == 3 for i in runs[0]["val"])       # validation: the next fold
-    assert all(cache.items[i]["fold"] == 1 for i in runs[1]["val"])
+    assert all(cache.items[i].fold == 3 for i in runs[0]["val"])       # validation: the next fold
+    assert all(cache.items[i].fold == 1 for i in runs[1]["val"])
     with pytest.raises(RecipeError, match=r"data\.folds\.cv: the cache .* has 5 folds"):
         resolve_splits(cache, recipe_for(tmp_path / "cache", folds={"cv": 10}))
     with pytest.raises(RecipeError, match=r"data\.folds: fold 7 is not in the cache's folds \[1, 2, 3, 4, 5\]"):
@@ -119,23 +122,22 @@ def test_validation_held_out_from_the_training_folds(tmp_path):
     assert [r["fold"] for r in runs] == [1, 2, 3, 4]
     for r in runs:
         test_fold = r["fold"]
-        assert {cache.items[i]["fold"] for i in r["test"]} == {test_fold}
-        assert sorted(r["train"] + r["val"]) == [i for i, it in enumerate(cache.items) if it["fold"] != test_fold]
+        assert {cache.items[i].fold for i in r["test"]} == {test_fold}
+        assert sorted(r["train"] + r["val"]) == [i for i, it in enumerate(cache.items) if it.fold != test_fold]
         strata = {}
         for i in r["val"]:
-            key = (cache.items[i]["label"], cache.items[i]["fold"])
+            key = (cache.items[i].label, cache.items[i].fold)
             strata[key] = strata.get(key, 0) + 1
         assert set(strata) == {(c, f) for c in "abc" for f in range(1, 5) if f != test_fold}
         assert all(2 <= n <= 4 for n in strata.values())             # about 25% of 10 items each
-        groups = lambda idx: {cache.items[i]["group"] for i in idx}  # noqa: E731
+        groups = lambda idx: {cache.items[i].group for i in idx}  # noqa: E731
         assert not groups(r["train"]) & groups(r["val"])
     assert resolve_splits(cache, recipe) == runs                      # the same for one seed ...
     other = resolve_splits(cache, validate_recipe({**recipe.to_dict(), "seed": 1}))
     assert other[0]["val"] != runs[0]["val"]                          # ... and another for another
     # one group per (label, fold): nothing can be held out, said with the field to change
     whole = synthetic_cache(tmp_path / "whole", per_class=8, folds=4, group_size=8)
-    for it in whole.items:
-        it["group"] = f"{it['label']}{it['fold']}"
+    whole.items = [replace(it, group=f"{it.label}{it.fold}") for it in whole.items]
     with pytest.raises(RecipeError, match=r"data\.folds\.val: .* left no validation item"):
         resolve_splits(whole, recipe_for(tmp_path / "whole", folds={"cv": 4, "val": "train"}))
     with pytest.raises(RecipeError, match="val_fraction"):
@@ -143,11 +145,12 @@ def test_validation_held_out_from_the_training_folds(tmp_path):
 
 
 def test_assign_folds_keeps_groups_together():
-    items = [{"label": "a" if n % 2 else "b", "group": f"g{n // 4}"} for n in range(40)]
+    items = [Item(id=str(n), source=f"{n}.wav", checksum="", label="a" if n % 2 else "b", split="", fold=None,
+                  group=f"g{n // 4}", frames=10, shard=0, offset=10 * n) for n in range(40)]
     folds = assign_folds(items, 4, seed=0)
     by_group = {}
     for it, f in zip(items, folds):
-        by_group.setdefault((it["label"], it["group"]), set()).add(f)
+        by_group.setdefault((it.label, it.group), set()).add(f)
     assert all(len(f) == 1 for f in by_group.values()) and set(folds) == {1, 2, 3, 4}
 
 

@@ -147,7 +147,7 @@ def prepare_caches(study: Study, cells: list[Cell], echo: Callable[[str], None])
     datasets whose recipe or cache failed (their cells cannot run; the others can)."""
     if study.train_command is not None:
         return {}
-    from data_prep import CacheError
+    from data_prep import CacheError, cache_exists
 
     from ..recipe import load_recipe
     from ..train import ensure_cache
@@ -160,7 +160,7 @@ def prepare_caches(study: Study, cells: list[Cell], echo: Callable[[str], None])
             if recipe.data.cache in seen:
                 continue
             seen.add(recipe.data.cache)
-            if not (Path(recipe.data.cache) / "meta.json").exists():
+            if not cache_exists(recipe.data.cache):
                 echo(f"[study {study.name}] building the feature cache {recipe.data.cache} for {cell.dataset}")
                 ensure_cache(recipe)
         except (ValueError, CacheError) as err:

@@ -17,7 +17,7 @@ from typing import Callable
 from ..discover import is_leftover
 from ..download import Archive
 from ..splits import seeded_rank
-from . import Source, SourceItem, register_source, split_arguments
+from .base import Source, SourceItem, register_source, split_arguments
 from .generic import assign_splits, item_id
 
 GTZAN_GENRES = ("blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop",

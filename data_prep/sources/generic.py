@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Optional
 
 from ..discover import classify, is_leftover, text_name, walk
-from . import (Listing, Source, SourceItem, fractions_from, group_split, register_source,
-               split_arguments)
+from ..splits import group_split
+from .base import Listing, Source, SourceItem, fractions_from, register_source, split_arguments
 
 _SPLIT_NAMES = {"train": "train", "training": "train",
                 "valid": "valid", "validation": "valid", "val": "valid", "dev": "valid",

@@ -8,7 +8,6 @@ Every source here reads MIDI and defaults to a one-channel piano roll (DESIGN: a
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import re
 import sys
@@ -16,9 +15,10 @@ from collections import Counter
 from pathlib import Path
 
 from ..download import Archive
-from . import (MIDI_EXTENSIONS, Source, SourceItem, fractions_from, group_split, register_source,
-               split_arguments)
-from .generic import list_files, normalise_split
+from ..discover import MIDI_EXTENSIONS
+from ..splits import group_split
+from .base import Source, SourceItem, fractions_from, register_source, split_arguments
+from .generic import list_files, normalise_split, read_table
 
 # Folk melodies, whatever their tempo, on a sixteenth-note grid: 4 frames per quarter note (a
 # 32-bar reel in 4/4 is 512 frames), the 88 piano keys (every tune fits), binary values (the
@@ -76,15 +76,17 @@ class Folk(Source):
         else:                    # built elsewhere (e.g. the abc2midi script): use it as it is
             print(f"folk: listing {root}/manifest.csv as it is (not built by data_prep.folk, so "
                   f"--per-class and --classes do not apply)", file=sys.stderr)
-        return read_folk_manifest(root)
+        return read_dataset_manifest(root)
 
 
-def read_folk_manifest(root: Path) -> list[SourceItem]:
-    """Items of a folk or polyphony MIDI folder: ``manifest.csv`` with ``path,label,split`` (and
-    ``group`` or ``tune_id``, and an integer ``fold`` when present)."""
+def read_dataset_manifest(root: Path) -> list[SourceItem]:
+    """Items of a MIDI dataset folder with a ``manifest.csv`` (folk, polyphony, or one to render
+    to audio): ``path,label`` (paths relative to ``root``), and when present ``split``, ``group``
+    or ``tune_id``, and an integer ``fold``. Read as spreadsheets save CSV
+    (:func:`~data_prep.sources.generic.read_table`). An item's id is its path without suffix.
+    Raises ``ValueError`` naming the file and line of a bad row."""
     manifest = root / "manifest.csv"
-    with open(manifest, newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
+    rows = read_table(manifest)[1]
     items = []
     for line, row in enumerate(rows, start=2):
         for column in ("path", "label"):
@@ -141,7 +143,7 @@ class Polyphony(Source):
         else:
             print(f"polyphony: listing {root}/manifest.csv as it is (no polyphony.json, so "
                   f"--per-class, --per-piece, --excerpt-beats and --classes do not apply)", file=sys.stderr)
-        return read_folk_manifest(root)
+        return read_dataset_manifest(root)
 
 
 # -- MAESTRO -------------------------------------------------------------------------------------
@@ -179,8 +181,7 @@ class Maestro(Source):
                 raise ValueError(f"--root {root}: no maestro-v*.csv (expected the unzipped "
                                  f"maestro-v3.0.0 folder)")
             table = found[-1]
-        with open(table, newline="", encoding="utf-8") as fh:
-            rows = list(csv.DictReader(fh))
+        rows = read_table(table)[1]
         needed = ("canonical_composer", "split", "midi_filename")
         missing = [c for c in needed if rows and c not in rows[0]]
         if not rows or missing:

@@ -1,4 +1,5 @@
-"""Per-bin statistics of float16 features, summed exactly, for the cache's train mean and std.
+"""Normalisation statistics of features: per-bin sums of float16 features, summed exactly, for
+the cache's train mean and std (and a training run's, over the folds it trains on).
 
 Workers compute :func:`item_sums` of each item as it is prepared; the cache writer keeps a
 :class:`Sums` per shard in the shard's ``.json`` and adds them up at the end, so the statistics
@@ -79,5 +80,7 @@ class Sums:
         return sums
 
     def mean_std(self) -> tuple[np.ndarray, np.ndarray]:
-        mean = self.sum / self.frames
-        return mean, np.sqrt(np.maximum(self.sum_sq / self.frames - mean**2, 0.0))
+        """Per-bin mean and standard deviation (population), float64; zeros for no frames."""
+        frames = max(self.frames, 1)
+        mean = self.sum / frames
+        return mean, np.sqrt(np.maximum(self.sum_sq / frames - mean**2, 0.0))

@@ -1,0 +1,63 @@
+"""Writing files so that a reader never sees half of one: the one atomic-write helper of the
+project (``data_prep`` for its caches and datasets, ``audiostem`` for its run folders).
+
+A file is written to ``NAME.tmp`` beside it, flushed and ``fsync``-ed, then renamed over
+``NAME`` in one step (``os.replace``): a crash leaves the old file or the new one, never a
+mixture, and at worst a stray ``.tmp`` that the next write replaces.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import BinaryIO, Callable, Union
+
+Content = Union[bytes, str, Callable[[BinaryIO], object]]
+
+
+def named_error(error: OSError, path: Union[str, Path]) -> OSError:
+    """``error`` with ``path`` as its file name when it has none (``os.write`` gives none)."""
+    if error.filename is not None:
+        return error
+    return type(error)(error.errno, error.strerror or str(error), str(path))
+
+
+def write_atomic(path: Union[str, Path], content: Content) -> None:
+    """Write ``content`` to ``path`` atomically (tmp file, fsync, rename).
+
+    Args:
+        path: the file to write; its folder must exist.
+        content: ``bytes``, ``str`` (written as UTF-8), or a function that writes into the open
+            binary file (``lambda fh: np.save(fh, x)``).
+
+    Raises:
+        OSError: the disk is full, read-only or gone, naming ``path`` (the temporary file is
+            removed; an older ``path`` is left as it was).
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            if callable(content):
+                content(fh)
+            else:
+                fh.write(content.encode("utf-8") if isinstance(content, str) else content)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as e:             # a full or read-only disk: leave no temporary file behind
+        tmp.unlink(missing_ok=True)
+        raise named_error(e, path) from None
+
+
+def fsync_dir(path: Union[str, Path]) -> None:
+    """Put a folder's entries (renames, new files) on disk; a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
