@@ -84,19 +84,6 @@ class NativeStem(nn.Sequential):
     gives them: ``(batch, C, F, T) -> (batch, C', F / s, T / s)``."""
 
 
-def stem_of(model: nn.Module) -> nn.Module:
-    """The stem of an audiostem, timm or torchvision classifier as one module: ``model.stem`` of an
-    ``AudioResNet``, the audiostem stem ``replace_stem`` put in, or the model's own stem layers
-    (a ``NativeStem``)."""
-    from .models import AudioResNet
-    if isinstance(model, AudioResNet):
-        return model.stem
-    modules = [model.get_submodule(p) for p in find_stem(model)]
-    if isinstance(modules[0], (Stem, ProjectedStem)) and all(isinstance(m, nn.Identity) for m in modules[1:]):
-        return modules[0]
-    return NativeStem(*modules)
-
-
 class ProjectedStem(nn.Module):
     """An audiostem stem followed by a 1x1 conv + BatchNorm to the channels a body expects:
     ``(batch, C, F, T) -> (batch, out_channels, F / stride[0], T / stride[1])``.

@@ -11,7 +11,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from .stems import StemArgError, build_stem, list_stems, stem_spec
+from .stems import Stem, StemArgError, build_stem, list_stems, stem_spec
 
 # name -> (widths per stage, BasicBlocks per stage); every stage after the first halves F and T.
 BODIES: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
@@ -259,6 +259,19 @@ def _library_model(stem: str | dict | nn.Module, body: str, num_classes: int, in
     return replace_stem(model, stem, in_channels=in_channels, verbose=False, **stem_overrides)
 
 
+def stem_of(model: nn.Module) -> nn.Module:
+    """The stem of an audiostem, timm or torchvision classifier as one module: ``model.stem`` of an
+    :class:`AudioResNet`, the audiostem stem :func:`bodies.replace_stem` put in, or the model's own
+    stem layers (a :class:`bodies.NativeStem`)."""
+    from .bodies import NativeStem, ProjectedStem, find_stem
+    if isinstance(model, AudioResNet):
+        return model.stem
+    modules = [model.get_submodule(p) for p in find_stem(model)]
+    if isinstance(modules[0], (Stem, ProjectedStem)) and all(isinstance(m, nn.Identity) for m in modules[1:]):
+        return modules[0]
+    return NativeStem(*modules)
+
+
 def describe_model(model: nn.Module, input_shape: tuple[int, int, int] = (1, 128, 256),
                    receptive_field: bool = True) -> dict:
     """Size and geometry of a whole classifier (audiostem, timm or torchvision) for one input of
@@ -271,7 +284,6 @@ def describe_model(model: nn.Module, input_shape: tuple[int, int, int] = (1, 128
     measured by ``audiostem.geometry.receptive_field``, which costs a float64 forward and backward
     pass per doubling of its probe input) and ``stem`` (``describe_stem`` of the model's stem).
     """
-    from .bodies import stem_of
     from .geometry import feature_map, output_stride
     from .geometry import receptive_field as measure_rf
     from .stems import describe_stem

@@ -14,7 +14,8 @@ from torchvision.models.convnext import CNBlockConfig
 
 import audiostem
 from audiostem import build_model, build_stem, describe_model, list_stems, replace_stem
-from audiostem.bodies import ProjectedStem, find_stem, pretrained_file, stem_of
+from audiostem.bodies import ProjectedStem, find_stem, pretrained_file
+from audiostem.models import stem_of
 from audiostem.geometry import output_stride, receptive_field
 from audiostem.stems.spec import geometry, normalize_spec, with_stride
 

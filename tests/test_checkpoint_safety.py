@@ -4,7 +4,6 @@ started on. Hostile or damaged checkpoints are refused by every command that rea
 TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 set, and nothing in them runs."""
 import contextlib
 import io
-import json
 import os
 import shutil
 import zipfile

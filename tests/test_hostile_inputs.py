@@ -4,7 +4,6 @@ reports over cells trained on different builds of a cache."""
 import contextlib
 import io
 import json
-import os
 import tarfile
 import time
 

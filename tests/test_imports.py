@@ -111,9 +111,7 @@ def test_modules_do_not_import_their_package_init_or_main(package):
 
 @pytest.mark.parametrize("package", [
     "data_prep",
-    pytest.param("audiostem", marks=pytest.mark.xfail(
-        strict=True, reason="audiostem.bodies <-> audiostem.models and audiostem.study.grid <-> "
-                            "audiostem.study.tuning (issue 19, mended on another branch): drop this mark then")),
+    "audiostem",
 ])
 def test_no_circles(package):
     cycles = [c for c in _cycles(_graph()) if c[0].split(".")[0] == package]

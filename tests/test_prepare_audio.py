@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from data_prep import AudioFeatures, CacheError, extract_file, open_cache, prepare
+from data_prep import AudioFeatures, CacheError, extract_file, prepare
 from data_prep.__main__ import main
 from data_prep.sources import group_split, stratified_split
 

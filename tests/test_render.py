@@ -8,7 +8,7 @@ import pretty_midi
 import pytest
 import soundfile as sf
 
-from data_prep import open_cache, prepare
+from data_prep import prepare
 from data_prep.__main__ import main
 from data_prep.render import instrument_name, parse_programs, render_dataset, render_midi
 

@@ -11,6 +11,7 @@ import yaml
 
 from audiostem.study.__main__ import main
 from audiostem.study.grid import StudyError, TuningPending, expand, load_study
+from audiostem.study.tuning import study_cells
 
 FAKE = str(Path(__file__).with_name("study_fake_train.py"))
 REPO = Path(__file__).resolve().parents[1]
@@ -118,7 +119,7 @@ def test_tuning_runs_first_and_chooses_on_validation(tmp_path, capsys):
     path = tune_study(tmp_path)
     study = load_study(path)
     with pytest.raises(TuningPending, match="6 of its tuning cells are unfinished"):
-        expand(study)
+        study_cells(study)
     # before tuning: --dry-run and --plan show the tuning cells and say the main cells wait
     assert main([str(path), "--dry-run"]) == 0
     out = capsys.readouterr().out
@@ -141,7 +142,7 @@ def test_tuning_runs_first_and_chooses_on_validation(tmp_path, capsys):
     runs = tmp_path / "out/runs"
     assert "train.lr=0.01" in (runs / "two/patch4/seed1/calls.txt").read_text()
     assert not list((runs / "_tune").rglob("*.ckpt"))                         # tuning cells keep no checkpoint
-    assert expand(study)[0].overrides == ("fake.test_best=0.001", "fake.val_best=0.01", "model.stem=deep3",
+    assert study_cells(study)[0].overrides == ("fake.test_best=0.001", "fake.val_best=0.01", "model.stem=deep3",
                                           "train.lr=0.01", "seed=0")
     line = tuning_lines(study, "two")[0]
     assert line.startswith("**Tuning:** lr chosen on validation accuracy") and "tuned on one" in line

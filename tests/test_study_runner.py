@@ -4,7 +4,6 @@ import csv
 import json
 import shlex
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 

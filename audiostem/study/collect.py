@@ -19,7 +19,8 @@ from .. import run_folder
 from ..metrics import macro_f1
 from ..run_folder import is_finished, read_history
 from . import stats
-from .grid import Cell, Study, StudyError, dataset_variants, expand
+from .grid import Cell, Study, StudyError, dataset_variants
+from .tuning import study_cells
 from .runner import select
 
 
@@ -86,7 +87,7 @@ def load_replicate(seed: int, cells: list[Cell], cluster: Optional[str] = None) 
 
 def collect(study: Study, cells: list[Cell]) -> tuple[dict, list[str]]:
     """``({(dataset, variant): [Replicate, ...]}, [names of unfinished cells])``; a seed counts
-    only when all of its fold cells finished. ``cells``: the cells to read (``expand(study)`` or a
+    only when all of its fold cells finished. ``cells``: the cells to read (``study_cells(study)`` or a
     selection of it; the others are left out, not counted as unfinished). Every dataset x variant
     of the study gets a key, in the study's order.
 
@@ -204,7 +205,7 @@ def analyse(study: Study, cells: Optional[list[str]] = None) -> dict:
     The family of one dataset is its stems compared with the baseline on at least two seeds:
     :func:`stats.decide` gives each its simultaneous interval and verdict, :func:`stats.rule_power`
     the power of that rule for the design as run and with twice the seeds."""
-    every = expand(study)
+    every = study_cells(study)
     chosen = select(every, cells)
     results, missing = collect(study, chosen)
     left_out = len(every) - len(chosen)

@@ -90,12 +90,11 @@ def expand(study: Study, choices: Optional[dict] = None) -> list[Cell]:
     """All cells, dataset group by group, variant by variant, seed by seed (then fold).
 
     With ``tune``, each cell carries the values chosen for its group and variant: ``choices``
-    (``{group: {variant: {key: value}}}``) or else those of the study's tuning choices file. A
-    group without choices (its tuning cells have not all finished) has no cells yet; raises
-    :class:`TuningPending` when no group has its choices (the tuning cells must run first)."""
+    (``{group: {variant: {key: value}}}``, required; :func:`tuning.study_cells` reads them from
+    the study's tuning choices file). A group without choices has no cells yet."""
     if study.tune is not None and choices is None:
-        from .tuning import chosen_overrides     # tuning imports this module
-        choices = chosen_overrides(study)
+        raise TypeError(f"study {study.name} tunes its cells: pass the choices "
+                        "(tuning.chosen_overrides), or call tuning.study_cells")
     cells = []
     for d in study.datasets:
         if study.tune is not None and d.name not in choices:

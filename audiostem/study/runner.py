@@ -27,7 +27,8 @@ from typing import Callable, Optional, Sequence, TextIO
 
 from .. import run_folder
 from ..run_folder import is_finished
-from .grid import Cell, Study, StudyError, TuningPending, expand
+from .grid import Cell, Study, StudyError, TuningPending
+from .tuning import settle_choices, study_cells
 
 USAGE_ERROR = 2      # the train command's exit status for a bad recipe, override or cache
 
@@ -71,10 +72,9 @@ def main_cells(study: Study, echo: Callable[[str], None]) -> list[Cell]:
     """The study's main cells; with ``tune``, those of the groups whose tuning has finished, after
     their choices are made or checked (:func:`tuning.settle_choices`, which may refuse)."""
     if study.tune is not None:
-        from .tuning import settle_choices
         settle_choices(study, echo)
     try:
-        return expand(study)
+        return study_cells(study)
     except TuningPending:
         return []
 

@@ -151,6 +151,13 @@ def chosen_overrides(study: Study) -> dict[str, dict[str, dict]]:
     return out
 
 
+def study_cells(study: Study) -> list[Cell]:
+    """The study's main cells (:func:`grid.expand`); with ``tune``, those of the groups whose
+    choices are made, carrying them (:func:`chosen_overrides`, which raises
+    :class:`TuningPending` while no group has its choices)."""
+    return expand(study, None if study.tune is None else chosen_overrides(study))
+
+
 def write_choices(study: Study, data: dict) -> Path:
     """Write the choices file atomically (parallel runners may finish tuning at once)."""
     path = choices_path(study)
