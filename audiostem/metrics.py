@@ -94,15 +94,18 @@ def _std(values: list[float]) -> float:
 
 def cross_validation_metrics(pooled: dict[str, Optional[dict]], fold_metrics: list[dict]) -> dict[str, Any]:
     """The ``metrics.json`` of a cross-validation run (less ``checkpoint``), from the pooled
-    scores of each stage (``{"test": public(pool_folds(...)) or None, "val": ...}``) and every
+    scores of each stage (``{"test": public(pool_folds(...)) or None, "val": ..., and "test_last"
+    when the folds tested their last epoch too}``) and every
     fold's own ``metrics.json``: ``accuracy``, ``balanced_accuracy`` and ``macro_f1`` become the
     mean over folds (with ``*_std``, the sample standard deviation, and the ``pooled_*`` values);
     per-class figures and the confusion matrix stay pooled; ``folds`` lists each fold's test
     scores with its ``fold``, ``best_epoch``, ``epochs_run`` and ``val``; epochs are means over
     folds, ``train_seconds`` the sum; the model's description comes from the first fold."""
     summary: dict[str, Any] = {}
-    for stage in ("test", "val"):
-        s = pooled.get(stage)
+    for stage in ("test", "val", "test_last"):
+        if stage not in pooled:
+            continue
+        s = pooled[stage]
         if s is not None:
             s = dict(s)
             for key in ("accuracy", "balanced_accuracy", "macro_f1"):

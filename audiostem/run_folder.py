@@ -9,7 +9,9 @@
     OUT_DIR/checkpoints/last.ckpt     end of the last epoch: the resume point
     OUT_DIR/logs/                     Lightning's CSVLogger (metrics.csv) and TensorBoard events
     OUT_DIR/history.csv               one row per epoch (HISTORY_FIELDS)
-    OUT_DIR/predictions_<split>.csv   one row per clip: id, label, pred, correct, fold, p_<class>..., [group]
+    OUT_DIR/predictions_<split>.csv   one row per clip: id, label, pred, correct, fold, p_<class>..., [group];
+                                      <split> test, val, and test_last: the last epoch's model on the
+                                      test split (with validation, the checkpoint is chosen on it)
     OUT_DIR/per_class.txt             per-class precision, recall, F1 of the test split (val without one)
     OUT_DIR/confusion_matrix.png      its confusion matrix
     OUT_DIR/metrics.json              written last: its presence means the run finished (is_finished)
@@ -406,9 +408,10 @@ def pool_fold_runs(out: Path, fold_dirs: list[Path], fold_metrics: list[dict], c
     (:func:`write_metrics`) last."""
     from .metrics import cross_validation_metrics, pool_folds, public
     pooled: dict[str, Optional[dict]] = {}
-    for stage in ("test", "val"):
+    for stage in ("test", "val", "test_last"):
         if fold_metrics[0].get(stage) is None:
-            pooled[stage] = None
+            if stage != "test_last":          # present only in runs that test their last epoch too
+                pooled[stage] = None
             continue
         rows, log_probs, target = [], [], []
         for d in fold_dirs:

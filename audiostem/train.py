@@ -176,10 +176,13 @@ def fit_run(recipe: Recipe, cache, split: dict, run_dir: Path, callbacks: Sequen
         print(f"audiostem: resuming {run_dir} from {ckpt_path}", file=sys.stderr)
     trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path)
 
+    results = {}
+    if has_val and has_test:      # the last epoch's model, beside the one validation chose (issue 16)
+        trainer.test(task, datamodule=dm, verbose=False)
+        results["test_last"] = task.results["test"]
     best = checkpoint.best_model_path or str(last)
     state = load_checkpoint(best, map_location=task.device)
     task.load_state_dict(state["state_dict"])
-    results = {}
     for stage, present in (("val", has_val), ("test", has_test)):
         if present:
             (trainer.validate if stage == "val" else trainer.test)(task, datamodule=dm, verbose=False)
@@ -188,7 +191,7 @@ def fit_run(recipe: Recipe, cache, split: dict, run_dir: Path, callbacks: Sequen
         return {}
 
     for stage, r in results.items():
-        items = [cache.items[i] for i in split[stage]]
+        items = [cache.items[i] for i in split["test" if stage == "test_last" else stage]]
         rows = run_folder.prediction_rows(items, torch.log_softmax(r["logits"], 1), r["target"], cache.classes, fold)
         run_folder.write_predictions(run_dir, stage, rows, cache.classes)
     title = f"{Path(recipe.out_dir).name}" + (f" fold {fold}" if fold is not None else "")
@@ -199,6 +202,7 @@ def fit_run(recipe: Recipe, cache, split: dict, run_dir: Path, callbacks: Sequen
     metrics = {
         "test": public(results["test"]["metrics"]) if has_test else None,
         "val": public(results["val"]["metrics"]) if has_val else None,
+        **({"test_last": public(results["test_last"]["metrics"])} if "test_last" in results else {}),
         "best_epoch": run_folder.best_epoch(history.rows, f"{es.metric}" if has_val else "val_accuracy"),
         "epochs_run": len(history.rows),
         "train_seconds": round(history.fit_seconds, 3),

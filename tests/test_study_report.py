@@ -17,8 +17,10 @@ from audiostem.study.plots import first_layer_filters
 CLASSES = ["x", "y"]
 
 
-def make_run(out: Path, ids, correct, seed, *, params=1000, stem_flops=5e6, fold=0, checkpoint=None):
-    """A finished run folder: metrics.json, predictions_test.csv, history.csv (+ best.ckpt)."""
+def make_run(out: Path, ids, correct, seed, *, params=1000, stem_flops=5e6, fold=0, checkpoint=None,
+             last_accuracy=None):
+    """A finished run folder: metrics.json, predictions_test.csv, history.csv (+ best.ckpt; with
+    ``last_accuracy``, the last epoch's test accuracy as ``test_last``)."""
     out.mkdir(parents=True)
     labels = [CLASSES[i % 2] for i in range(len(ids))]
     preds = [lab if c else CLASSES[1 - CLASSES.index(lab)] for lab, c in zip(labels, correct)]
@@ -34,8 +36,9 @@ def make_run(out: Path, ids, correct, seed, *, params=1000, stem_flops=5e6, fold
         torch.save({"state_dict": checkpoint, "epoch": 2}, out / "checkpoints" / "best.ckpt")
     acc = float(np.mean(correct))
     test = {"accuracy": acc, "balanced_accuracy": acc, "macro_f1": 0.0, "per_class": {}, "n_items": len(ids)}
+    last = {} if last_accuracy is None else {"test_last": {**test, "accuracy": last_accuracy}}
     (out / "metrics.json").write_text(json.dumps({
-        "test": test, "val": test, "best_epoch": 2, "epochs_run": 3, "train_seconds": 120.0,
+        "test": test, "val": test, **last, "best_epoch": 2, "epochs_run": 3, "train_seconds": 120.0,
         "train_samples_per_second": 250.0, "params": params, "total_flops": 4 * stem_flops,
         "classes": CLASSES, "seed": seed, "stem": {"params": params // 10, "flops": stem_flops,
                                                    "receptive_field": [7, 7], "stride": [4, 4],
@@ -229,3 +232,26 @@ def test_a_cluster_column_the_predictions_lack_is_named(tmp_path, capsys):
     assert main(["report", str(path)]) == 2
     err = capsys.readouterr().err
     assert "predictions_test.csv: no column 'game'" in err and "Traceback" not in err
+
+
+def test_the_last_epoch_is_reported_beside_the_chosen_one(tmp_path):
+    """Runs that also tested their last epoch (metrics.json `test_last`) get a line giving each
+    stem's mean last-epoch accuracy and its difference from the validation-chosen checkpoint's."""
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({"name": "l", "out_dir": str(tmp_path / "out"), "seeds": 2, "bootstrap": 50,
+                                    "datasets": [{"name": "d", "recipe": "r.yaml"}], "stems": ["deep3", "patch4"]}))
+    ids = [f"clip{i:03d}" for i in range(40)]
+    for k in range(2):
+        make_run(tmp_path / f"out/runs/d/deep3/seed{k}", ids, [i % 4 != 0 for i in range(40)], k, last_accuracy=0.70)
+        make_run(tmp_path / f"out/runs/d/patch4/seed{k}", ids, [i % 2 == 0 for i in range(40)], k,
+                 last_accuracy=0.40 + 0.1 * k)
+    assert main(["report", str(path)]) == 0
+    md = (tmp_path / "out/report/report.md").read_text()
+    assert ("**Last epoch instead of the validation-chosen one** (mean test accuracy over seeds, no interval): "
+            "deep3 70.0 (-5.0); patch4 45.0 (-5.0).") in md
+    # without test_last in every run of the dataset, no such line
+    (tmp_path / "out/runs/d/patch4/seed1/metrics.json").write_text(json.dumps(
+        {k: v for k, v in json.loads((tmp_path / "out/runs/d/patch4/seed1/metrics.json").read_text()).items()
+         if k != "test_last"}))
+    assert main(["report", str(path)]) == 0
+    assert "Last epoch" not in (tmp_path / "out/report/report.md").read_text()

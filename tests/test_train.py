@@ -84,6 +84,13 @@ def test_the_run_folder_holds_the_contract(base):
     assert m["stem"]["stride"] == [4, 4] and m["classes"] == base["classes"] and m["seed"] == 3
     assert m["train_seconds"] > 0 and m["train_samples_per_second"] > 0 and m["device"].startswith("cpu (")
     assert m["test"]["accuracy"] >= 0.5            # the synthetic classes are easy
+    # the last epoch's model on the test split too, beside the checkpoint validation chose
+    last = read_csv(out / "predictions_test_last.csv")
+    assert sorted(r["id"] for r in last) == sorted(r["id"] for r in preds)
+    assert m["test_last"]["n_items"] == base["n_test"]
+    assert m["test_last"]["accuracy"] == pytest.approx(sum(r["correct"] == "1" for r in last) / len(last))
+    if m["best_epoch"] == m["epochs_run"]:
+        assert m["test_last"]["accuracy"] == m["test"]["accuracy"]
     printed = base["printed"]
     assert "test accuracy" in printed and "macro-F1" in printed
     assert f"run folder: {out}" in printed and f"confusion matrix: {out / 'confusion_matrix.png'}" in printed
@@ -155,6 +162,7 @@ def test_options_sgd_cosine_mixup_specaugment_early_stopping_no_test(base):
         "train.max_epochs=4", "data.test_split=null", "model.head=freq_time", "model.channels_last=true"])
     m = train(recipe)
     assert m["test"] is None and m["val"]["n_items"] > 0 and m["epochs_run"] <= 4
+    assert "test_last" not in m                    # no test split: nothing to test the last epoch on
     assert (base["tmp"] / "options" / "confusion_matrix.png").exists()
 
 
@@ -168,6 +176,8 @@ def test_cross_validation_reports_the_mean_over_folds(tmp_path):
     assert [f["fold"] for f in m["folds"]] == [1, 2, 3]
     assert m["test"]["accuracy"] == pytest.approx(sum(f["accuracy"] for f in m["folds"]) / 3)
     assert "accuracy_std" in m["test"] and m["test"]["n_items"] == len(cache)
+    assert m["test_last"]["n_items"] == len(cache) and "pooled_accuracy" in m["test_last"]
+    assert len(read_csv(out / "predictions_test_last.csv")) == len(cache)
     preds = read_csv(out / "predictions_test.csv")
     assert sorted(r["id"] for r in preds) == sorted(it.id for it in cache.items)
     assert {r["fold"] for r in preds} == {"1", "2", "3"}

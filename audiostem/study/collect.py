@@ -44,6 +44,16 @@ class Replicate:
         return float(np.mean([m["test"]["accuracy"] for m in self.metrics]))
 
     @property
+    def last_epoch_accuracy(self) -> Optional[float]:
+        """Test accuracy of the last epoch's model (``metrics.json`` ``test_last``; CV: pooled over
+        folds, and over fold cells by their item counts); None for runs that did not record it."""
+        last = [m.get("test_last") for m in self.metrics]
+        if not last or any(x is None for x in last):
+            return None
+        n = [x["n_items"] for x in last]
+        return sum(x.get("pooled_accuracy", x["accuracy"]) * k for x, k in zip(last, n)) / max(sum(n), 1)
+
+    @property
     def macro_f1(self) -> float:
         if len(self.ids):
             classes = self.metrics[0].get("classes") or sorted(set(self.labels.tolist()))
@@ -156,6 +166,8 @@ def summarize(reps: list[Replicate]) -> dict:
         "late_gain": _mean(_late_gain(r.history) for r in reps),
         "devices": [r.metrics[0].get("device") or "device not recorded" for r in reps],
         "best_epoch": _mean(x.get("best_epoch") for x in folds),
+        "last_acc_mean": (None if not reps or any(r.last_epoch_accuracy is None for r in reps)
+                          else float(np.mean([r.last_epoch_accuracy for r in reps]))),
     }
 
 

@@ -161,6 +161,12 @@ def _summary(name: str, rows: list[dict], components: list[dict], study: Study) 
                    f"seeds; the binomial sampling error of one run on {n} independent items would be {_pct(sampling)} points; "
                    f"the median |Δ| between a stem and the baseline is "
                    f"{_pct(statistics.median(abs(r['diff']) for r in compared))} points.")
+    last = [r for r in rows if r.get("n_seeds") and r.get("last_acc_mean") is not None]
+    if last and len(last) == len([r for r in rows if r.get("n_seeds")]):
+        out.append("**Last epoch instead of the validation-chosen one** (mean test accuracy over seeds, "
+                   "no interval): " + "; ".join(
+                       f"{r['variant']} {_pct(r['last_acc_mean'])} ({_pct(r['last_acc_mean'] - r['acc_mean'], sign=True)})"
+                       for r in last) + ".")
     devices: dict[str, int] = {}
     for r in rows:
         for d in r.get("devices", []):
