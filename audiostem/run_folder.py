@@ -31,11 +31,12 @@ import json
 import math
 import os
 import shutil
-import threading
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 import torch
+
+from data_prep.fileio import write_atomic
 
 from .checkpoint import CheckpointError
 
@@ -63,25 +64,6 @@ class RunFolderError(ValueError):
 
 
 # --- writing ------------------------------------------------------------------------------------
-def write_atomic(path: PathLike, content: Union[str, bytes]) -> None:
-    """Write ``content`` (``str`` as UTF-8, newlines as given, or ``bytes``) to ``path`` through a
-    temporary file beside it, flushed to disk, and one rename: a reader sees the old file or the
-    new one, never half of one. The temporary name is unique per process and thread, so two
-    writers of one path (parallel study runners) do not mix their bytes; a failed write leaves no
-    temporary file behind and raises its error (``OSError`` for a full or read-only disk)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(content.encode("utf-8") if isinstance(content, str) else content)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def write_json(path: PathLike, obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically (NaN written as ``NaN``)."""
     write_atomic(path, json.dumps(obj, indent=1, allow_nan=True) + "\n")

@@ -1,13 +1,16 @@
 """Writing files so that a reader never sees half of one: the one atomic-write helper of the
 project (``data_prep`` for its caches and datasets, ``audiostem`` for its run folders).
 
-A file is written to ``NAME.tmp`` beside it, flushed and ``fsync``-ed, then renamed over
-``NAME`` in one step (``os.replace``): a crash leaves the old file or the new one, never a
-mixture, and at worst a stray ``.tmp`` that the next write replaces.
+A file is written to a temporary file beside it (``.NAME.PID.THREAD.tmp``: unique per process and
+thread, so two writers of one path, such as parallel study runners, never mix their bytes),
+flushed and ``fsync``-ed, then renamed over ``NAME`` in one step (``os.replace``): a crash leaves
+the old file or the new one, never a mixture, and at worst a stray ``*.tmp`` (see
+:func:`stray_temporaries`).
 """
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import BinaryIO, Callable, Union
 
@@ -34,7 +37,7 @@ def write_atomic(path: Union[str, Path], content: Content) -> None:
             removed; an older ``path`` is left as it was).
     """
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = temporary_name(path)
     try:
         with open(tmp, "wb") as fh:
             if callable(content):
@@ -47,6 +50,20 @@ def write_atomic(path: Union[str, Path], content: Content) -> None:
     except OSError as e:             # a full or read-only disk: leave no temporary file behind
         tmp.unlink(missing_ok=True)
         raise named_error(e, path) from None
+    except BaseException:            # interrupted (KeyboardInterrupt): no temporary file either
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def temporary_name(path: Union[str, Path]) -> Path:
+    """The temporary file :func:`write_atomic` writes ``path`` through (this process and thread)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+
+
+def stray_temporaries(folder: Union[str, Path], pattern: str = "*") -> list[Path]:
+    """Temporary files that killed writers of ``folder/pattern`` left behind (recursively)."""
+    return sorted(p for p in Path(folder).rglob(f".{pattern}.*.tmp") if p.is_file())
 
 
 def fsync_dir(path: Union[str, Path]) -> None:

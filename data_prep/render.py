@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 from .cli import run_resumable
-from .fileio import write_atomic
+from .fileio import stray_temporaries, write_atomic
 from .synth import SYNTHS, default_soundfont, instrument_name, parse_programs, render_midi, synthesizer
 from .workers import context, cpu_count, die_with
 
@@ -182,7 +182,7 @@ def _render_dataset(root: Union[str, os.PathLike], out: Union[str, os.PathLike],
     jobs = plan_jobs(list_midi_dataset(root), programs)
     synthesizer(soundfont, sample_rate, synth)             # fail early on a bad synth or soundfont
     out.mkdir(parents=True, exist_ok=True)
-    for stale in out.rglob("*.wav.tmp"):                  # left by a run that was killed
+    for stale in stray_temporaries(out, "*.wav"):          # left by a run that was killed
         stale.unlink()
     (out / "render.json").write_text(json.dumps({"settings": settings}, indent=1) + "\n")
     todo = [j for j in jobs if not (out / j.out).exists()]

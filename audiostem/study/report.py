@@ -6,10 +6,13 @@ the study's ``out_dir``); rerun it as more cells finish.
 from __future__ import annotations
 
 import csv
+import io
 import math
 import statistics
 from pathlib import Path
 from typing import Optional, Union
+
+from data_prep.fileio import write_atomic
 
 from . import plots
 from .collect import analyse
@@ -206,13 +209,14 @@ def write_report(study: Study, out: Union[str, Path, None] = None, cells: Option
     out.mkdir(parents=True, exist_ok=True)
     a = analyse(study, cells)
     rows, results = a["rows"], a["results"]
-    with open(out / "results.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, CSV_FIELDS, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow({**r, "receptive_field": _pair(r["receptive_field"]), "stride": _pair(r["stride"]),
-                        "margin": "" if r["margin"] is None else r["margin"],
-                        "seed_accs": ";".join(f"{x:.6g}" for x in r["seed_accs"])})
+    table = io.StringIO()
+    w = csv.DictWriter(table, CSV_FIELDS, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({**r, "receptive_field": _pair(r["receptive_field"]), "stride": _pair(r["stride"]),
+                    "margin": "" if r["margin"] is None else r["margin"],
+                    "seed_accs": ";".join(f"{x:.6g}" for x in r["seed_accs"])})
+    write_atomic(out / "results.csv", table.getvalue())
     n_cells = sum(len(r["seed_accs"]) for r in rows)
     lines = [f"# Stem study `{study.name}`", "",
              f"Made by `python -m audiostem.study report{_cells_arg(cells)}`; {len(a['missing'])} cells not finished "
@@ -237,5 +241,5 @@ def write_report(study: Study, out: Union[str, Path, None] = None, cells: Option
         figures.append(plots.filters_figure(models, f"{d}: learned first-layer filters (input channel 0)",
                                             out / f"filters_{d}.png") if models else None)
     lines += ["## Figures", ""] + [f"![{f.stem}]({f.name})\n" for f in figures if f]
-    (out / "report.md").write_text("\n".join(lines) + "\n")
+    write_atomic(out / "report.md", "\n".join(lines) + "\n")
     return out / "report.md"

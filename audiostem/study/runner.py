@@ -28,7 +28,7 @@ from typing import Callable, Optional, Sequence, TextIO
 from .. import run_folder
 from ..run_folder import is_finished
 from .grid import Cell, Study, StudyError, TuningPending
-from .tuning import settle_choices, study_cells
+from .tuning import choices_path, settle_choices, study_cells
 
 USAGE_ERROR = 2      # the train command's exit status for a bad recipe, override or cache
 
@@ -323,10 +323,11 @@ def export_cells(study: Study, cells: list[Cell], dest: Path) -> int:
     report count them. The tuning choices file goes along (``_tune/choices.json``): the main
     cells' values come from it. Returns the number of cells exported."""
     runs = Path(study.out_dir) / "runs"
-    choices = runs / "_tune" / "choices.json"
+    choices = choices_path(study)
     if study.tune is not None and choices.is_file():
-        (Path(dest) / "_tune").mkdir(parents=True, exist_ok=True)
-        shutil.copy2(choices, Path(dest) / "_tune" / "choices.json")
+        target = Path(dest) / choices.relative_to(runs)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(choices, target)
     n = 0
     for cell in cells:
         if not is_finished(cell.out_dir):

@@ -26,6 +26,8 @@ import json
 from pathlib import Path
 from typing import Callable, Optional
 
+from data_prep.fileio import write_atomic
+
 from .. import run_folder
 from .grid import Cell, Dataset, Study, StudyError, TuningPending, _slug, dataset_variants, expand, make_cell, \
     tuning_source
@@ -162,7 +164,7 @@ def write_choices(study: Study, data: dict) -> Path:
     """Write the choices file atomically (parallel runners may finish tuning at once)."""
     path = choices_path(study)
     path.parent.mkdir(parents=True, exist_ok=True)
-    run_folder.write_atomic(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
+    write_atomic(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
     return path
 
 
