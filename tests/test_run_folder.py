@@ -5,6 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from data_prep.cache import Item
+
 from audiostem import run_folder as rf
 from audiostem.checkpoint import CheckpointError, CheckpointPayload, load_checkpoint
 from audiostem.metrics import pool_folds
@@ -55,7 +57,8 @@ def test_history_and_predictions_round_trip(tmp_path):
     assert rf.best_epoch(rows, "val_accuracy") == 2 and rf.best_epoch(rows[:1], "val_accuracy") == 1
 
     classes = ["a", "b", "c"]
-    items = [{"id": "x1", "fold": 2, "group": "g1"}, {"id": "x2", "fold": None}]
+    items = [Item("x1", "x1.wav", "", "a", "", 2, "g1", 10, "shards/00000.npy", 0),
+             Item("x2", "x2.wav", "", "b", "", None, "", 10, "shards/00000.npy", 10)]
     log_probs = torch.log(torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]]))
     target = torch.tensor([0, 1])
     rf.write_predictions(tmp_path, "test", rf.prediction_rows(items, log_probs, target, classes), classes)
