@@ -281,6 +281,10 @@ def resolve_splits(cache, recipe: Recipe) -> list[Split]:
                "train": [i for i, f in enumerate(folds) if f not in (test, val)],
                "val": [i for i, f in enumerate(folds) if f == val],
                "test": [i for i, f in enumerate(folds) if f == test]}
+        if not run["train"]:
+            raise RecipeError(f"data.folds: test fold {test}" + (f" and validation fold {val}" if val is not None else "")
+                              + f" leave no training item among the folds {present}; use more folds "
+                              "(data.folds.cv), or val: train (a held-out part of the training folds) or none")
         if cv.val == "train":
             run["train"], run["val"] = held_out(cache.items, run["train"], folds, cv.val_fraction, recipe.seed)
             if not run["val"]:

@@ -170,12 +170,15 @@ def prepare(recipe, restart: bool = False, write: bool = True) -> Path:
 
 
 def discard_run(run_dir: PathLike) -> None:
-    """Delete a run's files (checkpoints, logs, metrics, history, recipe, fold folders) for
-    ``--restart``; the lock and any files of other programs stay."""
+    """Delete every file a run writes (checkpoints, logs, metrics, history, recipe, predictions,
+    reports, fold folders) for ``--restart``; the lock and any files of other programs stay."""
     out = Path(run_dir)
-    for name in (CHECKPOINTS_DIR, LOGS_DIR, METRICS_FILE, HISTORY_FILE, RECIPE_FILE):
+    for name in (CHECKPOINTS_DIR, LOGS_DIR, METRICS_FILE, HISTORY_FILE, RECIPE_FILE, PER_CLASS_FILE, CONFUSION_FILE):
         target = out / name
         shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    for pattern in ("predictions_*.csv", "per_class_*.txt", "confusion_matrix_*.png"):
+        for target in out.glob(pattern):
+            target.unlink(missing_ok=True)
     for d in out.glob("fold_*"):
         shutil.rmtree(d)
 
@@ -272,8 +275,12 @@ def read_history(run_dir: PathLike) -> list[dict]:
     path = Path(run_dir) / HISTORY_FILE
     if not path.is_file():
         return []
-    return [{k: (float(v) if v not in ("", None) else math.nan) for k, v in r.items()}
-            for r in _read_csv(path)[1]]
+    try:
+        return [{k: (float(v) if v not in ("", None) else math.nan) for k, v in r.items()}
+                for r in _read_csv(path)[1]]
+    except (ValueError, TypeError) as e:
+        raise RunFolderError(f"{path}: damaged (not numbers: {' '.join(str(e).split())[:120]}); delete the run "
+                             "folder's metrics.json and history.csv and run the training again") from None
 
 
 def best_epoch(rows: list[dict], metric: str) -> int:

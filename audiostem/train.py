@@ -266,11 +266,14 @@ def _train(recipe: Recipe, callbacks: Sequence, restart: bool, resume_from: Opti
     quiet_lightning()
     if cache is None:
         cache = ensure_cache(recipe)
+    if restart and resume_from:       # a damaged --resume file must not cost the run --restart discards
+        load_checkpoint(resume_from)
     out = run_folder.prepare(recipe, restart, write=_is_rank_zero())
     if run_folder.is_finished(out):
+        metrics = run_folder.read_metrics(out)    # RunFolderError (one line) when it is damaged
         print(f"audiostem: {out} is already finished (metrics.json); pass --restart to train it again",
               file=sys.stderr)
-        return run_folder.read_metrics(out)
+        return metrics
     splits = resolve_splits(cache, recipe)
     if recipe.data.folds is None:
         return fit_run(recipe, cache, splits[0], out, callbacks, resume_from)
@@ -387,7 +390,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       f"splits {cache.meta.get('splits')}, features {cache.config.kind}")
             return 0
         metrics = train(recipe, restart=args.restart, resume_from=args.resume, cache=cache)
-    except (RecipeError, CacheError, CheckpointError) as e:
+    except (RecipeError, CacheError, CheckpointError, run_folder.RunFolderError) as e:
         print(f"error: {one_message(e)}", file=sys.stderr)
         return 2
     if metrics and _is_rank_zero():

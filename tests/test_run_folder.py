@@ -169,3 +169,9 @@ def test_no_module_but_the_owner_names_the_run_folder_files():
                     and id(node) not in messages and node.value in names:
                 offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.value!r}")
     assert not offenders, offenders
+
+
+def test_a_history_with_text_for_numbers_is_named(tmp_path):
+    (tmp_path / "history.csv").write_text("epoch,train_loss\n1,abc\n")
+    with pytest.raises(rf.RunFolderError, match=r"history\.csv: damaged \(not numbers"):
+        rf.read_history(tmp_path)

@@ -154,6 +154,42 @@ def test_a_finished_run_is_kept_and_another_recipe_is_refused(base, capsys):
     assert (base["out"] / "metrics.json").read_text() == before
 
 
+def test_a_damaged_metrics_json_or_resume_file_is_one_line_and_loses_nothing(base, capsys):
+    import shutil
+    damaged = base["tmp"] / "damaged"
+    shutil.copytree(base["out"], damaged)
+    (damaged / "metrics.json").write_text((damaged / "metrics.json").read_text()[:50])
+    assert main([str(base["recipe"]), f"out_dir={damaged}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "metrics.json: damaged" in err and "\n" not in err
+    # --restart with a damaged --resume file: refused before the finished run is discarded
+    bad = base["tmp"] / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    before = (base["out"] / "metrics.json").read_text()
+    assert main([str(base["recipe"]), "--restart", "--resume", str(bad)]) == 2
+    assert "bad.ckpt" in capsys.readouterr().err
+    assert (base["out"] / "metrics.json").read_text() == before and (base["out"] / "checkpoints" / "best.ckpt").exists()
+
+
+def test_restart_discards_every_file_of_the_old_run(base):
+    import shutil
+    out = base["tmp"] / "restarted"
+    shutil.copytree(base["out"], out)
+    assert (out / "predictions_val.csv").exists() and (out / "predictions_test_last.csv").exists()
+    m = train(load_recipe(base["recipe"], [f"out_dir={out}", "train.max_epochs=1", "data.val_split=null"]),
+              restart=True)
+    assert m["val"] is None and "test_last" not in m
+    assert not (out / "predictions_val.csv").exists() and not (out / "predictions_test_last.csv").exists()
+    assert (out / "predictions_test.csv").exists()
+
+
+def test_cross_validation_that_leaves_nothing_to_train_on_is_refused(tmp_path):
+    synthetic_cache(tmp_path / "cache", per_class=4, folds=2)
+    recipe = load_recipe(tiny_recipe(tmp_path, tmp_path / "cache", folds={"cv": 2}))
+    with pytest.raises(RecipeError, match=r"data\.folds: test fold 1 and validation fold 2 leave no training item"):
+        train(recipe)
+
+
 def test_options_sgd_cosine_mixup_specaugment_early_stopping_no_test(base):
     recipe = load_recipe(base["recipe"], [
         f"out_dir={base['tmp'] / 'options'}", "train.optimizer=sgd", "train.schedule=cosine",
