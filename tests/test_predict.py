@@ -136,3 +136,10 @@ def test_evaluate_reads_the_stored_recipe_and_builds_one_model(audio_run, tmp_pa
     with pytest.raises(CheckpointError, match=r"damaged\.ckpt: its stored recipe: data\.folds") as info:
         evaluate(tmp_path / "damaged.ckpt", split="test")
     assert len(str(info.value).splitlines()) == 1
+
+
+@pytest.mark.parametrize("option", [["--top-k", "0"], ["--top-k", "two"], ["--batch-size", "-1"]])
+def test_counts_below_one_are_a_usage_error(option, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        predict_main([str(tmp_path / "x.ckpt"), str(tmp_path / "a.wav"), *option])
+    assert stop.value.code == 2 and f"argument {option[0]}" in capsys.readouterr().err
