@@ -255,3 +255,26 @@ def test_the_last_epoch_is_reported_beside_the_chosen_one(tmp_path):
          if k != "test_last"}))
     assert main(["report", str(path)]) == 0
     assert "Last epoch" not in (tmp_path / "out/report/report.md").read_text()
+
+
+def test_a_finished_cell_without_its_predictions_is_named_not_dropped(tmp_path, capsys):
+    """One fold of a CV cell lost predictions_test.csv while the dataset's other cells have
+    theirs: the report refuses with the file's name, rather than comparing on fewer items."""
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "p", "out_dir": str(tmp_path / "out"), "seeds": 2, "bootstrap": 50,
+        "datasets": [{"name": "d", "recipe": "r.yaml", "folds": {"key": "data.test_fold", "values": [0, 1]}}],
+        "stems": ["deep3", "x"]}))
+    ids = [f"clip{i:03d}" for i in range(20)]
+    for stem in ("deep3", "x"):
+        for k in range(2):
+            for fold in (0, 1):
+                make_run(tmp_path / f"out/runs/d/{stem}/seed{k}/fold{fold}", ids[10 * fold:10 * fold + 10],
+                         [i % 3 != 0 for i in range(10)], k, fold=fold)
+    assert main(["report", str(path)]) == 0
+    lost = tmp_path / "out/runs/d/x/seed1/fold1/predictions_test.csv"
+    lost.unlink()
+    assert main(["report", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"{lost}: missing" in err and "d/x/seed1/fold1/metrics.json" in err

@@ -73,15 +73,24 @@ def test_outcomes(run_dir: Path, cluster: Optional[str] = None) -> dict[str, tup
             for r in rows}
 
 
-def load_replicate(seed: int, cells: list[Cell], cluster: Optional[str] = None) -> Replicate:
+def load_replicate(seed: int, cells: list[Cell], cluster: Optional[str] = None,
+                   need_predictions: bool = False) -> Replicate:
     """Merge the finished fold cells of one seed (every item once; later duplicates ignored);
-    ``cluster``: the predictions column that gives each item's unit (see :func:`test_outcomes`)."""
+    ``cluster``: the predictions column that gives each item's unit (see :func:`test_outcomes`).
+    ``need_predictions``: other cells of the dataset have test predictions, so a cell without
+    them is damaged (comparing it on ``metrics.json`` alone would quietly drop it, or some of its
+    folds' items, from the paired tests): raises :class:`StudyError` naming the missing file."""
     rep = Replicate(seed, [run_folder.read_metrics(c.out_dir) for c in cells])
     items: dict[str, tuple] = {}
     for c in cells:
         if run_folder.has_predictions(c.out_dir, "test"):
             for k, v in test_outcomes(c.out_dir, cluster).items():
                 items.setdefault(k, v)
+        elif need_predictions:
+            raise StudyError(f"{run_folder.predictions_name(c.out_dir, 'test')}: missing, though the dataset's "
+                             f"other finished cells have theirs (the paired tests need every cell's items): "
+                             f"copy it back from the exported cells, or delete "
+                             f"{Path(c.out_dir) / run_folder.METRICS_FILE} so that the runner trains cell {c.name} again")
     if items:
         keys = sorted(items)
         rep.ids = np.array(keys)
@@ -108,6 +117,8 @@ def collect(study: Study, cells: list[Cell]) -> tuple[dict, list[str]]:
                                                   for v in dataset_variants(study, d)}
     for cell in cells:
         groups.setdefault((cell.dataset, cell.variant), {}).setdefault(cell.seed, []).append(cell)
+    with_predictions = {c.dataset for c in cells
+                        if is_finished(c.out_dir) and run_folder.has_predictions(c.out_dir, "test")}
     results, missing = {}, []
     for key, by_seed in groups.items():
         reps = []
@@ -115,7 +126,8 @@ def collect(study: Study, cells: list[Cell]) -> tuple[dict, list[str]]:
             unfinished = [c.name for c in cells if not is_finished(c.out_dir)]
             missing += unfinished
             if not unfinished:
-                reps.append(load_replicate(seed, cells, study.dataset(key[0]).cluster))
+                reps.append(load_replicate(seed, cells, study.dataset(key[0]).cluster,
+                                           need_predictions=key[0] in with_predictions))
         results[key] = reps
     _check_one_build(results)
     return results, missing
