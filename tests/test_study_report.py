@@ -17,18 +17,27 @@ from audiostem.study.plots import first_layer_filters
 CLASSES = ["x", "y"]
 
 
-def make_run(out: Path, ids, correct, seed, *, params=1000, stem_flops=5e6, fold=0, checkpoint=None,
-             last_accuracy=None):
-    """A finished run folder: metrics.json, predictions_test.csv, history.csv (+ best.ckpt; with
-    ``last_accuracy``, the last epoch's test accuracy as ``test_last``)."""
-    out.mkdir(parents=True)
+def write_predictions(path: Path, ids, correct, fold=0):
     labels = [CLASSES[i % 2] for i in range(len(ids))]
     preds = [lab if c else CLASSES[1 - CLASSES.index(lab)] for lab, c in zip(labels, correct)]
-    with open(out / "predictions_test.csv", "w", newline="") as fh:
+    with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["id", "label", "pred", "correct", "fold", "p_x", "p_y"])
         for row in zip(ids, labels, preds, correct):
             w.writerow([*row[:3], int(row[3]), fold, 0.5, 0.5])
+    return labels, preds
+
+
+def make_run(out: Path, ids, correct, seed, *, params=1000, stem_flops=5e6, fold=0, checkpoint=None,
+             last_accuracy=None, last_correct=None):
+    """A finished run folder: metrics.json, predictions_test.csv, history.csv (+ best.ckpt; with
+    ``last_accuracy``, the last epoch's test accuracy as ``test_last``; with ``last_correct``,
+    also its predictions_test_last.csv)."""
+    out.mkdir(parents=True)
+    labels, preds = write_predictions(out / "predictions_test.csv", ids, correct, fold)
+    if last_correct is not None:
+        write_predictions(out / "predictions_test_last.csv", ids, last_correct, fold)
+        last_accuracy = float(np.mean(last_correct))
     (out / "history.csv").write_text("epoch,train_loss,val_loss,val_accuracy,val_macro_f1,lr,seconds\n" + "".join(
         f"{e},1,1,{0.5 + 0.1 * e},0.5,0.001,2\n" for e in range(4)))
     if checkpoint is not None:
@@ -247,7 +256,7 @@ def test_the_last_epoch_is_reported_beside_the_chosen_one(tmp_path):
                  last_accuracy=0.40 + 0.1 * k)
     assert main(["report", str(path)]) == 0
     md = (tmp_path / "out/report/report.md").read_text()
-    assert ("**Last epoch instead of the validation-chosen one** (mean test accuracy over seeds, no interval): "
+    assert ("**Last epoch instead of the validation-chosen one** (mean test accuracy over seeds; no interval): "
             "deep3 70.0 (-5.0); patch4 45.0 (-5.0).") in md
     # without test_last in every run of the dataset, no such line
     (tmp_path / "out/runs/d/patch4/seed1/metrics.json").write_text(json.dumps(
@@ -255,3 +264,56 @@ def test_the_last_epoch_is_reported_beside_the_chosen_one(tmp_path):
          if k != "test_last"}))
     assert main(["report", str(path)]) == 0
     assert "Last epoch" not in (tmp_path / "out/report/report.md").read_text()
+
+
+def test_a_finished_cell_without_its_predictions_is_named_not_dropped(tmp_path, capsys):
+    """One fold of a CV cell lost predictions_test.csv while the dataset's other cells have
+    theirs: the report refuses with the file's name, rather than comparing on fewer items."""
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "p", "out_dir": str(tmp_path / "out"), "seeds": 2, "bootstrap": 50,
+        "datasets": [{"name": "d", "recipe": "r.yaml", "folds": {"key": "data.test_fold", "values": [0, 1]}}],
+        "stems": ["deep3", "x"]}))
+    ids = [f"clip{i:03d}" for i in range(20)]
+    for stem in ("deep3", "x"):
+        for k in range(2):
+            for fold in (0, 1):
+                make_run(tmp_path / f"out/runs/d/{stem}/seed{k}/fold{fold}", ids[10 * fold:10 * fold + 10],
+                         [i % 3 != 0 for i in range(10)], k, fold=fold)
+    assert main(["report", str(path)]) == 0
+    lost = tmp_path / "out/runs/d/x/seed1/fold1/predictions_test.csv"
+    lost.unlink()
+    assert main(["report", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"{lost}: missing" in err and "d/x/seed1/fold1/metrics.json" in err
+
+
+def test_the_last_epoch_change_has_a_paired_interval(tmp_path):
+    """With predictions_test_last.csv in every run, the last-epoch line gives each stem's paired
+    difference (last minus chosen, same seeds and items) with the crossed seeds x units interval."""
+    from audiostem.study.stats import crossed_t_test
+
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({"name": "l", "out_dir": str(tmp_path / "out"), "seeds": 3, "bootstrap": 50,
+                                    "datasets": [{"name": "d", "recipe": "r.yaml"}], "stems": ["deep3", "patch4"]}))
+    ids = [f"clip{i:03d}" for i in range(60)]
+    rng = np.random.default_rng(0)
+    chosen, last = {}, {}
+    for stem in ("deep3", "patch4"):
+        for k in range(3):
+            chosen[stem, k] = (rng.random(60) < 0.7).astype(int)
+            last[stem, k] = np.where(rng.random(60) < 0.2, 1, chosen[stem, k])    # the last epoch fixes some
+            make_run(tmp_path / f"out/runs/d/{stem}/seed{k}", ids, chosen[stem, k], k, last_correct=last[stem, k])
+    assert main(["report", str(path)]) == 0
+    rows = {r["variant"]: r for r in csv.DictReader(open(tmp_path / "out/report/results.csv"))}
+    for stem in ("deep3", "patch4"):
+        t = crossed_t_test(np.stack([last[stem, k] for k in range(3)]), np.stack([chosen[stem, k] for k in range(3)]))
+        r = rows[stem]
+        assert float(r["last_diff"]) == pytest.approx(t["diff"]) and t["diff"] > 0
+        assert float(r["last_low"]) == pytest.approx(t["low"]) and float(r["last_high"]) == pytest.approx(t["high"])
+        assert float(r["last_acc_mean"]) == pytest.approx(np.mean([last[stem, k].mean() for k in range(3)]))
+    md = (tmp_path / "out/report/report.md").read_text()
+    t = crossed_t_test(np.stack([last["patch4", k] for k in range(3)]), np.stack([chosen["patch4", k] for k in range(3)]))
+    assert "in brackets the paired difference's 95% interval, seeds and items crossed, not adjusted for the 2 stems" in md
+    assert f"(+{100 * t['diff']:.1f} [{100 * t['low']:+.1f}, {100 * t['high']:+.1f}])" in md

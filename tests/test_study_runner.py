@@ -161,6 +161,25 @@ def test_run_skips_finished_retries_failed_and_prunes(tmp_path, capsys):
     assert "0 to run" in capsys.readouterr().err
 
 
+def test_a_damaged_metrics_file_is_named_not_counted_finished_nor_deleted(tmp_path, capsys):
+    """A cell whose metrics.json is truncated is listed as damaged by --dry-run and as failed by
+    the runner (naming the file and the remedy); it is not trained over, and nothing is deleted."""
+    path = write_study(tmp_path, seeds=1, stems=["deep3"],
+                       datasets=[{"name": "one", "recipe": str(tmp_path / "recipe.yaml")}])
+    assert main([str(path)]) == 0
+    capsys.readouterr()
+    metrics = tmp_path / "out/runs/one/deep3/seed0/metrics.json"
+    metrics.write_text(metrics.read_text()[:7])
+    assert main([str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "damaged   one/deep3/seed0" in out and f"{metrics}: damaged" in out and "1 damaged" in out
+    assert main([str(path)]) == 1
+    err = capsys.readouterr().err
+    assert f"DAMAGED one/deep3/seed0: {metrics}: damaged" in err and "1 failed: one/deep3/seed0" in err
+    assert len(metrics.read_text()) == 7
+    assert len((metrics.parent / "calls.txt").read_text().splitlines()) == 1
+
+
 def test_retry_within_one_invocation(tmp_path, capsys):
     path = write_study(tmp_path, seeds=1, stems=["deep3"], overrides={"fake.fail": "once"},
                        datasets=[{"name": "one", "recipe": str(tmp_path / "recipe.yaml")}])

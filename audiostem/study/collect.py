@@ -34,6 +34,7 @@ class Replicate:
     labels: np.ndarray = field(default_factory=lambda: np.array([], dtype=str))
     preds: np.ndarray = field(default_factory=lambda: np.array([], dtype=str))
     units: np.ndarray = field(default_factory=lambda: np.array([], dtype=str))   # cluster of each item
+    correct_last: np.ndarray = field(default_factory=lambda: np.array([], dtype=int))  # last epoch's model, same ids
     history: list[dict] = field(default_factory=list)
     checkpoint: Optional[Path] = None
 
@@ -61,27 +62,38 @@ class Replicate:
         return float(np.mean([m["test"]["macro_f1"] for m in self.metrics]))
 
 
-def test_outcomes(run_dir: Path, cluster: Optional[str] = None) -> dict[str, tuple[str, str, int, str]]:
+def test_outcomes(run_dir: Path, cluster: Optional[str] = None,
+                  split: str = "test") -> dict[str, tuple[str, str, int, str]]:
     """A run's test predictions as ``{id: (label, pred, correct, unit)}``; ``unit`` is the value of
-    the ``cluster`` column (the item's own id without one). Raises :class:`StudyError` naming the
-    file when the column is missing."""
-    columns, rows = run_folder.read_predictions(run_dir, "test")
+    the ``cluster`` column (the item's own id without one). ``split``: ``test`` (the
+    validation-chosen checkpoint) or ``test_last`` (the last epoch's model). Raises
+    :class:`StudyError` naming the file when the column is missing."""
+    columns, rows = run_folder.read_predictions(run_dir, split)
     if cluster and cluster not in columns:
-        raise StudyError(f"{run_folder.predictions_name(run_dir, 'test')}: no column {cluster!r} to cluster the "
+        raise StudyError(f"{run_folder.predictions_name(run_dir, split)}: no column {cluster!r} to cluster the "
                          f"test items by (the study's `cluster:`); columns: {', '.join(columns)}")
     return {r["id"]: (r["label"], r["pred"], int(float(r["correct"])), r[cluster] if cluster else r["id"])
             for r in rows}
 
 
-def load_replicate(seed: int, cells: list[Cell], cluster: Optional[str] = None) -> Replicate:
+def load_replicate(seed: int, cells: list[Cell], cluster: Optional[str] = None,
+                   need_predictions: bool = False) -> Replicate:
     """Merge the finished fold cells of one seed (every item once; later duplicates ignored);
-    ``cluster``: the predictions column that gives each item's unit (see :func:`test_outcomes`)."""
+    ``cluster``: the predictions column that gives each item's unit (see :func:`test_outcomes`).
+    ``need_predictions``: other cells of the dataset have test predictions, so a cell without
+    them is damaged (comparing it on ``metrics.json`` alone would quietly drop it, or some of its
+    folds' items, from the paired tests): raises :class:`StudyError` naming the missing file."""
     rep = Replicate(seed, [run_folder.read_metrics(c.out_dir) for c in cells])
     items: dict[str, tuple] = {}
     for c in cells:
         if run_folder.has_predictions(c.out_dir, "test"):
             for k, v in test_outcomes(c.out_dir, cluster).items():
                 items.setdefault(k, v)
+        elif need_predictions:
+            raise StudyError(f"{run_folder.predictions_name(c.out_dir, 'test')}: missing, though the dataset's "
+                             f"other finished cells have theirs (the paired tests need every cell's items): "
+                             f"copy it back from the exported cells, or delete "
+                             f"{Path(c.out_dir) / run_folder.METRICS_FILE} so that the runner trains cell {c.name} again")
     if items:
         keys = sorted(items)
         rep.ids = np.array(keys)
@@ -89,6 +101,13 @@ def load_replicate(seed: int, cells: list[Cell], cluster: Optional[str] = None) 
         rep.preds = np.array([items[k][1] for k in keys])
         rep.correct = np.array([items[k][2] for k in keys], dtype=int)
         rep.units = np.array([items[k][3] for k in keys])
+        if all(run_folder.has_predictions(c.out_dir, "test_last") for c in cells):
+            last: dict[str, tuple] = {}
+            for c in cells:
+                for k, v in test_outcomes(c.out_dir, split="test_last").items():
+                    last.setdefault(k, v)
+            if set(last) == set(keys):
+                rep.correct_last = np.array([last[k][2] for k in keys], dtype=int)
     rep.history = read_history(cells[0].out_dir)
     ckpt = run_folder.best_checkpoint(cells[0].out_dir)
     rep.checkpoint = ckpt if ckpt.is_file() else None
@@ -108,6 +127,8 @@ def collect(study: Study, cells: list[Cell]) -> tuple[dict, list[str]]:
                                                   for v in dataset_variants(study, d)}
     for cell in cells:
         groups.setdefault((cell.dataset, cell.variant), {}).setdefault(cell.seed, []).append(cell)
+    with_predictions = {c.dataset for c in cells
+                        if is_finished(c.out_dir) and run_folder.has_predictions(c.out_dir, "test")}
     results, missing = {}, []
     for key, by_seed in groups.items():
         reps = []
@@ -115,7 +136,8 @@ def collect(study: Study, cells: list[Cell]) -> tuple[dict, list[str]]:
             unfinished = [c.name for c in cells if not is_finished(c.out_dir)]
             missing += unfinished
             if not unfinished:
-                reps.append(load_replicate(seed, cells, study.dataset(key[0]).cluster))
+                reps.append(load_replicate(seed, cells, study.dataset(key[0]).cluster,
+                                           need_predictions=key[0] in with_predictions))
         results[key] = reps
     _check_one_build(results)
     return results, missing
@@ -208,6 +230,21 @@ def paired_arrays(a: list[Replicate], b: list[Replicate]) -> tuple[np.ndarray, n
     return (np.stack([take(ra[s]) for s in seeds]), np.stack([take(by_seed[s]) for s in seeds]), seeds, units)
 
 
+def last_epoch_change(reps: list[Replicate], clustered: bool, alpha: float = 0.05) -> dict:
+    """The last epoch's model against the validation-chosen checkpoint of the same runs, paired on
+    the same seeds and test items: ``last_diff`` (accuracy, last minus chosen) with its
+    ``1 - alpha`` interval ``last_low, last_high`` from :func:`stats.crossed_t_test` (seeds and
+    units crossed; the dataset's clusters when ``clustered``), unadjusted for the stems of the
+    dataset. Empty when a replicate lacks the last epoch's predictions or there are fewer than
+    two seeds."""
+    if len(reps) < 2 or any(len(r.correct_last) == 0 or len(r.correct_last) != len(reps[0].correct_last)
+                            or not np.array_equal(r.ids, reps[0].ids) for r in reps):
+        return {}
+    t = stats.crossed_t_test(np.stack([r.correct_last for r in reps]), np.stack([r.correct for r in reps]),
+                             alpha=alpha, clusters=reps[0].units if clustered else None)
+    return {"last_diff": t["diff"], "last_low": t["low"], "last_high": t["high"]}
+
+
 def analyse(study: Study, cells: Optional[list[str]] = None) -> dict:
     """Everything the report needs: ``rows`` (one dict per dataset x variant, in study order, with
     the comparison to the baseline merged in), ``missing`` cells, ``components`` per dataset
@@ -253,5 +290,8 @@ def analyse(study: Study, cells: Optional[list[str]] = None) -> dict:
                         "detectable": now["detectable"], "p_equivalent": now["p_equivalent"],
                         "detectable_2x": more["detectable"], "p_equivalent_2x": more["p_equivalent"]})
         components[d.name] = [c["components"] for c in comps.values()]
+        for row in rows:
+            if row["dataset"] == d.name:
+                row.update(last_epoch_change(results[(d.name, row["variant"])], d.cluster is not None, study.alpha))
     return {"rows": rows, "missing": missing, "left_out": left_out, "components": components,
             "results": results}

@@ -109,8 +109,8 @@ def verdict_grid(rows: list[dict], path: Path) -> Optional[Path]:
         ax.title.set_fontsize(8)
         ax.grid(axis="x", alpha=0.3)
     axes[0][0].set_yticks(list(y.values()), list(y), fontsize=8)
-    fig.suptitle("Each stem vs the baseline: simultaneous interval and verdict "
-                 "(green better, red worse, blue equivalent, grey inconclusive; band: margin)", fontsize=9)
+    fig.suptitle("Each stem vs the baseline: simultaneous interval and verdict\n(green better, red worse, "
+                 "blue equivalent, grey inconclusive; band: margin)", fontsize=9)
     return _save(fig, path)
 
 

@@ -26,7 +26,8 @@ CSV_FIELDS = ["dataset", "variant", "baseline", "n_seeds", "n_items", "acc_mean"
               "best_epoch", "late_best", "late_gain", "diff", "se", "df", "p", "family", "adj_level",
               "adj_low", "adj_high", "p_adj", "margin", "unit", "n_units", "verdict", "detectable",
               "p_equivalent", "detectable_2x", "p_equivalent_2x", "p_boot", "boot_low", "boot_high",
-              "p_mcnemar", "n10", "n01", "paired_seeds", "paired_items", "seed_accs"]
+              "p_mcnemar", "n10", "n01", "paired_seeds", "paired_items", "seed_accs", "last_acc_mean",
+              "last_diff", "last_low", "last_high"]
 
 
 def _pct(x: Optional[float], digits: int = 1, sign: bool = False) -> str:
@@ -166,10 +167,19 @@ def _summary(name: str, rows: list[dict], components: list[dict], study: Study) 
                    f"{_pct(statistics.median(abs(r['diff']) for r in compared))} points.")
     last = [r for r in rows if r.get("n_seeds") and r.get("last_acc_mean") is not None]
     if last and len(last) == len([r for r in rows if r.get("n_seeds")]):
-        out.append("**Last epoch instead of the validation-chosen one** (mean test accuracy over seeds, "
-                   "no interval): " + "; ".join(
-                       f"{r['variant']} {_pct(r['last_acc_mean'])} ({_pct(r['last_acc_mean'] - r['acc_mean'], sign=True)})"
-                       for r in last) + ".")
+        paired = all("last_diff" in r for r in last)
+        level = f"{1 - study.alpha:.0%}"
+
+        def change(r: dict) -> str:
+            if paired:
+                return (f"{_pct(r['last_diff'], sign=True)} [{_pct(r['last_low'], sign=True)}, "
+                        f"{_pct(r['last_high'], sign=True)}]")
+            return _pct(r["last_acc_mean"] - r["acc_mean"], sign=True)
+        out.append("**Last epoch instead of the validation-chosen one** (mean test accuracy over seeds; "
+                   + (f"in brackets the paired difference's {level} interval, seeds and "
+                      f"{'clusters' if unit != 'item' else 'items'} crossed, not adjusted for the "
+                      f"{len(last)} stems" if paired else "no interval")
+                   + "): " + "; ".join(f"{r['variant']} {_pct(r['last_acc_mean'])} ({change(r)})" for r in last) + ".")
     devices: dict[str, int] = {}
     for r in rows:
         for d in r.get("devices", []):

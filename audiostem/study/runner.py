@@ -34,10 +34,22 @@ USAGE_ERROR = 2      # the train command's exit status for a bad recipe, overrid
 
 
 def status(cell: Cell) -> str:
-    """``finished``, ``partial`` (a run folder without metrics.json: it will resume) or ``pending``."""
+    """``finished``, ``damaged`` (its metrics.json is unreadable: see :func:`damage`), ``partial``
+    (a run folder without metrics.json: it will resume) or ``pending``."""
     if is_finished(cell.out_dir):
-        return "finished"
+        return "damaged" if damage(cell) else "finished"
     return "partial" if cell.out_dir.exists() else "pending"
+
+
+def damage(cell: Cell) -> Optional[str]:
+    """Why a finished cell's ``metrics.json`` cannot be read (one line naming the file and the
+    remedy), or None. The runner does not train such a cell (the train command would refuse it
+    too) and does not delete it: it counts as failed until the file is restored or removed."""
+    try:
+        run_folder.read_metrics(cell.out_dir)
+    except run_folder.RunFolderError as err:
+        return str(err)
+    return None
 
 
 def select(cells: list[Cell], patterns: Optional[Sequence[str]], pending: bool = False) -> list[Cell]:
@@ -284,11 +296,15 @@ def run_study(study: Study, cells: list[Cell], jobs: int = 1, retries: int = 1,
     up to ``retries`` more times. Prints a progress line per finished cell. Returns counts and
     failed cell names."""
     todo = [c for c in cells if not is_finished(c.out_dir)]
-    skipped = len(cells) - len(todo)
+    damaged = [c for c in cells if is_finished(c.out_dir) and damage(c)]
+    skipped = len(cells) - len(todo) - len(damaged)
     for c in cells:
-        prune_checkpoints(study, c)
+        if c not in damaged:
+            prune_checkpoints(study, c)
     echo(f"[study {study.name}] {len(cells)} {what}: {skipped} finished, {len(todo)} to run, "
          f"{jobs} at a time; logs in {Path(study.out_dir) / 'logs'}")
+    for c in damaged:
+        echo(f"[study {study.name}] DAMAGED {c.name}: {damage(c)}")
     broken = prepare_caches(study, todo, echo)
     unrunnable = [c.name for c in todo if c.dataset in broken]
     todo = [c for c in todo if c.dataset not in broken]
@@ -313,7 +329,8 @@ def run_study(study: Study, cells: list[Cell], jobs: int = 1, retries: int = 1,
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         list(pool.map(work, todo))
-    return {"cells": len(cells), "skipped": skipped, "finished": len(done), "failed": unrunnable + failed}
+    return {"cells": len(cells), "skipped": skipped, "finished": len(done),
+            "failed": [c.name for c in damaged] + unrunnable + failed}
 
 
 def export_cells(study: Study, cells: list[Cell], dest: Path) -> int:
@@ -355,8 +372,9 @@ def describe(study: Study, cells: list[Cell], out: TextIO) -> int:
     Returns the number of invalid cells."""
     counts: dict[str, int] = {}
     for cell in cells:
-        error = None if is_finished(cell.out_dir) else check_cell(study, cell)
-        st = "INVALID" if error else status(cell)
+        st = status(cell)
+        error = damage(cell) if st == "damaged" else None if st == "finished" else check_cell(study, cell)
+        st = "INVALID" if error and st != "damaged" else st
         counts[st] = counts.get(st, 0) + 1
         out.write(f"{st:9s} {cell.name}\n          {error or shlex.join(train_command(study, cell))}\n")
     out.write(f"{len(cells)} cells: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + "\n")
