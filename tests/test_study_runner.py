@@ -301,6 +301,12 @@ def test_export_keeps_finished_cells_that_a_new_out_dir_then_skips(tmp_path, cap
     assert "exported 1 finished cells" in capsys.readouterr().out
     kept = tmp_path / "kept/one/deep3/seed0"
     assert sorted(p.name for p in kept.iterdir()) == ["history.csv", "metrics.json", "predictions_test.csv"]
+    # the last epoch's predictions go along where a run has them: the report's last-epoch check reads them
+    cell = tmp_path / "out/runs/one/deep3/seed0"
+    shutil.copyfile(cell / "predictions_test.csv", cell / "predictions_test_last.csv")
+    assert main(["export", str(path), str(tmp_path / "kept")]) == 0
+    assert (kept / "predictions_test_last.csv").read_text() == (cell / "predictions_test.csv").read_text()
+    capsys.readouterr()
     assert not (tmp_path / "kept/two").exists() and not list((tmp_path / "kept").rglob("*.ckpt"))
     # a fresh out_dir with the exported cells copied in: the runner skips them
     data = yaml.safe_load(path.read_text())
