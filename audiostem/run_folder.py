@@ -105,8 +105,10 @@ def read_metrics(run_dir: PathLike) -> dict:
     except FileNotFoundError:
         raise RunFolderError(f"{path}: missing (the run has not finished)") from None
     except (UnicodeDecodeError, ValueError) as e:
+        resume = ("it resumes from checkpoints/last.ckpt" if last_checkpoint(run_dir).is_file()
+                  else "from the start: there is no checkpoints/last.ckpt to resume from")
         raise RunFolderError(f"{path}: damaged (truncated or not JSON: {e}); delete it and run the "
-                             "training again (it resumes from checkpoints/last.ckpt)") from None
+                             f"training again ({resume})") from None
     if not isinstance(data, dict):
         raise RunFolderError(f"{path}: damaged (not a JSON object)")
     return data

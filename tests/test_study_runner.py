@@ -170,9 +170,18 @@ def test_a_damaged_metrics_file_is_named_not_counted_finished_nor_deleted(tmp_pa
     capsys.readouterr()
     metrics = tmp_path / "out/runs/one/deep3/seed0/metrics.json"
     metrics.write_text(metrics.read_text()[:7])
-    assert main([str(path), "--dry-run"]) == 0
+    assert main([str(path), "--dry-run"]) == 1           # a run would fail on it, as on an invalid recipe
     out = capsys.readouterr().out
     assert "damaged   one/deep3/seed0" in out and f"{metrics}: damaged" in out and "1 damaged" in out
+    assert "from the start: there is no checkpoints/last.ckpt" in out      # pruned: nothing to resume
+    assert "copy it back from the study's exported cells" in out
+    # export leaves it out: it would overwrite a good earlier export of the cell
+    kept = tmp_path / "kept/one/deep3/seed0"
+    kept.mkdir(parents=True)
+    (kept / "metrics.json").write_text("{}")
+    assert main(["export", str(path), str(tmp_path / "kept")]) == 1
+    assert "not exported, DAMAGED one/deep3/seed0" in capsys.readouterr().err
+    assert (kept / "metrics.json").read_text() == "{}"
     assert main([str(path)]) == 1
     err = capsys.readouterr().err
     assert f"DAMAGED one/deep3/seed0: {metrics}: damaged" in err and "1 failed: one/deep3/seed0" in err
