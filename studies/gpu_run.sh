@@ -60,13 +60,16 @@ run() {
     local runs
     runs=$(python3 -c "import sys; from audiostem.study.grid import load_study; print(load_study(sys.argv[1]).out_dir)" "$study")/runs
     mkdir -p "$runs"
-    cp -rn "$results/." "$runs/"
+    # never over files already there (cells finished by an earlier run on this machine); not
+    # `cp -rn`, which coreutils 9.2-9.4 make fail when it skips a file, stopping this script (set -e)
+    tar -C "$results" -cf - . | tar -C "$runs" -xf - --skip-old-files
     nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader || true
     local rc=0
     timeout --kill-after=20 "$seconds" python3 -m audiostem.study "$study" --jobs "${JOBS:-16}" --cells "$@" || rc=$?
     echo "runner exit status $rc (124: stopped at the ${seconds} s limit; run again to resume)"
     rm -rf /tmp/gpu_cells && mkdir -p /tmp/gpu_cells
-    python3 -m audiostem.study export "$study" /tmp/gpu_cells --cells "$@"
+    # exit status 1: some damaged cells left out (named above); pack the others all the same
+    python3 -m audiostem.study export "$study" /tmp/gpu_cells --cells "$@" || echo "export exit status $?: see above"
     mkdir -p "$out"
     tar czf "$out/cells.tar.gz" -C /tmp/gpu_cells .
     python3 -m audiostem.study "$study" --cells "$@" --dry-run | tail -2 || true
