@@ -8,7 +8,8 @@
 #          e.g. hedgewars_voices polyphony_roll) and wheels of the few pure-Python or manylinux
 #          packages such a machine lacks (pydantic, soundfile and theirs; for Python 3.12 by
 #          default, PYVER=3.11 to change) into .gpu/ (git-ignored; copy the checkout with .gpu/
-#          to the machine).
+#          to the machine). The versions are those of PYTHON (default: the Makefile's venv,
+#          ${VENV:-~/.cache/audiostem/venv}/bin/python), which must have the project's dependencies.
 #   there: bash studies/gpu_run.sh run STUDY RESULTS SECONDS OUT GLOB...
 #          installs the wheels into /tmp/site, unpacks the caches, copies the exported cells in
 #          RESULTS (e.g. studies/results/stem_study_v2) into the study's runs folder (so finished
@@ -26,11 +27,11 @@ set -euo pipefail
 cache_root=${AUDIOSTEM_CACHE:-$HOME/.cache/audiostem/caches}
 wheels="pydantic pydantic_core annotated-types typing-inspection soundfile cffi pycparser"
 
-usage() { sed -n '2,24p' "$0" >&2; exit 2; }
+usage() { sed -n '2,25p' "$0" >&2; exit 2; }
 
 pack() {
     [ $# -ge 1 ] || usage
-    local py=${PYTHON:-python}
+    local py=${PYTHON:-${VENV:-$HOME/.cache/audiostem/venv}/bin/python}
     mkdir -p .gpu/wheels
     for c in "$@"; do
         [ -f "$cache_root/$c/meta.json" ] || { echo "error: $cache_root/$c: no feature cache (build it first: python -m data_prep ... or a training run)" >&2; exit 2; }
