@@ -54,7 +54,8 @@ BEST_STEM, LAST_STEM = "best", "last"           # checkpoints/<stem>.ckpt (Light
 HISTORY_FIELDS = ("epoch", "train_loss", "val_loss", "val_accuracy", "val_macro_f1", "lr", "seconds",
                   "val_balanced_accuracy")
 # Everything the study report reads of a finished run (no checkpoints, no logs): what a study exports.
-SMALL_FILES = (METRICS_FILE, HISTORY_FILE, "predictions_test.csv", RECIPE_FILE)
+# predictions_test_last.csv feeds the report's paired last-epoch check (present in runs with validation).
+SMALL_FILES = (METRICS_FILE, HISTORY_FILE, "predictions_test.csv", "predictions_test_last.csv", RECIPE_FILE)
 # Recipe fields that may change between an interrupted run and its resumption.
 RUNTIME_FIELDS = (("data", "num_workers"), ("trainer",), ("out_dir",))
 
@@ -104,8 +105,10 @@ def read_metrics(run_dir: PathLike) -> dict:
     except FileNotFoundError:
         raise RunFolderError(f"{path}: missing (the run has not finished)") from None
     except (UnicodeDecodeError, ValueError) as e:
+        resume = ("it resumes from checkpoints/last.ckpt" if last_checkpoint(run_dir).is_file()
+                  else "from the start: there is no checkpoints/last.ckpt to resume from")
         raise RunFolderError(f"{path}: damaged (truncated or not JSON: {e}); delete it and run the "
-                             "training again (it resumes from checkpoints/last.ckpt)") from None
+                             f"training again ({resume})") from None
     if not isinstance(data, dict):
         raise RunFolderError(f"{path}: damaged (not a JSON object)")
     return data

@@ -8,7 +8,8 @@
 #          e.g. hedgewars_voices polyphony_roll) and wheels of the few pure-Python or manylinux
 #          packages such a machine lacks (pydantic, soundfile and theirs; for Python 3.12 by
 #          default, PYVER=3.11 to change) into .gpu/ (git-ignored; copy the checkout with .gpu/
-#          to the machine).
+#          to the machine). The versions are those of PYTHON (default: the Makefile's venv,
+#          ${VENV:-~/.cache/audiostem/venv}/bin/python), which must have the project's dependencies.
 #   there: bash studies/gpu_run.sh run STUDY RESULTS SECONDS OUT GLOB...
 #          installs the wheels into /tmp/site, unpacks the caches, copies the exported cells in
 #          RESULTS (e.g. studies/results/stem_study_v2) into the study's runs folder (so finished
@@ -26,11 +27,11 @@ set -euo pipefail
 cache_root=${AUDIOSTEM_CACHE:-$HOME/.cache/audiostem/caches}
 wheels="pydantic pydantic_core annotated-types typing-inspection soundfile cffi pycparser"
 
-usage() { sed -n '2,24p' "$0" >&2; exit 2; }
+usage() { sed -n '2,25p' "$0" >&2; exit 2; }
 
 pack() {
     [ $# -ge 1 ] || usage
-    local py=${PYTHON:-python}
+    local py=${PYTHON:-${VENV:-$HOME/.cache/audiostem/venv}/bin/python}
     mkdir -p .gpu/wheels
     for c in "$@"; do
         [ -f "$cache_root/$c/meta.json" ] || { echo "error: $cache_root/$c: no feature cache (build it first: python -m data_prep ... or a training run)" >&2; exit 2; }
@@ -60,13 +61,16 @@ run() {
     local runs
     runs=$(python3 -c "import sys; from audiostem.study.grid import load_study; print(load_study(sys.argv[1]).out_dir)" "$study")/runs
     mkdir -p "$runs"
-    cp -rn "$results/." "$runs/"
+    # never over files already there (cells finished by an earlier run on this machine); not
+    # `cp -rn`, which coreutils 9.2-9.4 make fail when it skips a file, stopping this script (set -e)
+    tar -C "$results" -cf - . | tar -C "$runs" -xf - --skip-old-files
     nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader || true
     local rc=0
     timeout --kill-after=20 "$seconds" python3 -m audiostem.study "$study" --jobs "${JOBS:-16}" --cells "$@" || rc=$?
     echo "runner exit status $rc (124: stopped at the ${seconds} s limit; run again to resume)"
     rm -rf /tmp/gpu_cells && mkdir -p /tmp/gpu_cells
-    python3 -m audiostem.study export "$study" /tmp/gpu_cells --cells "$@"
+    # exit status 1: some damaged cells left out (named above); pack the others all the same
+    python3 -m audiostem.study export "$study" /tmp/gpu_cells --cells "$@" || echo "export exit status $?: see above"
     mkdir -p "$out"
     tar czf "$out/cells.tar.gz" -C /tmp/gpu_cells .
     python3 -m audiostem.study "$study" --cells "$@" --dry-run | tail -2 || true

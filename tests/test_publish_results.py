@@ -34,3 +34,17 @@ def test_marked_sections_are_replaced_and_the_rest_kept(tmp_path, monkeypatch, c
     assert (tmp_path / "figs/verdicts.png").read_bytes() == b"png"
     assert mod.main(["--report", "missing", "--doc", "page.md"]) == 2
     assert "report.md: missing" in capsys.readouterr().err
+
+
+def test_a_page_outside_the_checkout(tmp_path, monkeypatch, capsys):
+    """A trial run on a copy of the page (an absolute path elsewhere) writes it and says so."""
+    mod = load()
+    monkeypatch.setattr(mod, "REPO", tmp_path / "repo")
+    (tmp_path / "rep").mkdir()
+    (tmp_path / "rep/report.md").write_text(
+        "# S\n\nMade by `x`; 0 cells not finished (2 finished runs in the tables).\n\n## a\n\nnew\n")
+    doc = tmp_path / "copy.md"
+    doc.write_text("<!-- report:a -->\nold\n<!-- /report:a -->\n")
+    assert mod.main(["--report", str(tmp_path / "rep"), "--doc", str(doc), "--figures", str(tmp_path / "figs")]) == 0
+    assert doc.read_text() == "<!-- report:a -->\nnew\n<!-- /report:a -->\n"
+    assert f"updated {doc} and {tmp_path / 'figs'}/" in capsys.readouterr().out

@@ -209,6 +209,11 @@ def test_new_tuning_cells_hold_the_main_cells_back_and_export_carries_the_choice
     assert (tmp_path / "kept/_tune/one/patch4/lr0.01/seed101/metrics.json").is_file()
     assert (tmp_path / "kept/two/deep3/seed1/metrics.json").is_file()
     assert shlex.split(lines[0])[-1].startswith(f"out_dir={tmp_path}/out/runs/_tune/one/deep3/")
+    # a damaged tuning cell: export refuses in one line naming it (the choices are read from it)
+    metrics = tmp_path / "out/runs/_tune/one/patch4/lr0.01/seed101/metrics.json"
+    metrics.write_text("{")
+    assert main(["export", str(path), str(tmp_path / "kept2")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {metrics}: damaged")
 
 
 def test_bodies_and_tuning_together(tmp_path, capsys):

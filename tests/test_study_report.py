@@ -317,3 +317,27 @@ def test_the_last_epoch_change_has_a_paired_interval(tmp_path):
     t = crossed_t_test(np.stack([last["patch4", k] for k in range(3)]), np.stack([chosen["patch4", k] for k in range(3)]))
     assert "in brackets the paired difference's 95% interval, seeds and items crossed, not adjusted for the 2 stems" in md
     assert f"(+{100 * t['diff']:.1f} [{100 * t['low']:+.1f}, {100 * t['high']:+.1f}])" in md
+
+
+def test_the_verdict_figure_title_fits_with_one_dataset(tmp_path, monkeypatch):
+    """The verdict figure is 3.8 inches wide with one dataset: its title wraps to fit (the two-line
+    title of two datasets was cut off at both sides)."""
+    import warnings
+
+    from audiostem.study import plots
+    drawn = {}
+
+    def keep(fig, path):
+        fig.tight_layout()
+        fig.canvas.draw()
+        drawn["title"], drawn["figure"] = fig._suptitle.get_window_extent(), fig.bbox
+        return path
+    monkeypatch.setattr(plots, "_save", keep)
+    rows = [{"dataset": "d", "variant": v, "verdict": "inconclusive", "margin": 0.02, "unit": "item",
+             "adj_low": -0.05, "adj_high": 0.03, "diff": -0.01} for v in ("resnet7", "wide5")]
+    for n in (1, 2):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")          # "Tight layout not applied": the title did not fit
+            plots.verdict_grid(rows + [{**r, "dataset": "e"} for r in rows][: 2 * (n - 1)], tmp_path / "v.png")
+        title, figure = drawn["title"], drawn["figure"]
+        assert figure.x0 <= title.x0 and title.x1 <= figure.x1, (n, title, figure)

@@ -170,9 +170,18 @@ def test_a_damaged_metrics_file_is_named_not_counted_finished_nor_deleted(tmp_pa
     capsys.readouterr()
     metrics = tmp_path / "out/runs/one/deep3/seed0/metrics.json"
     metrics.write_text(metrics.read_text()[:7])
-    assert main([str(path), "--dry-run"]) == 0
+    assert main([str(path), "--dry-run"]) == 1           # a run would fail on it, as on an invalid recipe
     out = capsys.readouterr().out
     assert "damaged   one/deep3/seed0" in out and f"{metrics}: damaged" in out and "1 damaged" in out
+    assert "from the start: there is no checkpoints/last.ckpt" in out      # pruned: nothing to resume
+    assert "copy it back from the study's exported cells" in out
+    # export leaves it out: it would overwrite a good earlier export of the cell
+    kept = tmp_path / "kept/one/deep3/seed0"
+    kept.mkdir(parents=True)
+    (kept / "metrics.json").write_text("{}")
+    assert main(["export", str(path), str(tmp_path / "kept")]) == 1
+    assert "not exported, DAMAGED one/deep3/seed0" in capsys.readouterr().err
+    assert (kept / "metrics.json").read_text() == "{}"
     assert main([str(path)]) == 1
     err = capsys.readouterr().err
     assert f"DAMAGED one/deep3/seed0: {metrics}: damaged" in err and "1 failed: one/deep3/seed0" in err
@@ -301,6 +310,12 @@ def test_export_keeps_finished_cells_that_a_new_out_dir_then_skips(tmp_path, cap
     assert "exported 1 finished cells" in capsys.readouterr().out
     kept = tmp_path / "kept/one/deep3/seed0"
     assert sorted(p.name for p in kept.iterdir()) == ["history.csv", "metrics.json", "predictions_test.csv"]
+    # the last epoch's predictions go along where a run has them: the report's last-epoch check reads them
+    cell = tmp_path / "out/runs/one/deep3/seed0"
+    shutil.copyfile(cell / "predictions_test.csv", cell / "predictions_test_last.csv")
+    assert main(["export", str(path), str(tmp_path / "kept")]) == 0
+    assert (kept / "predictions_test_last.csv").read_text() == (cell / "predictions_test.csv").read_text()
+    capsys.readouterr()
     assert not (tmp_path / "kept/two").exists() and not list((tmp_path / "kept").rglob("*.ckpt"))
     # a fresh out_dir with the exported cells copied in: the runner skips them
     data = yaml.safe_load(path.read_text())

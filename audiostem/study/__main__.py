@@ -165,12 +165,14 @@ def export_main(argv: Sequence[str]) -> int:
     try:
         study = load_study(args.study)
         cells = _cells(study, args.cells)[0]      # + every tuning cell: the choices rest on them
-        n = export_cells(study, tuning_cells(study) + [c for c in cells if c.point is None], Path(args.dest))
-    except StudyError as err:
+        n, damaged = export_cells(study, tuning_cells(study) + [c for c in cells if c.point is None], Path(args.dest))
+    except (StudyError, RunFolderError) as err:     # RunFolderError: a damaged tuning cell (the choices read it)
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"exported {n} finished cells to {args.dest}")
-    return 0
+    for line in damaged:
+        print(f"not exported, DAMAGED {line}", file=sys.stderr)
+    print(f"exported {n} finished cells to {args.dest}" + (f"; {len(damaged)} damaged cells left out" if damaged else ""))
+    return 1 if damaged else 0
 
 
 if __name__ == "__main__":

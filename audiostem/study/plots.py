@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 from typing import Optional
 
@@ -92,7 +93,12 @@ def verdict_grid(rows: list[dict], path: Path) -> Optional[Path]:
         return None
     datasets = list(dict.fromkeys(r["dataset"] for r in compared))
     stems = list(dict.fromkeys(r["variant"] for r in compared))
-    fig, axes = plt.subplots(1, len(datasets), figsize=(2.6 * len(datasets) + 1.2, 0.32 * len(stems) + 1.4),
+    width = 2.6 * len(datasets) + 1.2
+    chars = int(width * 72 / (9 * 0.6))       # a 9-point line holds about this many characters
+    title = "\n".join(textwrap.fill(part, chars) for part in (
+        "Each stem vs the baseline: simultaneous interval and verdict",
+        "(green better, red worse, blue equivalent, grey inconclusive; band: margin)"))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(width, 0.32 * len(stems) + 1.4 + 0.16 * (title.count("\n") - 1)),
                              sharey=True, squeeze=False)
     y = {v: len(stems) - 1 - i for i, v in enumerate(stems)}
     for ax, name in zip(axes[0], datasets):
@@ -109,8 +115,7 @@ def verdict_grid(rows: list[dict], path: Path) -> Optional[Path]:
         ax.title.set_fontsize(8)
         ax.grid(axis="x", alpha=0.3)
     axes[0][0].set_yticks(list(y.values()), list(y), fontsize=8)
-    fig.suptitle("Each stem vs the baseline: simultaneous interval and verdict\n(green better, red worse, "
-                 "blue equivalent, grey inconclusive; band: margin)", fontsize=9)
+    fig.suptitle(title, fontsize=9)
     return _save(fig, path)
 
 

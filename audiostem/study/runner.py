@@ -48,7 +48,7 @@ def damage(cell: Cell) -> Optional[str]:
     try:
         run_folder.read_metrics(cell.out_dir)
     except run_folder.RunFolderError as err:
-        return str(err)
+        return f"{err}; or copy it back from the study's exported cells, if they hold this one"
     return None
 
 
@@ -333,25 +333,31 @@ def run_study(study: Study, cells: list[Cell], jobs: int = 1, retries: int = 1,
             "failed": [c.name for c in damaged] + unrunnable + failed}
 
 
-def export_cells(study: Study, cells: list[Cell], dest: Path) -> int:
+def export_cells(study: Study, cells: list[Cell], dest: Path) -> tuple[int, list[str]]:
     """Copy the small files of every finished cell (:data:`audiostem.run_folder.SMALL_FILES`: all
     the report reads, no checkpoints or logs) to ``dest/DATASET/VARIANT/seedK[/...]``, the layout of
     ``OUT_DIR/runs``; copying them back there later makes the runner skip those cells and the
     report count them. The tuning choices file goes along (``_tune/choices.json``): the main
-    cells' values come from it. Returns the number of cells exported."""
+    cells' values come from it. A damaged cell (:func:`damage`) is not copied: it would overwrite
+    a good earlier export of it in ``dest``, the copy its remedy restores from. Returns the number
+    of cells exported and the :func:`damage` line of each damaged cell left out."""
     runs = Path(study.out_dir) / "runs"
     choices = choices_path(study)
     if study.tune is not None and choices.is_file():
         target = Path(dest) / choices.relative_to(runs)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(choices, target)
-    n = 0
+    n, damaged = 0, []
     for cell in cells:
         if not is_finished(cell.out_dir):
             continue
+        why = damage(cell)
+        if why:
+            damaged.append(f"{cell.name}: {why}")
+            continue
         run_folder.copy_small_files(cell.out_dir, Path(dest) / cell.out_dir.relative_to(runs))
         n += 1
-    return n
+    return n, damaged
 
 
 def check_cell(study: Study, cell: Cell) -> Optional[str]:
@@ -369,7 +375,7 @@ def check_cell(study: Study, cell: Cell) -> Optional[str]:
 
 def describe(study: Study, cells: list[Cell], out: TextIO) -> int:
     """The --dry-run listing: status and command of every cell (recipes checked), then totals.
-    Returns the number of invalid cells."""
+    Returns the number of invalid and damaged cells (a run would fail on either)."""
     counts: dict[str, int] = {}
     for cell in cells:
         st = status(cell)
@@ -378,5 +384,5 @@ def describe(study: Study, cells: list[Cell], out: TextIO) -> int:
         counts[st] = counts.get(st, 0) + 1
         out.write(f"{st:9s} {cell.name}\n          {error or shlex.join(train_command(study, cell))}\n")
     out.write(f"{len(cells)} cells: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + "\n")
-    return counts.get("INVALID", 0)
+    return counts.get("INVALID", 0) + counts.get("damaged", 0)
 
