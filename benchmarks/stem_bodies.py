@@ -7,7 +7,7 @@ body's native stem, on CPU.
 
 For each body, two models (``--stem``, and ``native``: the body's own stem with its first conv
 summed to one channel) train on the same random batch: forward, cross-entropy, backward, SGD
-step (``audiostem.models.step_time``: the fastest of ``--steps`` steps after a warm-up step).
+step (``timing.step_time`` beside this script: the fastest of ``--steps`` steps after a warm-up step).
 The two models of a body are measured side by side, interleaved round by round (A B, then B A,
 ...) so that a shared machine's load drifting over time hits both alike; each round gives a paired
 ratio stem / native, and the median of those ratios is reported with their range, beside the
@@ -22,7 +22,7 @@ import statistics
 import torch
 
 from audiostem import build_model, describe_model
-from audiostem.models import step_time
+from timing import step_time
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  {body}: {args.stem} {mine:.3f} s, native {native:.3f} s, {args.stem} / native "
               f"{statistics.median(rs):.2f}x ({min(rs):.2f}-{max(rs):.2f}); forward GFLOPs per item "
               f"{flops[(body, args.stem)] / 1e9:.2f} vs {flops[(body, 'native')] / 1e9:.2f}")
+
 
 if __name__ == "__main__":
     main()
