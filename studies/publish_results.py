@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def sections(report: str) -> dict[str, str]:
     """``{dataset: its section's text without the heading}``."""
-    parts = re.split(r"^## (\S+)\n", report, flags=re.M)
+    parts = re.split(r"^## (.+)\n", report, flags=re.M)
     return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2]) if name != "Figures"}
 
 

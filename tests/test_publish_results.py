@@ -20,17 +20,19 @@ def test_marked_sections_are_replaced_and_the_rest_kept(tmp_path, monkeypatch, c
     report.mkdir()
     (report / "report.md").write_text(
         "# Stem study\n\nMade by `x`; 1 cells not finished (9 finished runs in the tables). 5 cells left out by --cells.\n\n"
-        "## a@resnet18\n\n| table a |\n\n**Verdict:** new\n\n## b\n\nsection b\n\n## Figures\n\n![v](verdicts.png)\n")
+        "## a@resnet18\n\n| table a |\n\n**Verdict:** new\n\n## b\n\nsection b\n\n## Summary\n\n| s |\n\n## Figures\n\n![v](verdicts.png)\n")
     (report / "verdicts.png").write_bytes(b"png")
     doc = tmp_path / "page.md"
     doc.write_text("Status: <!-- report:status -->old<!-- /report:status -->.\n\nintro\n\n"
-                   "<!-- report:a@resnet18 -->\nold table\n<!-- /report:a@resnet18 -->\n\ndiscussion of a\n")
+                   "<!-- report:a@resnet18 -->\nold table\n<!-- /report:a@resnet18 -->\n\ndiscussion of a\n"
+                   "<!-- report:Summary --><!-- /report:Summary -->\n")
     assert mod.main(["--report", "rep", "--doc", "page.md", "--figures", "figs"]) == 0
     text = doc.read_text()
     assert "<!-- report:status -->9 of 15 cells in the tables<!-- /report:status -->" in text
     assert "<!-- report:a@resnet18 -->\n| table a |\n\n**Verdict:** new\n<!-- /report:a@resnet18 -->" in text
     assert "old table" not in text and "section b" not in text        # no marker for b: left out
-    assert text.endswith("\n\ndiscussion of a\n") and "intro" in text
+    assert "\n\ndiscussion of a\n" in text and "intro" in text
+    assert text.endswith("<!-- report:Summary -->\n| s |\n<!-- /report:Summary -->\n")
     assert (tmp_path / "figs/verdicts.png").read_bytes() == b"png"
     assert mod.main(["--report", "missing", "--doc", "page.md"]) == 2
     assert "report.md: missing" in capsys.readouterr().err

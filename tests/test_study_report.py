@@ -164,6 +164,22 @@ def test_report_markdown(study):
     assert not (study["dir"] / "filters_b.png").exists()   # no checkpoint kept there
 
 
+def test_summary_across_datasets(study):
+    """One table, stems x datasets: each cell the verdict and Δ with the interval of the dataset's
+    own table (the same numbers as results.csv), the baseline's row its mean accuracy."""
+    md = study["md"]
+    summary = md[md.index("## Summary"):md.index("## Figures")]
+    header = next(line for line in summary.splitlines() if line.startswith("| stem |"))
+    datasets = [c.strip() for c in header.strip("|").split("|")][1:]
+    assert datasets == ["a", "b"]
+    w = study["rows"][("a", "wider")]
+    cell = (f"better {100 * float(w['diff']):+.1f} [{100 * float(w['adj_low']):+.1f}, "
+            f"{100 * float(w['adj_high']):+.1f}]")
+    assert f"| wider | {cell} |" in summary
+    assert "| **deep3** | 60.5% (3 seeds) | 50.0% (3 seeds) |" in summary
+    assert "| same | inconclusive +0.0 [+0.0, +0.0] | – |" in summary     # b has no 'same'
+
+
 def test_first_layer_filters_finds_the_input_convs():
     sd = {"model.stem.branches.0.0.weight": torch.randn(4, 2, 20, 3),   # tall branch (2 = coord channel)
           "model.stem.branches.0.1.weight": torch.ones(4),

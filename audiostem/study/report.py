@@ -208,6 +208,37 @@ McNemar test on discordant item pairs pooled over seeds (it treats all of them a
 so it overstates the evidence). See docs/study.md."""
 
 
+def _across(rows: list[dict], baseline: str) -> list[str]:
+    """``## Summary``: stems x datasets (the groups with a paired comparison), each cell the verdict
+    and Δ with its simultaneous interval as in the dataset's table; the baseline's row gives its
+    mean accuracy. Empty when no dataset has a comparison yet."""
+    compared = [r for r in rows if "verdict" in r]
+    datasets = list(dict.fromkeys(r["dataset"] for r in compared))
+    if not datasets:
+        return []
+    by = {(r["dataset"], r["variant"]): r for r in rows}
+    stems = [baseline] + list(dict.fromkeys(r["variant"] for r in compared))
+    out = ["## Summary", "",
+           f"Each stem against `{baseline}` on every dataset with a paired comparison: the verdict and Δ "
+           "accuracy (points) with the simultaneous interval of that dataset's table; `{baseline}`'s row "
+           "gives its mean accuracy. Margins, units and seeds differ between datasets: read each column "
+           "with its section.".replace("{baseline}", baseline), "",
+           "| stem | " + " | ".join(datasets) + " |", "|---|" + "---|" * len(datasets)]
+    for v in stems:
+        cells = []
+        for d in datasets:
+            r = by.get((d, v))
+            if v == baseline and r and r["n_seeds"]:
+                cells.append(f"{_pct(r['acc_mean'])}% ({r['n_seeds']} seeds)")
+            elif r and "verdict" in r:
+                cells.append(f"{r['verdict']} {_pct(r['diff'], sign=True)} [{_pct(r['adj_low'], sign=True)}, "
+                             f"{_pct(r['adj_high'], sign=True)}]")
+            else:
+                cells.append("–")
+        out.append(f"| {'**' + v + '**' if v == baseline else v} | " + " | ".join(cells) + " |")
+    return out + [""]
+
+
 def _cells_arg(cells: Optional[list[str]]) -> str:
     return " --cells " + " ".join(f"'{c}'" for c in cells) if cells else ""
 
@@ -250,6 +281,7 @@ def write_report(study: Study, out: Union[str, Path, None] = None, cells: Option
         models = {v: p for v, p in models.items() if p}
         figures.append(plots.filters_figure(models, f"{d}: learned first-layer filters (input channel 0)",
                                             out / f"filters_{d}.png") if models else None)
+    lines += _across(rows, study.baseline)
     lines += ["## Figures", ""] + [f"![{f.stem}]({f.name})\n" for f in figures if f]
     write_atomic(out / "report.md", "\n".join(lines) + "\n")
     return out / "report.md"
