@@ -38,10 +38,10 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, PrivateAttr, ValidationError, field_validator, model_validator
 
 from ..yamlio import load_yaml, yaml_error
 
@@ -65,6 +65,26 @@ def _check_name(value: str) -> str:
     if not _NAME.match(value):
         raise ValueError(f"{value!r} is not a valid name: use letters, digits, '.', '_', '-'")
     return value
+
+
+def _check_margin(value: Optional[float]) -> Optional[float]:
+    if value is not None and not (0 < value < 100):
+        raise ValueError(f"an equivalence margin is in accuracy points, above 0 and below 100; got {value}")
+    return value
+
+
+def _seed_list(seeds: Union[int, list[int]]) -> list[int]:
+    seeds = list(range(seeds)) if isinstance(seeds, int) else seeds
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"need at least one seed, all different; got {seeds}")
+    return seeds
+
+
+# Field types that check themselves (pydantic AfterValidator): a study, dataset or stem name; an
+# equivalence margin in points; seeds as a count or a list (always a list after validation).
+Name = Annotated[str, AfterValidator(_check_name)]
+Margin = Annotated[Optional[float], AfterValidator(_check_margin)]
+Seeds = Annotated[Union[int, list[int]], AfterValidator(_seed_list)]
 
 
 class Body(_Strict):
@@ -94,7 +114,7 @@ class Tune(_Strict):
     tuned (default all); ``apply``: ``{untuned entry: tuned entry}``, whose choices (same body,
     same variant) the untuned one takes."""
     grid: dict[str, list[Any]]
-    seeds: Union[int, list[int]] = [100]
+    seeds: Seeds = [100]
     datasets: Optional[list[str]] = None
     apply: dict[str, str] = {}
     metric: Literal["accuracy", "balanced_accuracy", "macro_f1", "loss"] = "accuracy"
@@ -112,11 +132,6 @@ class Tune(_Strict):
             raise ValueError(f"axes {list(grid)} end in the same name; their points would share folder names")
         return grid
 
-    @field_validator("seeds")
-    @classmethod
-    def _seeds(cls, seeds: Union[int, list[int]]) -> list[int]:
-        return _seed_list(seeds)
-
 
 class FoldAxis(_Strict):
     """Run each cross-validation fold as its own cell (``key=value`` override per fold)."""
@@ -132,17 +147,12 @@ class StemEntry(_Strict):
     ``grid``: axes, ``{key: [values]}`` where a key without a dot is a stem argument;
     ``datasets``: only these datasets (default all).
     """
-    name: str
+    name: Name
     stem: Union[str, dict, None] = None
     args: dict[str, Any] = {}
     overrides: dict[str, Any] = {}
     grid: dict[str, list[Any]] = {}
     datasets: Optional[list[str]] = None
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        return _check_name(v)
 
     @field_validator("grid")
     @classmethod
@@ -151,19 +161,6 @@ class StemEntry(_Strict):
             if not values:
                 raise ValueError(f"axis {key!r} has no values")
         return grid
-
-
-def _check_margin(value: Optional[float]) -> Optional[float]:
-    if value is not None and not (0 < value < 100):
-        raise ValueError(f"an equivalence margin is in accuracy points, above 0 and below 100; got {value}")
-    return value
-
-
-def _seed_list(seeds: Union[int, list[int]]) -> list[int]:
-    seeds = list(range(seeds)) if isinstance(seeds, int) else seeds
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"need at least one seed, all different; got {seeds}")
-    return seeds
 
 
 class Dataset(_Strict):
@@ -180,15 +177,15 @@ class Dataset(_Strict):
     ``predictions_test.csv`` whose value is the cluster a test item belongs to (``label`` for its
     class, ``fold``, ``group``: a game, a soundfont, a piece), which then is the unit of analysis
     instead of the item."""
-    name: str
+    name: Name
     recipe: str
     overrides: dict[str, Any] = {}
     stem_args: dict[str, dict[str, Any]] = {}
     stems: Optional[list[str]] = None
     exclude: list[str] = []
     folds: Optional[FoldAxis] = None
-    seeds: Optional[Union[int, list[int]]] = None
-    equivalence_margin: Optional[float] = None
+    seeds: Optional[Seeds] = None
+    equivalence_margin: Margin = None
     cluster: Optional[str] = None
     bodies: Optional[list[str]] = None
     _entry: Optional[str] = PrivateAttr(None)
@@ -204,27 +201,12 @@ class Dataset(_Strict):
     def body(self) -> Optional[str]:
         return self._body
 
-    @field_validator("equivalence_margin")
-    @classmethod
-    def _margin(cls, v: Optional[float]) -> Optional[float]:
-        return _check_margin(v)
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        return _check_name(v)
-
-    @field_validator("seeds")
-    @classmethod
-    def _seeds(cls, seeds: Union[int, list[int], None]) -> Optional[list[int]]:
-        return None if seeds is None else _seed_list(seeds)
-
 
 class Study(_Strict):
     """The whole study file (see the module docstring)."""
-    name: str
+    name: Name
     out_dir: str
-    seeds: Union[int, list[int]]
+    seeds: Seeds
     baseline: str = "deep3"
     datasets: list[Dataset]
     stems: list[StemEntry]
@@ -236,27 +218,12 @@ class Study(_Strict):
     alpha: float = 0.05
     power: float = 0.8
     bootstrap: int = 10000
-    equivalence_margin: Optional[float] = None
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        return _check_name(v)
-
-    @field_validator("equivalence_margin")
-    @classmethod
-    def _margin(cls, v: Optional[float]) -> Optional[float]:
-        return _check_margin(v)
+    equivalence_margin: Margin = None
 
     def margin_of(self, dataset: Dataset) -> Optional[float]:
         """The equivalence margin on ``dataset`` as a fraction (its own, else the study's; None: none)."""
         points = dataset.equivalence_margin if dataset.equivalence_margin is not None else self.equivalence_margin
         return None if points is None else points / 100
-
-    @field_validator("seeds")
-    @classmethod
-    def _seeds(cls, seeds: Union[int, list[int]]) -> list[int]:
-        return _seed_list(seeds)
 
     def dataset(self, name: str) -> Dataset:
         return next(d for d in self.datasets if d.name == name)
