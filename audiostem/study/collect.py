@@ -76,6 +76,17 @@ def test_outcomes(run_dir: Path, cluster: Optional[str] = None,
             for r in rows}
 
 
+def _merged_outcomes(cells: list[Cell], cluster: Optional[str], split: str) -> dict[str, tuple]:
+    """:func:`test_outcomes` of ``split`` merged over the fold cells of one seed that have that
+    predictions file (every item once; later duplicates ignored)."""
+    items: dict[str, tuple] = {}
+    for c in cells:
+        if run_folder.has_predictions(c.out_dir, split):
+            for k, v in test_outcomes(c.out_dir, cluster, split).items():
+                items.setdefault(k, v)
+    return items
+
+
 def load_replicate(seed: int, cells: list[Cell], cluster: Optional[str] = None,
                    need_predictions: bool = False) -> Replicate:
     """Merge the finished fold cells of one seed (every item once; later duplicates ignored);
@@ -84,16 +95,13 @@ def load_replicate(seed: int, cells: list[Cell], cluster: Optional[str] = None,
     them is damaged (comparing it on ``metrics.json`` alone would quietly drop it, or some of its
     folds' items, from the paired tests): raises :class:`StudyError` naming the missing file."""
     rep = Replicate(seed, [run_folder.read_metrics(c.out_dir) for c in cells])
-    items: dict[str, tuple] = {}
     for c in cells:
-        if run_folder.has_predictions(c.out_dir, "test"):
-            for k, v in test_outcomes(c.out_dir, cluster).items():
-                items.setdefault(k, v)
-        elif need_predictions:
+        if need_predictions and not run_folder.has_predictions(c.out_dir, "test"):
             raise StudyError(f"{run_folder.predictions_name(c.out_dir, 'test')}: missing, though the dataset's "
                              f"other finished cells have theirs (the paired tests need every cell's items): "
                              f"copy it back from the exported cells, or delete "
                              f"{Path(c.out_dir) / run_folder.METRICS_FILE} so that the runner trains cell {c.name} again")
+    items = _merged_outcomes(cells, cluster, "test")
     if items:
         keys = sorted(items)
         rep.ids = np.array(keys)
@@ -102,10 +110,7 @@ def load_replicate(seed: int, cells: list[Cell], cluster: Optional[str] = None,
         rep.correct = np.array([items[k][2] for k in keys], dtype=int)
         rep.units = np.array([items[k][3] for k in keys])
         if all(run_folder.has_predictions(c.out_dir, "test_last") for c in cells):
-            last: dict[str, tuple] = {}
-            for c in cells:
-                for k, v in test_outcomes(c.out_dir, split="test_last").items():
-                    last.setdefault(k, v)
+            last = _merged_outcomes(cells, None, "test_last")
             if set(last) == set(keys):
                 rep.correct_last = np.array([last[k][2] for k in keys], dtype=int)
     rep.history = read_history(cells[0].out_dir)
@@ -237,8 +242,7 @@ def last_epoch_change(reps: list[Replicate], clustered: bool, alpha: float = 0.0
     units crossed; the dataset's clusters when ``clustered``), unadjusted for the stems of the
     dataset. Empty when a replicate lacks the last epoch's predictions or there are fewer than
     two seeds."""
-    if len(reps) < 2 or any(len(r.correct_last) == 0 or len(r.correct_last) != len(reps[0].correct_last)
-                            or not np.array_equal(r.ids, reps[0].ids) for r in reps):
+    if len(reps) < 2 or any(len(r.correct_last) == 0 or not np.array_equal(r.ids, reps[0].ids) for r in reps):
         return {}
     t = stats.crossed_t_test(np.stack([r.correct_last for r in reps]), np.stack([r.correct for r in reps]),
                              alpha=alpha, clusters=reps[0].units if clustered else None)

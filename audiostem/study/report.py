@@ -220,9 +220,9 @@ def _across(rows: list[dict], baseline: str) -> list[str]:
     stems = [baseline] + list(dict.fromkeys(r["variant"] for r in compared))
     out = ["## Summary", "",
            f"Each stem against `{baseline}` on every dataset with a paired comparison: the verdict and Δ "
-           "accuracy (points) with the simultaneous interval of that dataset's table; `{baseline}`'s row "
+           f"accuracy (points) with the simultaneous interval of that dataset's table; `{baseline}`'s row "
            "gives its mean accuracy. Margins, units and seeds differ between datasets: read each column "
-           "with its section.".replace("{baseline}", baseline), "",
+           "with its section.", "",
            "| stem | " + " | ".join(datasets) + " |", "|---|" + "---|" * len(datasets)]
     for v in stems:
         cells = []

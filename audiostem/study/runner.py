@@ -296,15 +296,15 @@ def run_study(study: Study, cells: list[Cell], jobs: int = 1, retries: int = 1,
     up to ``retries`` more times. Prints a progress line per finished cell. Returns counts and
     failed cell names."""
     todo = [c for c in cells if not is_finished(c.out_dir)]
-    damaged = [c for c in cells if is_finished(c.out_dir) and damage(c)]
+    damaged = {c.name: why for c in cells if is_finished(c.out_dir) and (why := damage(c))}
     skipped = len(cells) - len(todo) - len(damaged)
     for c in cells:
-        if c not in damaged:
+        if c.name not in damaged:
             prune_checkpoints(study, c)
     echo(f"[study {study.name}] {len(cells)} {what}: {skipped} finished, {len(todo)} to run, "
          f"{jobs} at a time; logs in {Path(study.out_dir) / 'logs'}")
-    for c in damaged:
-        echo(f"[study {study.name}] DAMAGED {c.name}: {damage(c)}")
+    for name, why in damaged.items():
+        echo(f"[study {study.name}] DAMAGED {name}: {why}")
     broken = prepare_caches(study, todo, echo)
     unrunnable = [c.name for c in todo if c.dataset in broken]
     todo = [c for c in todo if c.dataset not in broken]
@@ -330,7 +330,7 @@ def run_study(study: Study, cells: list[Cell], jobs: int = 1, retries: int = 1,
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         list(pool.map(work, todo))
     return {"cells": len(cells), "skipped": skipped, "finished": len(done),
-            "failed": [c.name for c in damaged] + unrunnable + failed}
+            "failed": list(damaged) + unrunnable + failed}
 
 
 def export_cells(study: Study, cells: list[Cell], dest: Path) -> tuple[int, list[str]]:
