@@ -303,6 +303,11 @@ def test_a_finished_cell_without_its_predictions_is_named_not_dropped(tmp_path, 
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert f"{lost}: missing" in err and "d/x/seed1/fold1/metrics.json" in err
+    # a predictions file cut to its header (or to fewer rows than metrics.json's n_items) is named too
+    lost.write_text("id,label,pred,correct,fold,p_x,p_y\n")
+    assert main(["report", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{lost}: 0 items, but" in err and "says 10 were tested" in err and err.count("\n") == 1
 
 
 def test_the_last_epoch_change_has_a_paired_interval(tmp_path):

@@ -76,13 +76,23 @@ def test_outcomes(run_dir: Path, cluster: Optional[str] = None,
             for r in rows}
 
 
-def _merged_outcomes(cells: list[Cell], cluster: Optional[str], split: str) -> dict[str, tuple]:
+def _merged_outcomes(cells: list[Cell], cluster: Optional[str], split: str,
+                     expected: Optional[list[Optional[int]]] = None) -> dict[str, tuple]:
     """:func:`test_outcomes` of ``split`` merged over the fold cells of one seed that have that
-    predictions file (every item once; later duplicates ignored)."""
+    predictions file (every item once; later duplicates ignored). ``expected``: each cell's number
+    of tested items (``metrics.json``); a file with another number of rows is truncated or edited,
+    and raises :class:`StudyError` naming it (its items would drop out of the paired tests)."""
     items: dict[str, tuple] = {}
-    for c in cells:
+    for i, c in enumerate(cells):
         if run_folder.has_predictions(c.out_dir, split):
-            for k, v in test_outcomes(c.out_dir, cluster, split).items():
+            outcomes = test_outcomes(c.out_dir, cluster, split)
+            n = expected[i] if expected else None
+            if n is not None and len(outcomes) != n:
+                raise StudyError(f"{run_folder.predictions_name(c.out_dir, split)}: {len(outcomes)} items, but "
+                                 f"{Path(c.out_dir) / run_folder.METRICS_FILE} says {n} were tested (truncated or "
+                                 f"edited): copy it back from the exported cells, or delete that metrics.json so "
+                                 f"that the runner trains cell {c.name} again")
+            for k, v in outcomes.items():
                 items.setdefault(k, v)
     return items
 
@@ -101,7 +111,8 @@ def load_replicate(seed: int, cells: list[Cell], cluster: Optional[str] = None,
                              f"other finished cells have theirs (the paired tests need every cell's items): "
                              f"copy it back from the exported cells, or delete "
                              f"{Path(c.out_dir) / run_folder.METRICS_FILE} so that the runner trains cell {c.name} again")
-    items = _merged_outcomes(cells, cluster, "test")
+    items = _merged_outcomes(cells, cluster, "test", [m.get("test", {}).get("n_items") for m in rep.metrics]
+                             if need_predictions else None)
     if items:
         keys = sorted(items)
         rep.ids = np.array(keys)
