@@ -105,13 +105,17 @@ def read_metrics(run_dir: PathLike) -> dict:
     except FileNotFoundError:
         raise RunFolderError(f"{path}: missing (the run has not finished)") from None
     except (UnicodeDecodeError, ValueError) as e:
-        resume = ("it resumes from checkpoints/last.ckpt" if last_checkpoint(run_dir).is_file()
-                  else "from the start: there is no checkpoints/last.ckpt to resume from")
-        raise RunFolderError(f"{path}: damaged (truncated or not JSON: {e}); delete it and run the "
-                             f"training again ({resume})") from None
+        raise RunFolderError(_damaged(run_dir, f"truncated or not JSON: {e}")) from None
     if not isinstance(data, dict):
-        raise RunFolderError(f"{path}: damaged (not a JSON object)")
+        raise RunFolderError(_damaged(run_dir, "not a JSON object"))
     return data
+
+
+def _damaged(run_dir: PathLike, why: str) -> str:
+    resume = ("it resumes from checkpoints/last.ckpt" if last_checkpoint(run_dir).is_file()
+              else "from the start: there is no checkpoints/last.ckpt to resume from")
+    return (f"{Path(run_dir) / METRICS_FILE}: damaged ({why}); delete it and run the training "
+            f"again ({resume})")
 
 
 # --- recipe.yaml ----------------------------------------------------------------------------------

@@ -16,7 +16,8 @@
 #          and tuning cells are skipped and the choices file is there), runs the cells matching
 #          GLOB (`python -m audiostem.study STUDY --cells GLOB... --jobs $JOBS`, default 16) for at
 #          most SECONDS, then exports every finished cell to OUT/cells.tar.gz. Cells still running
-#          at the limit are lost there; run again on the same machine to resume them.
+#          at the limit are lost there; run again on the same machine to resume them. Exit status:
+#          the runner's (1: some cells failed), or 75 when it was stopped at the limit.
 #   here:  mkdir -p OUT_DIR/runs && tar xzf cells.tar.gz -C OUT_DIR/runs, then
 #          python -m audiostem.study export STUDY RESULTS to keep them.
 #
@@ -27,7 +28,7 @@ set -euo pipefail
 cache_root=${AUDIOSTEM_CACHE:-$HOME/.cache/audiostem/caches}
 wheels="pydantic pydantic_core annotated-types typing-inspection soundfile cffi pycparser"
 
-usage() { sed -n '2,25p' "$0" >&2; exit 2; }
+usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1' "$0" >&2; exit 2; }
 
 pack() {
     [ $# -ge 1 ] || usage
@@ -74,6 +75,9 @@ run() {
     mkdir -p "$out"
     tar czf "$out/cells.tar.gz" -C /tmp/gpu_cells .
     python3 -m audiostem.study "$study" --cells "$@" --dry-run | tail -2 || true
+    # the runner's own status, except at the time limit: 75 (EX_TEMPFAIL), not 124, so it is not
+    # read as the device tool's own time-out; the finished cells are packed either way
+    case $rc in 0) ;; 124|137) exit 75 ;; *) exit "$rc" ;; esac
 }
 
 case "${1:-}" in

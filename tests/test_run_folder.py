@@ -37,6 +37,7 @@ def test_a_damaged_metrics_file_is_one_line_naming_it(tmp_path, content):
     with pytest.raises(rf.RunFolderError) as err:
         rf.read_metrics(tmp_path)
     assert str(err.value).startswith(f"{tmp_path / 'metrics.json'}: damaged") and "\n" not in str(err.value)
+    assert "delete it and run the training again (from the start" in str(err.value)   # every kind says what to do
 
 
 def test_a_failed_write_keeps_the_old_file(tmp_path):
