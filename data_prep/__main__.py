@@ -208,6 +208,10 @@ def verify_main(argv: Sequence[str]) -> int:
         what = (f"{len(files)} files match their checksums" if files else
                 "sizes and headers whole (built before checksums were recorded: rebuild with "
                 "--force to get them)")
+        if files and "meta_sha256" not in cache.meta:
+            what += ", meta.json unchecked (built before it had a checksum: rebuild with --force)"
+        elif files:
+            what += ", and meta.json its own"
         print(f"{path}: ok, build {cache.build_id[:12]}, {len(cache)} items; {what}")
     return status
 

@@ -30,9 +30,10 @@ Readers open shards with ``mmap_mode="r"``: many DataLoader workers and DDP rank
 page cache and nothing is loaded into memory until it is sliced.
 
 Every build has a random ``build_id`` (in ``meta.json``), and ``meta.json`` records the size and
-SHA-256 of every shard and of the manifest. Opening a cache checks that every file is whole
-(sizes and ``.npy`` headers against the manifest: a stat and a 4-KB read per shard, done every
-time); :func:`verify_cache` (``python -m data_prep verify CACHE``) also checks the checksums.
+SHA-256 of every shard and of the manifest, and the SHA-256 of its own other fields
+(``meta_sha256``). Opening a cache checks that every file is whole (``meta.json`` against its
+checksum, sizes and ``.npy`` headers against the manifest: a stat and a 4-KB read per shard,
+done every time); :func:`verify_cache` (``python -m data_prep verify CACHE``) also checks the checksums.
 A reader remembers the build id it opened and checks it again after opening each shard
 (:meth:`FeatureCache.check_build`), so a cache rebuilt under it is refused, not mixed in.
 """
@@ -46,7 +47,7 @@ from typing import Iterable, Optional, Union
 
 import numpy as np
 
-from .cache_files import read_json, rebuild_command
+from .cache_files import meta_checksum, read_json, rebuild_command
 from .config import FeatureConfig, config_diff, feature_config
 from .shard_file import checksum_problems, shard_problems
 
@@ -307,6 +308,9 @@ def _read_meta(path: Path) -> tuple[dict, str]:
     if meta.get("format") != FORMAT_VERSION:
         raise CacheError(f"{path}: cache format {meta.get('format')!r}, "
                          f"this version reads {FORMAT_VERSION}; rebuild it with --force")
+    if "meta_sha256" in meta and meta["meta_sha256"] != meta_checksum(meta):
+        raise CacheError(_damaged(path, meta, [f"{meta_path}: altered since its build (its content "
+                                               f"no longer matches its meta_sha256: edited by hand)"]))
     return meta, str(meta.get("build_id") or "legacy-" + hashlib.sha256(raw).hexdigest()[:16])
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -225,6 +226,14 @@ def read_json(path: Path, what: str = "") -> dict:
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: damaged{what} (not a JSON object)")
     return obj
+
+
+def meta_checksum(meta: dict) -> str:
+    """SHA-256 of a cache's ``meta`` without its own ``meta_sha256`` field, as canonical JSON
+    (sorted keys, no spaces): a build records it in ``meta.json``, and opening the cache checks
+    it, so a ``meta.json`` edited by hand (classes, stats, feature config) is refused, not used."""
+    body = {k: v for k, v in meta.items() if k != "meta_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def rebuild_command(path: Path, meta: Optional[dict]) -> str:

@@ -20,7 +20,7 @@ import numpy as np
 
 from .cache import (FORMAT_VERSION, MANIFEST_FIELDS, CacheError, FeatureCache, cache_exists, open_cache,
                     partial_path)
-from .cache_files import CacheBusyError, CacheLock, swap_in
+from .cache_files import CacheBusyError, CacheLock, meta_checksum, swap_in
 from .config import AudioFeatures, FeatureConfig, PianoRollFeatures
 from .feature_stats import Sums, item_sums
 from .fileio import fsync_dir, named_error, write_atomic
@@ -302,6 +302,7 @@ class CacheWriter:
             "files": files,
             **(extra_meta or {}),
         }
+        meta["meta_sha256"] = meta_checksum(meta)
         _write_json(self.dir / "meta.json", meta)
         (self.dir / "build.json").unlink()
         fsync_dir(self.dir)

@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_prep import CacheError, CacheWriter, open_cache
+from data_prep import CacheError, CacheWriter, open_cache, verify_cache
 from data_prep import cache_files
+from data_prep.cache_files import meta_checksum
 from data_prep.prepare import prepare
 from fixtures import synthetic_cache, write_midi
 
@@ -272,22 +273,61 @@ def test_verify_checks_the_content_checksums(tmp_path):
     assert f"{shard}: checksum differs" in bad.stderr and "Rebuild it with" in bad.stderr
 
 
+@pytest.mark.parametrize("edit", ["two classes swapped", "stats", "features"])
+def test_a_meta_json_edited_by_hand_is_refused(tmp_path, edit):
+    """Every field of meta.json decides what a model learns (labels, normalisation, features), and
+    a consistent-looking edit passes every size check; its recorded checksum does not."""
+    cache = synthetic_cache(tmp_path / "c", per_class=4)
+    meta_path = cache.path / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    if edit == "two classes swapped":
+        meta["classes"][:2] = meta["classes"][1::-1]
+    elif edit == "stats":
+        meta["stats"]["mean"][0] += 1.0
+    else:
+        meta["features"]["hop_length"] = meta["features"].get("hop_length", 512) * 2
+    meta_path.write_text(json.dumps(meta, indent=1))
+    for attempt in (lambda: open_cache(cache.path), lambda: verify_cache(cache.path)):
+        with pytest.raises(CacheError) as err:
+            attempt()
+        assert f"{meta_path}: altered since its build" in str(err.value)
+        assert "\n" not in str(err.value) and "Rebuild it with" in str(err.value)
+    assert cli("verify", cache.path).returncode == 1
+
+
+def test_a_meta_json_without_its_checksum_is_read_as_built_before_it(tmp_path):
+    cache = synthetic_cache(tmp_path / "c", per_class=4)
+    meta_path = cache.path / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["meta_sha256"]
+    meta_path.write_text(json.dumps(meta, indent=1))
+    assert len(open_cache(cache.path)) == len(cache)
+    ok = cli("verify", cache.path)
+    assert ok.returncode == 0 and "meta.json unchecked (built before it had a checksum" in ok.stdout
+
+
 @pytest.mark.parametrize("edit", ["no classes", "bad features", "manifest column", "unknown label"])
 def test_consistent_looking_but_wrong_files_are_named_too(tmp_path, edit):
+    """Edits whose meta.json checksum was made to match (or caches built before it had one)."""
     cache = synthetic_cache(tmp_path / "c", per_class=4)
     meta_path, manifest = cache.path / "meta.json", cache.path / "manifest.csv"
     meta = json.loads(meta_path.read_text())
+
+    def write_meta():
+        meta["meta_sha256"] = meta_checksum(meta)
+        meta_path.write_text(json.dumps(meta))
+
     if edit == "no classes":
         del meta["classes"]
     elif edit == "bad features":
         meta["features"]["n_mels"] = -3
-    meta_path.write_text(json.dumps(meta))
+    write_meta()
     damaged = meta_path
     if edit in ("manifest column", "unknown label"):
         text = manifest.read_text()
         text = text.replace("offset", "ofset", 1) if edit == "manifest column" else text.replace(",a,", ",zebra,", 1)
         meta["files"]["manifest.csv"]["bytes"] = len(text.encode())
-        meta_path.write_text(json.dumps(meta))
+        write_meta()
         manifest.write_text(text)
         damaged = manifest
     with pytest.raises(CacheError, match=rf"{damaged}: damaged \(") as err:
