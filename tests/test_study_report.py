@@ -29,10 +29,11 @@ def write_predictions(path: Path, ids, correct, fold=0):
 
 
 def make_run(out: Path, ids, correct, seed, *, params=1000, stem_flops=5e6, fold=0, checkpoint=None,
-             last_accuracy=None, last_correct=None):
+             last_accuracy=None, last_correct=None, val_accuracy=None):
     """A finished run folder: metrics.json, predictions_test.csv, history.csv (+ best.ckpt; with
     ``last_accuracy``, the last epoch's test accuracy as ``test_last``; with ``last_correct``,
-    also its predictions_test_last.csv)."""
+    also its predictions_test_last.csv; ``val_accuracy``: the chosen checkpoint's validation
+    accuracy, the test accuracy if None)."""
     out.mkdir(parents=True)
     labels, preds = write_predictions(out / "predictions_test.csv", ids, correct, fold)
     if last_correct is not None:
@@ -47,7 +48,7 @@ def make_run(out: Path, ids, correct, seed, *, params=1000, stem_flops=5e6, fold
     test = {"accuracy": acc, "balanced_accuracy": acc, "macro_f1": 0.0, "per_class": {}, "n_items": len(ids)}
     last = {} if last_accuracy is None else {"test_last": {**test, "accuracy": last_accuracy}}
     (out / "metrics.json").write_text(json.dumps({
-        "test": test, "val": test, **last, "best_epoch": 2, "epochs_run": 3, "train_seconds": 120.0,
+        "test": test, "val": test if val_accuracy is None else {**test, "accuracy": val_accuracy}, **last, "best_epoch": 2, "epochs_run": 3, "train_seconds": 120.0,
         "train_samples_per_second": 250.0, "params": params, "total_flops": 4 * stem_flops,
         "classes": CLASSES, "seed": seed, "stem": {"params": params // 10, "flops": stem_flops,
                                                    "receptive_field": [7, 7], "stride": [4, 4],
@@ -280,6 +281,32 @@ def test_the_last_epoch_is_reported_beside_the_chosen_one(tmp_path):
          if k != "test_last"}))
     assert main(["report", str(path)]) == 0
     assert "Last epoch" not in (tmp_path / "out/report/report.md").read_text()
+
+
+@pytest.mark.parametrize("tested_last", [True, False])
+def test_validation_at_its_ceiling_is_not_read_as_a_plateau(tmp_path, tested_last):
+    """When the chosen checkpoints score 100% on validation (e.g. validation drawn from the training
+    domain), a flat validation curve says nothing about convergence: the line says so instead of
+    'the runs had plateaued', and points to the last-epoch line where there is one."""
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({"name": "c", "out_dir": str(tmp_path / "out"), "seeds": 2, "bootstrap": 50,
+                                    "datasets": [{"name": "d", "recipe": "r.yaml"}], "stems": ["deep3", "patch4"]}))
+    ids = [f"clip{i:03d}" for i in range(40)]
+    for stem in ("deep3", "patch4"):
+        for k in range(2):
+            run = tmp_path / f"out/runs/d/{stem}/seed{k}"
+            make_run(run, ids, [i % 4 != 0 for i in range(40)], k, val_accuracy=1.0,
+                     last_accuracy=0.8 if tested_last else None)
+            (run / "history.csv").write_text("epoch,train_loss,val_loss,val_accuracy,val_macro_f1,lr,seconds\n"
+                                             + "".join(f"{e},1,1,1.0,1.0,0.001,2\n" for e in range(4)))
+    assert main(["report", str(path)]) == 0
+    md = (tmp_path / "out/report/report.md").read_text()
+    assert "plateaued" not in md
+    assert "but the checkpoint chosen on validation scored 100% there in 100% of the runs (best epoch 2 of 3" in md
+    assert ("the last-epoch line below shows what the later epochs gave" in md) == tested_last
+    assert ("did not test their last epoch's model" in md) != tested_last
+    rows = {r["variant"]: r for r in csv.DictReader(open(tmp_path / "out/report/results.csv"))}
+    assert float(rows["patch4"]["val_ceiling"]) == 1.0
 
 
 def test_a_finished_cell_without_its_predictions_is_named_not_dropped(tmp_path, capsys):

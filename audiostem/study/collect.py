@@ -202,6 +202,8 @@ def summarize(reps: list[Replicate]) -> dict:
         "epochs": _mean(x.get("epochs_run") for x in folds),
         "late_best": _mean(float(_late(x)) for x in folds if _late(x) is not None),
         "late_gain": _mean(_late_gain(r.history) for r in reps),
+        "val_ceiling": _mean(float(x["val"]["accuracy"] >= 1.0) for x in folds
+                             if isinstance(x.get("val"), dict) and x["val"].get("accuracy") is not None),
         "devices": [r.metrics[0].get("device") or "device not recorded" for r in reps],
         "best_epoch": _mean(x.get("best_epoch") for x in folds),
         "last_acc_mean": (None if not reps or any(r.last_epoch_accuracy is None for r in reps)

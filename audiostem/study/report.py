@@ -23,7 +23,7 @@ from .tuning import tuning_lines
 CSV_FIELDS = ["dataset", "variant", "baseline", "n_seeds", "n_items", "acc_mean", "acc_low", "acc_high",
               "acc_std", "f1_mean", "f1_low", "f1_high", "f1_std", "params", "stem_params", "stem_flops",
               "total_flops", "receptive_field", "stride", "samples_per_s", "train_minutes", "epochs",
-              "best_epoch", "late_best", "late_gain", "diff", "se", "df", "p", "family", "adj_level",
+              "best_epoch", "late_best", "late_gain", "val_ceiling", "diff", "se", "df", "p", "family", "adj_level",
               "adj_low", "adj_high", "p_adj", "margin", "unit", "n_units", "verdict", "detectable",
               "p_equivalent", "detectable_2x", "p_equivalent_2x", "p_boot", "boot_low", "boot_high",
               "p_mcnemar", "n10", "n01", "paired_seeds", "paired_items", "seed_accs", "last_acc_mean",
@@ -153,10 +153,26 @@ def _summary(name: str, rows: list[dict], components: list[dict], study: Study) 
                   f"epochs (median over stems; range {_pct(min(gains), sign=True)} to {_pct(max(gains), sign=True)})"
                   + (f", and {statistics.mean(late):.0%} of the runs had their best validation epoch in the last 10%"
                      if late else ""))
-        out.append(f"**Convergence:** {change}: " + (
-            "the runs had plateaued." if gain < 0.01 else
-            "a decaying schedule gains most at its end, so only a longer schedule tells whether the models "
-            "were still improving (see the validation curves)."))
+        ceiling = [r["val_ceiling"] for r in rows if r["n_seeds"] and not math.isnan(r.get("val_ceiling", math.nan))]
+        at_ceiling = statistics.mean(ceiling) if ceiling else 0.0
+        if at_ceiling >= 0.5:
+            best = [r["best_epoch"] for r in rows if r["n_seeds"] and not math.isnan(r["best_epoch"])]
+            epochs = statistics.mean(r["epochs"] for r in rows if r["n_seeds"])
+            reading = (f"; but the checkpoint chosen on validation scored 100% there in {at_ceiling:.0%} of the runs "
+                       f"(best epoch {statistics.median(best):.0f} of {epochs:.0f}, median over stems; range "
+                       f"{min(best):.0f}–{max(best):.0f}): at its ceiling validation cannot show whether the models "
+                       f"were still improving, nor choose among the epochs after it (a tie keeps the earliest), so "
+                       f"this is no evidence of a plateau; "
+                       + ("the last-epoch line below shows what the later epochs gave." if any(
+                           r.get("last_acc_mean") is not None for r in rows) else
+                          "these runs did not test their last epoch's model, so what the later epochs gave is unknown."))
+        else:
+            reading = (": the runs had plateaued." if gain < 0.01 else
+                       ": a decaying schedule gains most at its end, so only a longer schedule tells whether the "
+                       "models were still improving (see the validation curves).")
+            if at_ceiling > 0:
+                reading += f" ({at_ceiling:.0%} of the runs chose a checkpoint with 100% validation accuracy.)"
+        out.append(f"**Convergence:** {change}{reading}")
     base = [r for r in rows if r["variant"] == study.baseline and r["n_seeds"]]
     if base and n:
         b = base[0]
