@@ -153,6 +153,30 @@ def test_tuning_runs_first_and_chooses_on_validation(tmp_path, capsys):
     assert "0 trained, 14 already finished" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("rise", [0.0, 0.05])
+def test_the_tuning_line_says_whether_the_winning_runs_had_plateaued(tmp_path, capsys, rise):
+    """The epochs are not tuned unless they are in the grid: the report's tuning line reads the
+    validation curves of the winning tuning runs (only theirs) and says whether they still rose."""
+    from audiostem.study.report import _summary
+    path = tune_study(tmp_path)
+    assert main([str(path), "--cells", "_tune/*"]) == 0
+    capsys.readouterr()
+    study = load_study(path)
+    for cell in (tmp_path / "out/runs/_tune/one").glob("*/*/seed100"):
+        winner = cell.parent.name == "lr0.01"               # fake.val_best: lr 0.01 wins on validation
+        curve = [0.6 + (rise if winner else 0.3) * e / 7 for e in range(8)]
+        (cell / "history.csv").write_text("epoch,train_loss,val_loss,val_accuracy,val_macro_f1,lr,seconds\n" + "".join(
+            f"{e + 1},1,1,{a},0.5,0.001,1\n" for e, a in enumerate(curve)))
+    line = _summary("two", [], [], study)[-1]
+    assert line.startswith("**Tuning:**") and "The winning tuning runs (on one) ended with validation accuracy" in line
+    if rise:
+        assert "+1.4 points over their last quarter" in line and "2 of 2 with their best epoch in the last 10%" in line
+        assert line.endswith("still rising when the schedule ended, so more epochs might raise every stem; "
+                             "the epochs were not tuned.")
+    else:
+        assert "+0.0 points over their last quarter" in line and line.endswith(": they had plateaued.")
+
+
 def test_ties_go_to_the_first_point(tmp_path, capsys):
     from audiostem.study.tuning import tuning_choices
     path = tune_study(tmp_path, overrides={})          # no fake.val_best: every point scores the same

@@ -20,7 +20,7 @@ from ..metrics import macro_f1
 from ..run_folder import is_finished, read_history
 from . import stats
 from .grid import Cell, Study, StudyError, dataset_variants
-from .tuning import study_cells
+from .tuning import study_cells, tuning_cells, tuning_choices
 from .runner import select
 
 
@@ -226,6 +226,23 @@ def _late_gain(history: list[dict]) -> Optional[float]:
     if len(acc) < 4:
         return None
     return acc[-1] - acc[int(0.75 * len(acc)) - 1]
+
+
+def tuning_convergence(study: Study, group: str) -> Optional[dict]:
+    """How the validation curves of the tuning runs that won ended, for the report's tuning line:
+    ``{"tuned_on", "gains", "late", "n"}`` with each finished winning run's rise in validation
+    accuracy over its last quarter (:func:`_late_gain`) and whether its best epoch fell in the
+    last 10% (:func:`_late`). None when the study does not tune, ``group`` has no choices yet, or
+    no winning run has a validation curve of four epochs."""
+    chosen = (tuning_choices(study) or {}).get(group)
+    if not chosen:
+        return None
+    tuned_on = next(iter(chosen.values()))["tuned_on"]
+    won = [c for c in tuning_cells(study) if c.dataset == tuned_on and c.variant in chosen
+           and c.point == chosen[c.variant]["point"] and is_finished(c.out_dir)]
+    gains = [g for g in (_late_gain(read_history(c.out_dir)) for c in won) if g is not None]
+    late = [x for x in (_late(run_folder.read_metrics(c.out_dir)) for c in won) if x is not None]
+    return {"tuned_on": tuned_on, "gains": gains, "late": late, "n": len(won)} if gains else None
 
 
 def paired_arrays(a: list[Replicate], b: list[Replicate]) -> tuple[np.ndarray, np.ndarray, list[int], np.ndarray]:

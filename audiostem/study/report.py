@@ -15,7 +15,7 @@ from typing import Optional, Union
 from data_prep.fileio import write_atomic
 
 from . import plots
-from .collect import analyse
+from .collect import analyse, tuning_convergence
 from .grid import Study
 from .stats import VERDICTS
 from .tuning import tuning_lines
@@ -98,6 +98,21 @@ def _range(values: list[float], fmt) -> str:
 def _summary(name: str, rows: list[dict], components: list[dict], study: Study) -> list[str]:
     compared = [r for r in rows if "verdict" in r]
     tuning = tuning_lines(study, name)    # the values chosen on validation, when the study tunes
+    conv = tuning_convergence(study, name)          # did the winning tuning runs' curves flatten?
+    if tuning and conv:
+        gains, late = conv["gains"], conv["late"]
+        gain = statistics.median(gains)
+        if gain < 0.01:
+            reading = "they had plateaued."
+        elif any(k.split(".")[-1] == "max_epochs" for k in study.tune.grid):
+            reading = "still rising when their schedule ended (the epochs were in the tuning grid)."
+        else:
+            reading = "still rising when the schedule ended, so more epochs might raise every stem; the epochs were not tuned."
+        tuning[0] += (f" The winning tuning runs (on {conv['tuned_on']}) ended with validation accuracy "
+                      f"{_pct(gain, sign=True)} points over their last quarter (median; range "
+                      f"{_pct(min(gains), sign=True)} to {_pct(max(gains), sign=True)})"
+                      + (f", {sum(late)} of {len(late)} with their best epoch in the last 10%" if late else "")
+                      + f": {reading}")
     if not compared:
         return [f"No paired comparison yet on {name} (needs finished runs of `{study.baseline}` and "
                 f"another stem on the same seeds)."] + tuning
