@@ -364,7 +364,15 @@ def test_the_last_epoch_change_has_a_paired_interval(tmp_path):
     md = (tmp_path / "out/report/report.md").read_text()
     t = crossed_t_test(np.stack([last["patch4", k] for k in range(3)]), np.stack([chosen["patch4", k] for k in range(3)]))
     assert "in brackets the paired difference's 95% interval, seeds and items crossed, not adjusted for the 2 stems" in md
-    assert f"(+{100 * t['diff']:.1f} [{100 * t['low']:+.1f}, {100 * t['high']:+.1f}])" in md
+    interval = f"(+{100 * t['diff']:.1f} [{100 * t['low']:+.1f}, {100 * t['high']:+.1f}])"
+    assert interval in md
+    # one deep3 run lost its last-epoch predictions: deep3 gets the difference of means only, patch4 keeps its interval
+    (tmp_path / "out/runs/d/deep3/seed1/predictions_test_last.csv").unlink()
+    assert main(["report", str(path)]) == 0
+    md = (tmp_path / "out/report/report.md").read_text()
+    assert interval in md and "no interval': some of that stem's runs lack the last epoch's predictions" in md
+    deep3 = np.mean([last["deep3", k].mean() - chosen["deep3", k].mean() for k in range(3)])
+    assert f"deep3 {100 * np.mean([last['deep3', k].mean() for k in range(3)]):.1f} ({100 * deep3:+.1f}, no interval)" in md
 
 
 def test_the_verdict_figure_title_fits_with_one_dataset(tmp_path, monkeypatch):

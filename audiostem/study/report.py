@@ -198,18 +198,20 @@ def _summary(name: str, rows: list[dict], components: list[dict], study: Study) 
                    f"{_pct(statistics.median(abs(r['diff']) for r in compared))} points.")
     last = [r for r in rows if r.get("n_seeds") and r.get("last_acc_mean") is not None]
     if last and len(last) == len([r for r in rows if r.get("n_seeds")]):
-        paired = all("last_diff" in r for r in last)
+        paired = sum("last_diff" in r for r in last)       # stems whose runs all kept the last epoch's predictions
         level = f"{1 - study.alpha:.0%}"
 
         def change(r: dict) -> str:
-            if paired:
+            if "last_diff" in r:
                 return (f"{_pct(r['last_diff'], sign=True)} [{_pct(r['last_low'], sign=True)}, "
                         f"{_pct(r['last_high'], sign=True)}]")
-            return _pct(r["last_acc_mean"] - r["acc_mean"], sign=True)
+            return _pct(r["last_acc_mean"] - r["acc_mean"], sign=True) + (", no interval" if paired else "")
         out.append("**Last epoch instead of the validation-chosen one** (mean test accuracy over seeds; "
                    + (f"in brackets the paired difference's {level} interval, seeds and "
                       f"{'clusters' if unit != 'item' else 'items'} crossed, not adjusted for the "
                       f"{len(last)} stems" if paired else "no interval")
+                   + ("; 'no interval': some of that stem's runs lack the last epoch's predictions, so only the "
+                      "difference of the means is given" if 0 < paired < len(last) else "")
                    + "): " + "; ".join(f"{r['variant']} {_pct(r['last_acc_mean'])} ({change(r)})" for r in last) + ".")
     devices: dict[str, int] = {}
     for r in rows:
