@@ -126,6 +126,16 @@ def cache_exists(path: Union[str, Path]) -> bool:
     return (Path(path) / "meta.json").exists()
 
 
+def is_cache_folder(path: Union[str, Path]) -> bool:
+    """Whether ``path`` is a folder a build of data_prep wrote: a published cache, a build in
+    progress or interrupted (``CACHE.partial``), or an old cache a killed swap left
+    (``CACHE.old-*``). Dataset listings leave such folders out (an ``--out`` inside ``--root``)."""
+    path = Path(path)
+    if not (path / "shards").is_dir():
+        return False
+    return (path / "meta.json").is_file() or (path / "build.json").is_file() or path.name.endswith(".partial")
+
+
 def partial_failures(path: Union[str, Path]) -> list[dict]:
     """The failures (``{"source", "reason"}``) recorded so far by the interrupted or unfinished
     build of the cache ``path``, in the order they were met; empty when there is none."""

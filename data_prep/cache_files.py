@@ -48,6 +48,15 @@ def lock_path(out: Path) -> Path:
     return out.with_name(out.name + ".lock")
 
 
+def is_lock_file(path: Path) -> bool:
+    """Whether ``path`` is a lock file :class:`CacheLock` wrote (``NAME.lock``, or
+    ``NAME.lock.held`` on file systems without locks): not data, whatever folder it is in."""
+    if not path.name.endswith((".lock", ".lock.held")):
+        return False
+    info = _read_info(path)
+    return isinstance(info, dict) and {"pid", "host", "started", "cache"} <= set(info)
+
+
 def _holder_text(info: Optional[dict]) -> str:
     if not info:
         return "another process (it has not written its pid yet)"

@@ -13,6 +13,9 @@ all of them (``prepared + skipped + ignored = files under the root``):
   recognises (:func:`decodable`). Whether it is readable is the reader's to say;
 - **skipped**: anything else, with what it is (``a JPEG image``, ``text``, ``a MIDI file``...).
 
+Feature caches under the root (an ``--out`` inside ``--root``: the cache, its ``.partial`` build,
+its lock file) are data_prep's own output, not the dataset's files: :func:`walk` leaves them out.
+
 File names are kept as Python gives them: bytes that are not UTF-8 (old archives, Windows code
 pages) come back as surrogate escapes, which open fine but cannot be written as UTF-8 text;
 :func:`text_name` turns them into visible ``\\xNN`` escapes for manifests and messages.
@@ -195,8 +198,13 @@ def walk(root: Path, errors: Optional[list] = None):
     """Every file under ``root`` as ``(path, path relative to root)``, recursively, in sorted
     order. Links are followed (a class folder may be a link to elsewhere), each real folder once
     (a link back up the tree is not a loop); links to nothing are included, for their reader to
-    report; pipes and devices (which a reader would wait on forever) are not files here. Folders
-    that cannot be listed are appended to ``errors`` as ``(path, reason)``."""
+    report; pipes and devices (which a reader would wait on forever) are not files here. What
+    data_prep itself wrote is not part of a dataset and is left out: feature caches, their
+    ``.partial`` builds and their lock files (an ``--out`` inside ``--root``). Folders that
+    cannot be listed are appended to ``errors`` as ``(path, reason)``."""
+    from .cache import is_cache_folder
+    from .cache_files import is_lock_file
+
     seen = set()
 
     def failed(error: OSError) -> None:
@@ -213,9 +221,11 @@ def walk(root: Path, errors: Optional[list] = None):
             dirs[:] = []
             continue
         seen.add((st.st_dev, st.st_ino))
-        dirs.sort()
         base = Path(folder)
+        dirs[:] = [d for d in sorted(dirs) if not is_cache_folder(base / d)]
         for name in sorted(files):
             path = base / name
+            if is_lock_file(path):
+                continue
             if path.is_file() or (path.is_symlink() and not path.exists()):   # no FIFOs, devices
                 yield path, path.relative_to(root)

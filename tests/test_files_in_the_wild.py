@@ -473,3 +473,21 @@ def test_a_partial_build_left_with_raw_non_utf8_names_says_how_to_get_unstuck(tm
     with pytest.raises(CacheError, match="--force to start it over"):
         prepare("folder", root, tmp_path / "c", FEATURES, workers=1, progress=False)
     assert len(prepare("folder", root, tmp_path / "c", FEATURES, workers=1, progress=False, force=True)) == 2
+
+
+def test_a_cache_inside_the_root_is_not_part_of_the_dataset(tmp_path):
+    """``--out`` inside ``--root`` (and other caches there): a rebuild or a resumed build walks
+    the cache's own files. They are neither items nor skipped files, and they must not turn a
+    ROOT/SPLIT/CLASS layout into a ROOT/CLASS one (classes 'train' and 'test')."""
+    root = tmp_path / "data"
+    for split in ("train", "test"):
+        for cls in ("dog", "cat"):
+            put(root, f"{split}/{cls}/0.wav", wav_bytes(freq=300 if cls == "dog" else 900))
+    first = prepare("folder", root, root / "cache", FEATURES, workers=1, progress=False)
+    (root / "cache.partial" / "shards").mkdir(parents=True)          # what a killed build leaves
+    (root / "cache.partial" / "build.json").write_text("{}")
+    rebuilt = prepare("folder", root, root / "cache", FEATURES, workers=1, progress=False, force=True)
+    other = prepare("folder", root, root / "train" / "other", FEATURES, workers=1, progress=False)
+    for cache in (first, rebuilt, other):
+        assert cache.classes == ["cat", "dog"] and cache.meta["splits"] == {"test": 2, "train": 2}
+        assert cache.failures == [] and cache.meta["ignored"]["count"] == 0
