@@ -491,3 +491,18 @@ def test_a_cache_inside_the_root_is_not_part_of_the_dataset(tmp_path):
     for cache in (first, rebuilt, other):
         assert cache.classes == ["cat", "dog"] and cache.meta["splits"] == {"test": 2, "train": 2}
         assert cache.failures == [] and cache.meta["ignored"]["count"] == 0
+
+
+def test_a_folder_without_audio_beside_the_splits_keeps_the_split_layout(tmp_path):
+    """Datasets ship ``metadata/``, ``docs/`` or ``images/`` beside ``train/`` and ``test/``: a top
+    folder with nothing to read says nothing about the layout (it used to make the classes
+    'train' and 'test', without a word)."""
+    root = tmp_path / "data"
+    for split in ("train", "test"):
+        for cls in ("dog", "cat"):
+            put(root, f"{split}/{cls}/0.wav", wav_bytes(freq=300 if cls == "dog" else 900))
+    put(root, "docs/notes.txt", b"recorded in 2019\n")
+    put(root, "metadata/labels.csv", b"file,label\n")
+    cache = prepare("folder", root, tmp_path / "cache", FEATURES, workers=1, progress=False)
+    assert cache.classes == ["cat", "dog"] and cache.meta["splits"] == {"test": 2, "train": 2}
+    assert {f["source"] for f in cache.failures} == {"docs/notes.txt", "metadata/labels.csv"}

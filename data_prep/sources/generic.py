@@ -173,7 +173,8 @@ class FolderSource(Source):
     def items(self, args: argparse.Namespace) -> Listing:
         """Every regular file under the root is an item, skipped (with the reason) or ignored
         (an OS leftover); see :mod:`data_prep.discover`. The layout is ``ROOT/SPLIT/CLASS/**``
-        when every top folder holding files is a split name, ``ROOT/CLASS/**`` otherwise."""
+        when every top folder holding files to read is a split name, ``ROOT/CLASS/**``
+        otherwise (a ``docs/`` or ``metadata/`` folder beside ``train/`` changes nothing)."""
         root = Path(args.root)
         midi = getattr(args.features, "kind", "") == "pianoroll"
         if not root.is_dir():
@@ -182,7 +183,8 @@ class FolderSource(Source):
         files = sorted(walk(root, unlistable))
         ignored = [p for p, rel in files if is_leftover(rel)]
         files = [(p, rel) for p, rel in files if not is_leftover(rel)]
-        tops = {rel.parts[0] for _, rel in files if len(rel.parts) > 1}
+        reasons = {path: classify(path, midi) for path, rel in files if len(rel.parts) > 1}
+        tops = {rel.parts[0] for path, rel in files if len(rel.parts) > 1 and reasons[path] is None}
         split_layout = bool(tops) and all(t.lower() in _SPLIT_NAMES for t in tops)
         depth = 3 if split_layout else 2          # parts of ROOT/[SPLIT/]CLASS/file
         pattern = re.compile(args.group_by) if args.group_by else None
@@ -192,7 +194,7 @@ class FolderSource(Source):
                 skipped.append((path, "not in a class folder (ROOT/CLASS/file"
                                       + (", here ROOT/SPLIT/CLASS/file)" if split_layout else ")")))
                 continue
-            reason = classify(path, midi)
+            reason = reasons[path]
             if reason:
                 skipped.append((path, reason))
                 continue
