@@ -506,3 +506,35 @@ def test_a_folder_without_audio_beside_the_splits_keeps_the_split_layout(tmp_pat
     cache = prepare("folder", root, tmp_path / "cache", FEATURES, workers=1, progress=False)
     assert cache.classes == ["cat", "dog"] and cache.meta["splits"] == {"test": 2, "train": 2}
     assert {f["source"] for f in cache.failures} == {"docs/notes.txt", "metadata/labels.csv"}
+
+
+def test_item_ids_stay_unique_whatever_the_names(tmp_path):
+    """A recording kept as ``take.wav``, ``take.mp3`` and a converted ``take.mp3.wav``: the ids
+    that keep their suffix to tell the first two apart must not collide with the third's (the
+    whole build stopped on 'item ids must be unique'). A manifest may list one recording in two
+    formats too, as a folder may hold them."""
+    root = tmp_path / "data"
+    for name in ("take.wav", "take.flac", "take.flac.wav", "x.wav"):
+        put(root, f"a/{name}", wav_bytes(fmt="FLAC" if name.endswith(".flac") else "WAV"))
+    put(root, "b/y.wav", wav_bytes(freq=900))
+    cache = prepare("folder", root, tmp_path / "c", FEATURES, workers=1, progress=False)
+    ids = [it.id for it in cache.items]
+    assert len(ids) == len(set(ids)) == 5 and cache.failures == []
+    put(root, "m.csv", b"path,label\na/take.wav,a\na/take.flac,a\nb/y.wav,b\n")
+    cache = prepare("csv", root / "m.csv", tmp_path / "c2", FEATURES, workers=1, progress=False)
+    assert sorted(it.id for it in cache.items) == ["a/take.flac", "a/take.wav", "b/y"]
+
+
+@pytest.mark.parametrize("rows, message", [
+    (b"a/x.wav,a\nb/y.wav,b\na/x.wav,b\n", "m.csv:4: a/x.wav is listed again (first on line 2)"),
+    (b"a/x.wav,a\nb/y.wav\n", "m.csv:3: 1 field, the header has 2"),
+])
+def test_manifest_rows_that_cannot_be_items_name_their_line(tmp_path, rows, message):
+    root = tmp_path / "data"
+    put(root, "a/x.wav", wav_bytes())
+    put(root, "b/y.wav", wav_bytes(freq=900))
+    put(root, "m.csv", b"path,label\n" + rows)
+    run = subprocess.run([sys.executable, "-m", "data_prep", "csv", "--root", str(root / "m.csv"),
+                          "--out", str(tmp_path / "c"), *CLI_FEATURES], capture_output=True, text=True)
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+    assert message in run.stderr, run.stderr

@@ -93,6 +93,27 @@ def item_id(path: Path, root: Path) -> str:
     return rel.with_suffix("").as_posix()
 
 
+def unique_ids(items: list[SourceItem], base: Path) -> list[SourceItem]:
+    """``items`` with ids no two files share. Default ids drop the suffix, so ``x.wav`` beside
+    ``x.flac`` share one: such ids become the file's path (relative to ``base``) with its
+    suffix, again until none is shared (``take.wav`` and ``take.flac`` beside ``take.flac.wav``,
+    whose id without suffix is ``take.flac``). One path listed twice keeps its shared id."""
+    while True:
+        counts = Counter(it.id for it in items)
+        renamed = [_replace(it, id=text_name(_relative(it.path, base))) if counts[it.id] > 1 else it
+                   for it in items]
+        if renamed == items:
+            return items
+        items = renamed
+
+
+def _relative(path: Path, base: Path) -> str:
+    try:
+        return path.relative_to(base).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
 def list_files(folder: Path, extensions: tuple[str, ...]) -> list[Path]:
     """Files under ``folder`` (recursively, sorted) whose suffix is in ``extensions``
     (case-insensitive), without operating-system leftovers and hidden files
@@ -207,10 +228,7 @@ class FolderSource(Source):
                                     text_name(group), text_name(item_id(path, root))))
         if not items:
             raise ValueError(_no_files_message(root, midi, skipped, ignored))
-        ids = Counter(it.id for it in items)          # x.wav beside x.flac: both keep their suffix
-        items = [_replace(it, id=text_name(it.path.relative_to(root).as_posix())) if ids[it.id] > 1
-                 else it for it in items]
-        return Listing(assign_splits(items, args), skipped, ignored)
+        return Listing(assign_splits(unique_ids(items, root), args), skipped, ignored)
 
 
 @register_source
@@ -265,14 +283,22 @@ class CsvSource(Source):
         if group_col and group_col not in header:
             raise ValueError(f"{manifest}: --group-by {group_col!r} is not a column (columns: {header})")
         fold_of = fold_numbers(rows, args.fold_column, header, manifest)
-        items = []
+        items, lines = [], {}
         for line, row in enumerate(rows, start=2):
             where = f"{manifest}:{line}: "
+            if row[args.path_column] is None or row[args.label_column] is None:   # a row cut short
+                n = sum(v is not None for k, v in row.items() if k is not None)
+                raise ValueError(f"{where}{n} field{'s' * (n != 1)}, the header has {len(header)} "
+                                 f"({', '.join(header)}); give each row a value for "
+                                 f"{args.path_column!r} and {args.label_column!r}")
             raw_path, label = row[args.path_column].strip(), row[args.label_column].strip()
             if not raw_path or not label:
                 raise ValueError(f"{where}empty {args.path_column!r} or {args.label_column!r}")
             path = Path(raw_path)
             path = _on_disk(path if path.is_absolute() else base / path)
+            if lines.setdefault(path, line) != line:
+                raise ValueError(f"{where}{raw_path} is listed again (first on line {lines[path]}); "
+                                 f"list each file once")
             fold_value = fold_of.get((row.get(args.fold_column) or "").strip())
             split = (row.get(args.split_column) or "").strip()
             split = split if split in others else normalise_split(split, where)
@@ -281,7 +307,7 @@ class CsvSource(Source):
                                     item_id(path, base)))
         if not items:
             raise ValueError(f"{manifest}: no rows")
-        return assign_splits(items, args)
+        return assign_splits(unique_ids(items, base), args)
 
 
 def fold_numbers(rows: list[dict], column: str, header: list, manifest: Path) -> dict[str, int]:
