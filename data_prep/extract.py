@@ -43,9 +43,10 @@ def _read_audio(path: str, config: FeatureConfig) -> tuple:
 
 
 def _read_midi(path: str, config: FeatureConfig) -> tuple:
-    from .midi import pianoroll_file
+    from .midi import read_pianoroll
 
-    return pianoroll_file(path, config, dtype=np.float16), _sha1_file(Path(path)), None, []
+    roll, notes = read_pianoroll(path, config, dtype=np.float16)
+    return roll, _sha1_file(Path(path)), None, notes
 
 
 def _preload_audio() -> None:
