@@ -20,7 +20,7 @@ import numpy as np
 
 from .cache import (FORMAT_VERSION, MANIFEST_FIELDS, CacheError, FeatureCache, cache_exists, open_cache,
                     partial_path)
-from .cache_files import CacheBusyError, CacheLock, meta_checksum, swap_in
+from .cache_files import CacheBusyError, CacheLock, build_target, meta_checksum, swap_in
 from .config import AudioFeatures, FeatureConfig, PianoRollFeatures
 from .feature_stats import Sums, item_sums
 from .fileio import fsync_dir, named_error, write_atomic
@@ -76,6 +76,8 @@ class CacheWriter:
         restart: discard an interrupted build instead of resuming it (``--force``). A complete
             cache at ``out`` is never touched before :meth:`finish` replaces it.
 
+    An ``out`` that is a symbolic link is built where it points (:func:`build_target`).
+
     The writer holds the cache's lock from here until :meth:`finish` or :meth:`close` (it is
     a context manager); a second writer of the same cache, in this process or another, is
     refused with a :class:`CacheError` naming the holder.
@@ -88,7 +90,7 @@ class CacheWriter:
     def __init__(self, out: Union[str, Path], config: FeatureConfig, source: dict,
                  classes: Optional[list[str]] = None, *,
                  shard_bytes: int = SHARD_BYTES, shard_items: int = SHARD_ITEMS, restart: bool = False):
-        self.out = Path(out)
+        self.out = build_target(Path(out))
         if not isinstance(config, (AudioFeatures, PianoRollFeatures)):
             raise TypeError(f"config: a feature config object, not {type(config).__name__} "
                             "(data_prep.feature_config(fields) makes one)")

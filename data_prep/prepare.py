@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from .cache import CacheError, FeatureCache, partial_failures
+from .cache_files import build_target
 from .cache_writer import CacheWriter, check_existing, drop_unused_partial
 from .config import FeatureConfig
 from .discover import text_name
@@ -103,7 +104,7 @@ def prepare(source: Union[str, Source], root: Union[str, Path], out: Union[str, 
     if not root.exists() and not getattr(src, "creates_root", False):   # folk builds its root
         raise ValueError(f"--root {root}: no such file or folder")
     root = src.resolve_root(root)
-    out = Path(out).expanduser()
+    out = build_target(Path(out).expanduser())          # a link: the folder it points to
     config = resolve_features(src, features)
     say = (lambda text: print(text, file=sys.stderr, flush=True)) if progress else (lambda text: None)
 
