@@ -90,6 +90,9 @@ class CacheWriter:
     def __init__(self, out: Union[str, Path], config: FeatureConfig, source: dict,
                  classes: Optional[list[str]] = None, *,
                  shard_bytes: int = SHARD_BYTES, shard_items: int = SHARD_ITEMS, restart: bool = False):
+        if Path(out).name in ("", ".", ".."):          # ., /, x/..: no name for OUT.partial
+            raise CacheError(f"--out {out}: name the cache folder (e.g. --out caches/NAME): it is built "
+                             f"beside it, in NAME.partial, and swapped in when complete")
         self.out = build_target(Path(out))
         if not isinstance(config, (AudioFeatures, PianoRollFeatures)):
             raise TypeError(f"config: a feature config object, not {type(config).__name__} "

@@ -263,3 +263,15 @@ def test_out_that_is_a_link_builds_where_it_points(tmp_path):
     assert sorted(p.name for p in (tmp_path / "big").iterdir()) == ["x", "x.lock"]
     built = open_cache(link).build_id
     assert run_cli(root, tmp_path / "big" / "x").returncode == 0 and open_cache(link).build_id == built
+
+
+@pytest.mark.parametrize("out", [".", "..", "/", "sub/.."])
+def test_out_without_a_name_says_what_would_be_right(tmp_path, out):
+    root = make_root(tmp_path / "data", n=1)
+    (tmp_path / "work" / "sub").mkdir(parents=True)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-m", "data_prep", "folder", "--root", str(root), "--out", out,
+                           "--workers", "1", "--quiet", *CLI], capture_output=True, text=True,
+                          cwd=tmp_path / "work", env=env)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert f"--out {out}: name the cache folder" in done.stderr
