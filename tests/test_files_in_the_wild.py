@@ -538,3 +538,12 @@ def test_manifest_rows_that_cannot_be_items_name_their_line(tmp_path, rows, mess
                           "--out", str(tmp_path / "c"), *CLI_FEATURES], capture_output=True, text=True)
     assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
     assert message in run.stderr, run.stderr
+
+
+def test_a_group_by_that_is_not_a_regular_expression_is_one_line(tmp_path):
+    put(tmp_path / "data", "a/x.wav", wav_bytes())
+    run = subprocess.run([sys.executable, "-m", "data_prep", "folder", "--root", str(tmp_path / "data"),
+                          "--out", str(tmp_path / "c"), "--group-by", "(take", *CLI_FEATURES],
+                         capture_output=True, text=True)
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+    assert "error: --group-by '(take' is not a regular expression (missing ), unterminated subpattern" in run.stderr

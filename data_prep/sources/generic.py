@@ -208,7 +208,11 @@ class FolderSource(Source):
         tops = {rel.parts[0] for path, rel in files if len(rel.parts) > 1 and reasons[path] is None}
         split_layout = bool(tops) and all(t.lower() in _SPLIT_NAMES for t in tops)
         depth = 3 if split_layout else 2          # parts of ROOT/[SPLIT/]CLASS/file
-        pattern = re.compile(args.group_by) if args.group_by else None
+        try:
+            pattern = re.compile(args.group_by) if args.group_by else None
+        except re.error as e:
+            raise ValueError(f"--group-by {args.group_by!r} is not a regular expression ({e}); "
+                             f"e.g. '^[^_]+' for SPEAKER_take.wav") from None
         items, skipped = [], [(p, why) for p, why in unlistable if not is_leftover(p.relative_to(root))]
         for path, rel in files:
             if len(rel.parts) < depth:
