@@ -526,14 +526,18 @@ def test_item_ids_stay_unique_whatever_the_names(tmp_path):
 
 
 @pytest.mark.parametrize("rows, message", [
-    (b"a/x.wav,a\nb/y.wav,b\na/x.wav,b\n", "m.csv:4: a/x.wav is listed again (first on line 2)"),
-    (b"a/x.wav,a\nb/y.wav\n", "m.csv:3: 1 field, the header has 2"),
+    (b"path,label\na/x.wav,a\nb/y.wav,b\na/x.wav,b\n", "m.csv:4: a/x.wav is listed again (first on line 2)"),
+    (b"path,label\na/x.wav,a\nb/y.wav\n", "m.csv:3: 1 field, the header has 2"),
+    (b"path,label\n\na/x.wav,a\n\nb/y.wav,\n", "m.csv:5: empty 'path' or 'label'"),        # blank lines
+    (b"sep=;\npath;label\na/x.wav;a\nb/y.wav;\n", "m.csv:4: empty 'path' or 'label'"),       # Excel's sep line
+    (b'path,label\n"a/x.wav,a\n' + b"b/y.wav,b\n" * 14000,                                    # a quote never closed
+     'm.csv:2: field larger than field limit (131072); a field that starts with a quote (") and never'),
 ])
 def test_manifest_rows_that_cannot_be_items_name_their_line(tmp_path, rows, message):
     root = tmp_path / "data"
     put(root, "a/x.wav", wav_bytes())
     put(root, "b/y.wav", wav_bytes(freq=900))
-    put(root, "m.csv", b"path,label\n" + rows)
+    put(root, "m.csv", rows)
     run = subprocess.run([sys.executable, "-m", "data_prep", "csv", "--root", str(root / "m.csv"),
                           "--out", str(tmp_path / "c"), *CLI_FEATURES], capture_output=True, text=True)
     assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr

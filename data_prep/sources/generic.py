@@ -55,11 +55,18 @@ def text_encoding(raw: bytes) -> str:
     return "utf-8"
 
 
-def read_table(path: Path, encoding: str = "auto") -> tuple[list[str], list[dict]]:
+class Row(dict):
+    """A CSV row, column -> value (``None`` for a column the row is too short to hold), that
+    knows its ``line`` in the file (the last, for a row whose quoted field spans lines)."""
+    line = 0
+
+
+def read_table(path: Path, encoding: str = "auto") -> tuple[list[str], list[Row]]:
     """``(header, rows)`` of a CSV file as spreadsheets save it: any encoding of
     :func:`text_encoding` (``encoding="auto"``) or the one given, and the delimiter of its
-    header line (``,``, ``;`` as in European locales, tab, ``|``, or Excel's ``sep=X`` line). Raises ``ValueError`` naming
-    the file, the line and the encoding to use when it cannot be decoded."""
+    header line (``,``, ``;`` as in European locales, tab, ``|``, or Excel's ``sep=X`` line).
+    Each :class:`Row` knows its line, for messages. Raises ``ValueError`` naming the file and
+    line: when it cannot be decoded (and the encoding to use), or is not CSV there."""
     raw = path.read_bytes()
     name = text_encoding(raw) if encoding in ("auto", "", None) else encoding
     try:
@@ -75,13 +82,24 @@ def read_table(path: Path, encoding: str = "auto") -> tuple[list[str], list[dict
     text = text.lstrip("\ufeff")
     first = text.split("\n", 1)[0]
     delimiter = max(",;\t|", key=first.count) if any(c in first for c in ",;\t|") else ","
-    hint = first.strip().lower()
+    hint, skipped = first.strip().lower(), 0
     if len(hint) == 5 and hint.startswith("sep="):         # Excel's "sep=;" line before the header
         delimiter, text = first.strip()[4], text.split("\n", 1)[1] if "\n" in text else ""
+        skipped = 1
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
-    header = [h.strip() for h in reader.fieldnames or []]
-    reader.fieldnames = header
-    return header, list(reader)
+    rows, done = [], 0
+    try:
+        header = [h.strip() for h in reader.fieldnames or []]
+        reader.fieldnames = header
+        done = reader.line_num + skipped
+        for values in reader:
+            row = Row(values)
+            row.line = done = reader.line_num + skipped
+            rows.append(row)
+    except csv.Error as e:
+        raise ValueError(f"{path}:{done + 1}: {e}; a field that starts with a quote (\") and never "
+                         f"closes it takes in the lines after it") from None
+    return header, rows
 
 
 def item_id(path: Path, root: Path) -> str:
@@ -288,7 +306,8 @@ class CsvSource(Source):
             raise ValueError(f"{manifest}: --group-by {group_col!r} is not a column (columns: {header})")
         fold_of = fold_numbers(rows, args.fold_column, header, manifest)
         items, lines = [], {}
-        for line, row in enumerate(rows, start=2):
+        for row in rows:
+            line = row.line
             where = f"{manifest}:{line}: "
             if row[args.path_column] is None or row[args.label_column] is None:   # a row cut short
                 n = sum(v is not None for k, v in row.items() if k is not None)
