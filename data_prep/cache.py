@@ -16,7 +16,7 @@ complete. One build at a time: a writer holds ``CACHE.lock`` for the whole build
 one is refused, naming the holder (see :mod:`data_prep.cache_files`). While building, items are
 appended to ``NNNNN.npy.tmp`` as they arrive (:mod:`data_prep.shard_file`), and a shard is
 committed by renaming it to ``NNNNN.npy`` once it is on disk (fsync) and then writing
-``NNNNN.json`` (its manifest rows, failures and per-bin sums for the statistics); a shard
+``NNNNN.json`` (its manifest rows, failures, warnings and per-bin sums for the statistics); a shard
 without its ``.json`` is incomplete and is rebuilt. Items arrive in a deterministic order and
 shards close at deterministic points, so a build that was killed and resumed ends with the same
 cache as one that was not.

@@ -149,7 +149,7 @@ def _build(writer: CacheWriter, items: list[SourceItem], unlisted: list[tuple[st
     if resumed:
         say(f"resuming {out}: {resumed} of {len(items)} items were already done")
 
-    written, skipped, warnings, seconds = 0, [], [], 0.0
+    written, skipped, seconds = 0, [], 0.0
     preload(config)                          # before the bar starts, so its ETA is about files
     bar = _progress(len(items), resumed, src.name, progress)
     try:
@@ -157,10 +157,10 @@ def _build(writer: CacheWriter, items: list[SourceItem], unlisted: list[tuple[st
             if result[0] == "ok":
                 _, array, checksum, duration, sums, notes = result
                 writer.add(array, id=item.id, source=key, label=item.label, split=item.split,
-                           fold=item.fold, group=item.group, checksum=checksum, sums=sums)
+                           fold=item.fold, group=item.group, checksum=checksum, sums=sums,
+                           warnings=notes)
                 written += 1
                 seconds += duration or 0.0
-                warnings += [{"source": key, "warning": note} for note in notes]
             else:
                 writer.add_failure(key, result[1])
                 skipped.append({"source": key, "reason": result[1]})
@@ -174,7 +174,7 @@ def _build(writer: CacheWriter, items: list[SourceItem], unlisted: list[tuple[st
     elapsed = time.perf_counter() - started
     build = {"written": written, "skipped": len(skipped), "resumed": resumed,
              "seconds": round(elapsed, 3), "audio_hours": round(seconds / 3600, 4),
-             "workers": n_workers, "warnings": warnings}
+             "workers": n_workers, "warnings": writer.warnings}      # resumed items' too
     extra = {"build": build, "ignored": {"count": len(ignored), "examples": ignored[:20]}}
     try:
         cache = writer.finish(extra_meta=extra)

@@ -134,6 +134,8 @@ def test_kill_9_then_resume_gives_the_same_cache(tmp_path):
     for i in range(len(whole)):
         assert np.array_equal(resumed.features(i), whole.features(i))
     assert resumed.meta["stats"] == whole.meta["stats"]
+    truncated = [w["source"] for w in whole.meta["build"]["warnings"]]        # read before the kill too
+    assert truncated == ["ünï cödé/cut in the data.wav"] and resumed.meta["build"]["warnings"] == whole.meta["build"]["warnings"]
 
 
 def test_cli_twice_is_up_to_date_and_another_config_is_refused(tmp_path):
