@@ -551,3 +551,22 @@ def test_a_group_by_that_is_not_a_regular_expression_is_one_line(tmp_path):
                          capture_output=True, text=True)
     assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
     assert "error: --group-by '(take' is not a regular expression (missing ), unterminated subpattern" in run.stderr
+
+
+@pytest.mark.parametrize("subtype", ["VORBIS", "OPUS"])
+def test_a_cut_ogg_file_says_it_is_cut(tmp_path, subtype):
+    """Ogg keeps no length in its header, so a partial download was read shorter without a word;
+    its last page is cut and has no end-of-stream flag, which says so. Cut before its first page
+    of audio, the reason says it is cut rather than 'empty audio'."""
+    noise = np.random.default_rng(0).uniform(-0.5, 0.5, 10 * SR).astype(np.float32)
+    buf = io.BytesIO()
+    sf.write(buf, noise, SR, format="OGG", subtype=subtype)
+    whole = buf.getvalue()
+    assert load_audio(put(tmp_path, "whole.ogg", whole)).warnings == []
+    audio = load_audio(put(tmp_path, "cut.ogg", whole[:len(whole) // 2]))
+    assert 2 * SR < audio.samples.shape[1] < 8 * SR
+    assert len(audio.warnings) == 1 and audio.warnings[0].startswith("truncated: the Ogg stream ends inside a page")
+    first_audio_page = whole.index(b"OggS", whole.index(b"OggS", 1) + 1)      # after the header pages
+    with pytest.raises(ValueError, match=": truncated: the Ogg stream ends inside a page|"
+                                         r"\(truncated: the Ogg stream ends inside a page"):
+        load_audio(put(tmp_path, "headers.ogg", whole[:first_audio_page + 40]))
