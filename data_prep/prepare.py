@@ -81,7 +81,9 @@ def prepare(source: Union[str, Source], root: Union[str, Path], out: Union[str, 
         out: the cache folder to create.
         features: feature config fields over the source's defaults (a dict), or a config.
         force: rebuild even if ``out`` exists (with the same or another config).
-        workers: worker processes (default: the usable CPU cores; 1 runs in this process).
+        workers: worker processes (default: the usable CPU cores). 1 reads the files in this
+            process, where a file that crashes its decoder ends the build; otherwise (the
+            default on a one-core machine too) a crash costs that one file.
         progress: show a progress bar and print the summary (to stderr).
         shard_items: close cache shards after this many items (default: the cache's).
         **source_options: the source's options by ``dest`` name, e.g. ``split="random"``.
@@ -153,7 +155,9 @@ def _build(writer: CacheWriter, items: list[SourceItem], unlisted: list[tuple[st
     preload(config)                          # before the bar starts, so its ETA is about files
     bar = _progress(len(items), resumed, src.name, progress)
     try:
-        for (item, key), result in zip(todo, extract_in_order([str(it.path) for it, _ in todo], config, n_workers)):
+        results = extract_in_order([str(it.path) for it, _ in todo], config, n_workers,
+                                   in_process=workers == 1)      # only when asked: no crash isolation
+        for (item, key), result in zip(todo, results):
             if result[0] == "ok":
                 _, array, checksum, duration, sums, notes = result
                 writer.add(array, id=item.id, source=key, label=item.label, split=item.split,
