@@ -47,7 +47,7 @@ from typing import Iterable, Optional, Union
 
 import numpy as np
 
-from .cache_files import meta_checksum, read_json, rebuild_command
+from .cache_files import is_lock_file, meta_checksum, read_json, rebuild_command
 from .config import FeatureConfig, config_diff, feature_config
 from .shard_file import checksum_problems, shard_problems
 
@@ -134,6 +134,12 @@ def is_cache_folder(path: Union[str, Path]) -> bool:
     if not (path / "shards").is_dir():
         return False
     return (path / "meta.json").is_file() or (path / "build.json").is_file() or path.name.endswith(".partial")
+
+
+def is_cache_output(path: Union[str, Path]) -> bool:
+    """Whether ``path`` is something a build wrote: a cache folder (:func:`is_cache_folder`) or a
+    cache's lock file. A dataset listing leaves these out (an ``--out`` inside ``--root``)."""
+    return is_cache_folder(path) or is_lock_file(Path(path))
 
 
 def partial_failures(path: Union[str, Path]) -> list[dict]:

@@ -17,6 +17,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Optional
 
+from ..cache import is_cache_output
 from ..discover import classify, is_leftover, text_name, walk
 from ..splits import group_split
 from .base import Listing, Source, SourceItem, fractions_from, register_source, split_arguments
@@ -219,7 +220,7 @@ class FolderSource(Source):
         if not root.is_dir():
             raise ValueError(f"--root {root}: not a folder")
         unlistable: list = []
-        files = sorted(walk(root, unlistable))
+        files = sorted(walk(root, unlistable, leave_out=is_cache_output))    # an --out inside --root
         ignored = [p for p, rel in files if is_leftover(rel)]
         files = [(p, rel) for p, rel in files if not is_leftover(rel)]
         reasons = {path: classify(path, midi) for path, rel in files if len(rel.parts) > 1}
