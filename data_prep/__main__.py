@@ -132,7 +132,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         common.add_argument("--out", required=True, type=Path, help="the cache folder to write")
         run = p.add_argument_group("how")
         run.add_argument("--workers", type=int, default=None,
-                         help="worker processes (default: all usable cores)")
+                         help="worker processes (default: all usable cores); 1 reads the files "
+                              "in this process, where a file that crashes its decoder ends the build")
         run.add_argument("--force", action="store_true",
                          help="rebuild the cache even if it exists, with any config")
         run.add_argument("--download", action="store_true",

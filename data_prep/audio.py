@@ -103,10 +103,12 @@ def decode_with_notes(data: Union[bytes, str, Path], name: str = "") -> tuple[np
     try:
         decoded = _ffmpeg(av, data)
     except Exception as e:     # noqa: BLE001 (PyAV raises FFmpegError, ValueError, IndexError...)
+        cut = truncation_note(data, 0.0)     # an Ogg file cut before its first page of audio
         if problem is None:    # libsndfile read 0 samples, FFmpeg nothing at all: keep the 0
-            return samples, rate, notes
+            return samples, rate, notes + ([cut] if cut else [])
         text = re.sub(r"^\[Errno -?\d+\] ", "", " ".join(str(e).split()).replace(": '<none>'", ""))
-        raise BadInputError(f"{name}: not a readable audio file ({problem}; FFmpeg: {text})") from None
+        raise BadInputError(f"{name}: not a readable audio file ({cut + '; ' if cut else ''}{problem}; "
+                            f"FFmpeg: {text})") from None
     samples, rate, more = decoded
     if problem is None and samples.shape[1]:
         notes.append(f"the header gives 0 samples (a writer that never closed the file?); "
@@ -248,6 +250,8 @@ def load_audio(path: Union[str, Path], sample_rate: Union[int, None] = None, mon
     samples, rate, notes = decode_with_notes(data, str(path))
     del data
     duration = samples.shape[1] / rate
+    if samples.size == 0 and notes:           # empty because it was cut: say so
+        raise BadInputError(f"{path}: empty audio (0 samples): {notes[-1]}")
     check_signal(samples, str(path))
     samples = fit_channels(samples, mono, channels)
     if sample_rate is not None:

@@ -10,7 +10,10 @@ these functions find both:
   ``sox --ignore-length`` and FFmpeg read it);
 - :func:`promised_bytes` returns ``(promised, present)`` bytes of sample data for WAV (RIFF,
   RIFX, RF64/BW64), Wave64, AIFF/AIFF-C, CAF and AU/SND, so that a caller can say when a file
-  is truncated.
+  is truncated;
+- :func:`ogg_is_cut` tells an Ogg file (Vorbis, Opus, FLAC in Ogg) that ends inside a page or
+  without its end-of-stream page: Ogg keeps no length in a header, but a whole stream ends with
+  a page that says so.
 """
 from __future__ import annotations
 
@@ -111,9 +114,33 @@ def promised_bytes(data: bytes) -> Optional[tuple[int, int]]:
     return found
 
 
+def ogg_is_cut(data: bytes) -> bool:
+    """True when ``data``, an Ogg file, ends inside a page or with a page that is not an
+    end-of-stream page (a partial download or copy). Bytes after the last whole page that are
+    not a page (a tag a tagger appended) leave the question open: False."""
+    pos, last_flags = 0, None
+    while pos + 27 <= len(data) and data[pos:pos + 4] == b"OggS":
+        segments = data[pos + 26]
+        if pos + 27 + segments > len(data):
+            return True
+        end = pos + 27 + segments + sum(data[pos + 27:pos + 27 + segments])
+        if end > len(data):
+            return True
+        last_flags, pos = data[pos + 5], end
+    if pos < len(data):
+        return data[pos:pos + 4] == b"OggS"[:len(data) - pos]     # a page header cut short
+    return last_flags is not None and not last_flags & 0x04
+
+
 def truncation_note(data: bytes, seconds: float) -> Optional[str]:
-    """A note when the header of ``data`` promises more sample data than the file holds;
-    ``seconds``: the duration that was read from it."""
+    """A note when the header of ``data`` promises more sample data than the file holds, or an
+    Ogg file is cut (:func:`ogg_is_cut`); ``seconds``: the duration that was read from it."""
+    if data[:4] == b"OggS":
+        if not ogg_is_cut(data):
+            return None
+        return ("truncated: the Ogg stream ends inside a page, without its end-of-stream page; "
+                + (f"read as the {seconds:.3f} s before the cut" if seconds else
+                   "no whole page of audio before the cut"))
     sizes = promised_bytes(data)
     if sizes is None or not 0 < sizes[1] < sizes[0]:
         return None

@@ -16,7 +16,7 @@ complete. One build at a time: a writer holds ``CACHE.lock`` for the whole build
 one is refused, naming the holder (see :mod:`data_prep.cache_files`). While building, items are
 appended to ``NNNNN.npy.tmp`` as they arrive (:mod:`data_prep.shard_file`), and a shard is
 committed by renaming it to ``NNNNN.npy`` once it is on disk (fsync) and then writing
-``NNNNN.json`` (its manifest rows, failures and per-bin sums for the statistics); a shard
+``NNNNN.json`` (its manifest rows, failures, warnings and per-bin sums for the statistics); a shard
 without its ``.json`` is incomplete and is rebuilt. Items arrive in a deterministic order and
 shards close at deterministic points, so a build that was killed and resumed ends with the same
 cache as one that was not.
@@ -47,7 +47,7 @@ from typing import Iterable, Optional, Union
 
 import numpy as np
 
-from .cache_files import meta_checksum, read_json, rebuild_command
+from .cache_files import is_lock_file, meta_checksum, read_json, rebuild_command
 from .config import FeatureConfig, config_diff, feature_config
 from .shard_file import checksum_problems, shard_problems
 
@@ -124,6 +124,22 @@ def cache_exists(path: Union[str, Path]) -> bool:
     """Whether a complete cache was published at ``path`` (it may still be damaged:
     :func:`open_cache` checks that)."""
     return (Path(path) / "meta.json").exists()
+
+
+def is_cache_folder(path: Union[str, Path]) -> bool:
+    """Whether ``path`` is a folder a build of data_prep wrote: a published cache, a build in
+    progress or interrupted (``CACHE.partial``), or an old cache a killed swap left
+    (``CACHE.old-*``). Dataset listings leave such folders out (an ``--out`` inside ``--root``)."""
+    path = Path(path)
+    if not (path / "shards").is_dir():
+        return False
+    return (path / "meta.json").is_file() or (path / "build.json").is_file() or path.name.endswith(".partial")
+
+
+def is_cache_output(path: Union[str, Path]) -> bool:
+    """Whether ``path`` is something a build wrote: a cache folder (:func:`is_cache_folder`) or a
+    cache's lock file. A dataset listing leaves these out (an ``--out`` inside ``--root``)."""
+    return is_cache_folder(path) or is_lock_file(Path(path))
 
 
 def partial_failures(path: Union[str, Path]) -> list[dict]:

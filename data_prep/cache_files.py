@@ -43,9 +43,26 @@ class CacheBusyError(Exception):
     """Another process is writing the cache (raised as a ``CacheError`` by :mod:`data_prep.cache`)."""
 
 
+def build_target(out: Path) -> Path:
+    """The folder a build of cache ``out`` writes: ``out``, or where it points when it is a
+    symbolic link (a cache kept on a larger disk), so that the cache is built, locked and
+    published there and the link keeps working, instead of the link being replaced."""
+    out = Path(out)
+    return Path(os.path.realpath(out)) if out.is_symlink() else out
+
+
 def lock_path(out: Path) -> Path:
     """The lock file of cache ``out``: ``OUT.lock`` beside it."""
     return out.with_name(out.name + ".lock")
+
+
+def is_lock_file(path: Path) -> bool:
+    """Whether ``path`` is a lock file :class:`CacheLock` wrote (``NAME.lock``, or
+    ``NAME.lock.held`` on file systems without locks): not data, whatever folder it is in."""
+    if not path.name.endswith((".lock", ".lock.held")):
+        return False
+    info = _read_info(path)
+    return isinstance(info, dict) and {"pid", "host", "started", "cache"} <= set(info)
 
 
 def _holder_text(info: Optional[dict]) -> str:

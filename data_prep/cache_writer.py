@@ -14,13 +14,13 @@ import time
 import uuid
 from glob import escape as glob_escape
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 
 from .cache import (FORMAT_VERSION, MANIFEST_FIELDS, CacheError, FeatureCache, cache_exists, open_cache,
                     partial_path)
-from .cache_files import CacheBusyError, CacheLock, meta_checksum, swap_in
+from .cache_files import CacheBusyError, CacheLock, build_target, meta_checksum, swap_in
 from .config import AudioFeatures, FeatureConfig, PianoRollFeatures
 from .feature_stats import Sums, item_sums
 from .fileio import fsync_dir, named_error, write_atomic
@@ -76,6 +76,8 @@ class CacheWriter:
         restart: discard an interrupted build instead of resuming it (``--force``). A complete
             cache at ``out`` is never touched before :meth:`finish` replaces it.
 
+    An ``out`` that is a symbolic link is built where it points (:func:`build_target`).
+
     The writer holds the cache's lock from here until :meth:`finish` or :meth:`close` (it is
     a context manager); a second writer of the same cache, in this process or another, is
     refused with a :class:`CacheError` naming the holder.
@@ -88,7 +90,10 @@ class CacheWriter:
     def __init__(self, out: Union[str, Path], config: FeatureConfig, source: dict,
                  classes: Optional[list[str]] = None, *,
                  shard_bytes: int = SHARD_BYTES, shard_items: int = SHARD_ITEMS, restart: bool = False):
-        self.out = Path(out)
+        if Path(out).name in ("", ".", ".."):          # ., /, x/..: no name for OUT.partial
+            raise CacheError(f"--out {out}: name the cache folder (e.g. --out caches/NAME): it is built "
+                             f"beside it, in NAME.partial, and swapped in when complete")
+        self.out = build_target(Path(out))
         if not isinstance(config, (AudioFeatures, PianoRollFeatures)):
             raise TypeError(f"config: a feature config object, not {type(config).__name__} "
                             "(data_prep.feature_config(fields) makes one)")
@@ -100,10 +105,12 @@ class CacheWriter:
         self.shard_dir = self.dir / "shards"
         self._rows: list[dict] = []         # rows of committed shards
         self._failures: list[dict] = []     # failures of committed shards
+        self._warnings: list[dict] = []     # notes about items of committed shards
         self._sums: list[dict] = []         # per committed shard: {"train": Sums, "all": Sums}
         self._shard: Optional[ShardFile] = None      # the shard being written
         self._pending: list[dict] = []                 # its rows
         self._pending_failures: list[dict] = []
+        self._pending_warnings: list[dict] = []
         self._pending_sums = self._new_sums()
         self._done: set[str] = set()
         self.resumed_items = 0
@@ -157,6 +164,7 @@ class CacheWriter:
         while (record := _shard_record(self.shard_dir, n)) is not None:
             self._rows += record["rows"]
             self._failures += record["failures"]
+            self._warnings += record.get("warnings", [])      # (records of older versions have none)
             self._sums.append({k: Sums.from_json(v, self.config.feature_shape)
                                for k, v in record["sums"].items()})
             n += 1
@@ -177,12 +185,14 @@ class CacheWriter:
     # -- adding items ------------------------------------------------------------------
     def add(self, features: np.ndarray, *, id: str, source: str, label: str,
             split: str = "", fold: Optional[int] = None, group: str = "", checksum: str = "",
-            sums: Optional[tuple[np.ndarray, np.ndarray]] = None) -> None:
+            sums: Optional[tuple[np.ndarray, np.ndarray]] = None, warnings: Sequence[str] = ()) -> None:
         """Add one item: ``features`` is ``(frames, *config.feature_shape)``, any float dtype
         (float16 is written as it is). It is written at once: the array may be reused after.
 
         ``sums``: :func:`item_sums` of ``features``, when a worker process already computed
-        them; they are computed here otherwise.
+        them; they are computed here otherwise. ``warnings``: notes about how the file was read
+        (a truncated WAV), kept with the item's shard so that a resumed build still has them
+        (:attr:`warnings`).
         """
         shape = tuple(self.config.feature_shape)
         if features.ndim != 1 + len(shape) or tuple(features.shape[1:]) != shape or len(features) == 0:
@@ -203,6 +213,7 @@ class CacheWriter:
             self._shard.append(array)
         except OSError as e:
             self._abort_shard(e)
+        self._pending_warnings += [{"source": source, "warning": w} for w in warnings]
         total, total_sq = item_sums(array) if sums is None else sums
         for key in ("train", "all") if split == "train" else ("all",):
             self._pending_sums[key].add(len(array), total, total_sq)
@@ -212,6 +223,12 @@ class CacheWriter:
     def add_failure(self, source: str, reason: str) -> None:
         """Record a source that could not be turned into features (it is skipped, not fatal)."""
         self._pending_failures.append({"source": source, "reason": reason})
+
+    @property
+    def warnings(self) -> list[dict]:
+        """``{"source", "warning"}`` of every item added, by this build or the interrupted ones
+        it resumes, in item order."""
+        return self._warnings + self._pending_warnings
 
     def _commit_shard(self) -> None:
         if not self._pending and not self._pending_failures:
@@ -225,14 +242,16 @@ class CacheWriter:
         try:
             _write_json(self.shard_dir / f"{name}.json",
                         {"rows": self._pending, "failures": self._pending_failures,
+                         "warnings": self._pending_warnings,
                          "sums": {k: v.to_json() for k, v in self._pending_sums.items()}, "file": file})
         except OSError as e:                         # the shard is not committed: remove its data
             self._shard.path.unlink(missing_ok=True)
             self._abort_shard(e)
         self._rows += self._pending
         self._failures += self._pending_failures
+        self._warnings += self._pending_warnings
         self._sums.append(self._pending_sums)
-        self._shard, self._pending, self._pending_failures = None, [], []
+        self._shard, self._pending, self._pending_failures, self._pending_warnings = None, [], [], []
         self._pending_sums = self._new_sums()
         self._next_shard += 1
 
@@ -240,7 +259,7 @@ class CacheWriter:
         """Drop the shard being written (its items are written again on resume) and raise
         ``error`` naming its file."""
         shard, self._shard = self._shard, None
-        self._pending, self._pending_failures = [], []
+        self._pending, self._pending_failures, self._pending_warnings = [], [], []
         self._pending_sums = self._new_sums()
         if shard is not None:
             shard.abort()

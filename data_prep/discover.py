@@ -13,6 +13,10 @@ all of them (``prepared + skipped + ignored = files under the root``):
   recognises (:func:`decodable`). Whether it is readable is the reader's to say;
 - **skipped**: anything else, with what it is (``a JPEG image``, ``text``, ``a MIDI file``...).
 
+Feature caches under the root (an ``--out`` inside ``--root``: the cache, its ``.partial`` build,
+its lock file) are data_prep's own output, not the dataset's files: the ``folder`` source has
+:func:`walk` leave them out.
+
 File names are kept as Python gives them: bytes that are not UTF-8 (old archives, Windows code
 pages) come back as surrogate escapes, which open fine but cannot be written as UTF-8 text;
 :func:`text_name` turns them into visible ``\\xNN`` escapes for manifests and messages.
@@ -21,7 +25,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 #: Names (case-insensitive) of files and folders written by operating systems, not by people.
 LEFTOVER_NAMES = frozenset({"__macosx", "thumbs.db", "ehthumbs.db", "ehthumbs_vista.db",
@@ -191,12 +195,15 @@ def text_name(name: str) -> str:
         return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
-def walk(root: Path, errors: Optional[list] = None):
+def walk(root: Path, errors: Optional[list] = None, leave_out: Optional[Callable[[Path], bool]] = None):
     """Every file under ``root`` as ``(path, path relative to root)``, recursively, in sorted
     order. Links are followed (a class folder may be a link to elsewhere), each real folder once
     (a link back up the tree is not a loop); links to nothing are included, for their reader to
     report; pipes and devices (which a reader would wait on forever) are not files here. Folders
-    that cannot be listed are appended to ``errors`` as ``(path, reason)``."""
+    and files for which ``leave_out(path)`` is true are not listed (nor walked into): the
+    ``folder`` source leaves out what data_prep itself wrote (:func:`data_prep.cache.is_cache_output`).
+    Folders that cannot be listed are appended to ``errors`` as ``(path, reason)``."""
+    leave_out = leave_out or (lambda path: False)
     seen = set()
 
     def failed(error: OSError) -> None:
@@ -213,9 +220,11 @@ def walk(root: Path, errors: Optional[list] = None):
             dirs[:] = []
             continue
         seen.add((st.st_dev, st.st_ino))
-        dirs.sort()
         base = Path(folder)
+        dirs[:] = [d for d in sorted(dirs) if not leave_out(base / d)]
         for name in sorted(files):
             path = base / name
+            if leave_out(path):
+                continue
             if path.is_file() or (path.is_symlink() and not path.exists()):   # no FIFOs, devices
                 yield path, path.relative_to(root)

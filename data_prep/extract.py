@@ -43,9 +43,10 @@ def _read_audio(path: str, config: FeatureConfig) -> tuple:
 
 
 def _read_midi(path: str, config: FeatureConfig) -> tuple:
-    from .midi import pianoroll_file
+    from .midi import read_pianoroll
 
-    return pianoroll_file(path, config, dtype=np.float16), _sha1_file(Path(path)), None, []
+    roll, notes = read_pianoroll(path, config, dtype=np.float16)
+    return roll, _sha1_file(Path(path)), None, notes
 
 
 def _preload_audio() -> None:
@@ -217,19 +218,23 @@ def _isolated(path: str, config: FeatureConfig) -> tuple:
             return ("fail", "the worker process died while reading this file (a decoder crash)")
 
 
-def extract_in_order(paths: list[str], config: FeatureConfig, workers: int) -> Iterator[tuple]:
+def extract_in_order(paths: list[str], config: FeatureConfig, workers: int,
+                     in_process: Optional[bool] = None) -> Iterator[tuple]:
     """Results of :func:`extract_one` for ``paths``, in order, from at most ``2 * workers + 2``
     files in flight. If a worker dies (a crash in a native decoder) the file in question is
     retried alone and recorded as failed if it crashes again; the others are resubmitted.
+    ``in_process`` (default: when ``workers <= 1``) reads the files in this process instead:
+    no worker to start, but a crashing decoder takes this process with it.
 
     With forked workers, each file in flight has a slot of shared memory for its features, and
     the features yielded are a view of it: valid until the next result is asked for.
     """
-    if workers <= 1:
+    if in_process if in_process is not None else workers <= 1:
         with _one_torch_thread():
             for path in paths:
                 yield extract_one(path, config)
         return
+    workers = max(1, workers)
     window = 2 * workers + 2
     slots = [mmap.mmap(-1, SLOT_BYTES) for _ in range(window)] if forks() else None
     free = list(range(window)) if slots else [None] * window

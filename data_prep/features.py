@@ -432,6 +432,10 @@ def extract_audio(path: Union[str, Path], config: AudioFeatures) -> tuple[np.nda
     except (RuntimeError, ValueError) as e:
         raise BadInputError(f"{path}: feature extraction failed ({e})") from None
     if not np.isfinite(features).all():
+        peak = float(np.abs(audio.samples).max())      # the samples are finite (load_audio checks)
+        if peak > 1e6:
+            raise BadInputError(f"{path}: sample values up to {peak:.3g} (far outside [-1, 1]) overflow "
+                                f"the float32 spectrum; the file is damaged or was written unscaled")
         raise BadInputError(f"{path}: features are not finite")
     audio.samples = audio.samples[:, :0]
     return features, audio

@@ -94,24 +94,41 @@ def pianoroll_file(path: Union[str, os.PathLike], config: PianoRollFeatures,
     conversion of a 4-minute roll took longer than reading and painting it.
 
     Raises ``ValueError`` naming the reason when the file gives no usable roll (unreadable, no
-    notes, only drums that ``config.drums`` drops ...), so the pipeline can skip and record it.
+    notes, only drums that ``config.drums`` drops, every note after ``max_frames`` ...), so the
+    pipeline can skip and record it. A roll cut at ``max_frames`` gives a ``UserWarning``.
     """
+    roll, notes = read_pianoroll(path, config, dtype)
+    for note in notes:
+        warnings.warn(f"{path}: {note}", stacklevel=2)
+    return roll
+
+
+def read_pianoroll(midi: MidiInput, config: PianoRollFeatures,
+                   dtype: Any = np.float32) -> tuple[np.ndarray, list[str]]:
+    """:func:`pianoroll_file`, returning the notes about how the file was read (a roll cut at
+    ``max_frames``) instead of warning: the pipeline records them with the build, as it does a
+    truncated WAV's (``meta["build"]["warnings"]``)."""
     float16 = np.dtype(dtype) == np.float16
-    roll, info = _roll(path, config, float16)
-    if len(roll) == 0 or not (info["notes"] or config.drums != "drop"):
-        if info.get("drum_notes") and config.drums == "drop":
+    roll, info = _roll(midi, config, float16)
+    silent = config.pretty_midi_compat and not roll.any()      # pretty_midi's roll, sliced to 88 keys
+    if len(roll) == 0 or silent or not (info["notes"] or config.drums != "drop"):
+        if info.get("drum_notes") and config.drums == "drop" and not info["notes"]:
             raise ValueError(f"only drum notes ({info['drum_notes']}), which drums='drop' removes")
+        if info.get("late") is not None:
+            raise ValueError(f"every note starts after max_frames={config.max_frames} (first at frame "
+                             f"{info['late']}); raise max_frames to read it")
         if info.get("notes"):
             raise ValueError(f"no note in pitch_range={config.pitch_range!r} "
                              f"({info['notes']} notes outside it)")
         raise ValueError("no notes")
+    notes = []
     if info.get("cut"):
-        warnings.warn(f"{path}: piano roll cut at max_frames={config.max_frames} "
-                      f"(the file would give {info['cut']} frames)", stacklevel=2)
+        notes.append(f"piano roll cut at max_frames={config.max_frames} "
+                     f"(the file would give {info['cut']} frames)")
     if float16 and roll.dtype != np.float16:     # (float32 first: float64 in compat mode)
         roll = to_float16(np.asarray(roll, np.float32), "piano-roll",
                           ": too many notes sum up; use overlap='max'")
-    return np.asarray(roll, dtype=dtype).reshape(len(roll), *config.feature_shape)
+    return np.asarray(roll, dtype=dtype).reshape(len(roll), *config.feature_shape), notes
 
 
 # -- the default implementation ---------------------------------------------------------------
@@ -198,17 +215,20 @@ def _note_table(score, config: PianoRollFeatures) -> tuple[dict, dict]:
         else:
             channel = min(int(track.program), 127) // 8 if config.per_family else 0
         parts.append((start, end, pitch - lo, np.full(len(start), channel), velocity))
+    empty = np.zeros(0, np.int64)
+    nothing = {"start": empty, "end": empty, "pitch": empty, "channel": empty, "velocity": empty,
+               "frames": 0}
     if not parts:
-        empty = np.zeros(0, np.int64)
-        return {"start": empty, "end": empty, "pitch": empty, "channel": empty, "velocity": empty,
-                "frames": 0}, info
+        return nothing, info
     start, end, pitch, channel, velocity = (np.concatenate(x) for x in zip(*parts))
+    if not len(start):                              # every note outside pitch_range
+        return nothing, info
     ticks = np.concatenate([start, end])
     if config.beat_resolution:
         frames = ticks * (config.beat_resolution / score.ticks_per_quarter)
     else:
         frames = _tick_to_seconds(ticks, score) * config.fs
-    longest = float(frames.max())
+    longest, raw = float(frames.max()), frames
     limit = config.max_frames if config.max_frames is not None else 2**62
     frames = np.floor(np.minimum(frames, limit + 1.0) + 0.5).astype(np.int64)
     start_f, end_f = frames[:len(start)], frames[len(start):]
@@ -218,6 +238,9 @@ def _note_table(score, config: PianoRollFeatures) -> tuple[dict, dict]:
         info["cut"] = f"{longest:.0f}"
         n_frames = config.max_frames
         keep = start_f < n_frames
+        if not keep.any():                          # not a roll of silence: no roll
+            info["late"] = f"{float(raw[:len(start)].min()):.0f}"
+            return nothing, info
         start_f, end_f = start_f[keep], np.minimum(end_f[keep], n_frames)
         pitch, channel, velocity = pitch[keep], channel[keep], velocity[keep]
     return {"start": start_f, "end": end_f, "pitch": pitch, "channel": channel,

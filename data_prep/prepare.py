@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from .cache import CacheError, FeatureCache, partial_failures
+from .cache_files import build_target
 from .cache_writer import CacheWriter, check_existing, drop_unused_partial
 from .config import FeatureConfig
 from .discover import text_name
@@ -80,7 +81,9 @@ def prepare(source: Union[str, Source], root: Union[str, Path], out: Union[str, 
         out: the cache folder to create.
         features: feature config fields over the source's defaults (a dict), or a config.
         force: rebuild even if ``out`` exists (with the same or another config).
-        workers: worker processes (default: the usable CPU cores; 1 runs in this process).
+        workers: worker processes (default: the usable CPU cores). 1 reads the files in this
+            process, where a file that crashes its decoder ends the build; otherwise (the
+            default on a one-core machine too) a crash costs that one file.
         progress: show a progress bar and print the summary (to stderr).
         shard_items: close cache shards after this many items (default: the cache's).
         **source_options: the source's options by ``dest`` name, e.g. ``split="random"``.
@@ -103,7 +106,7 @@ def prepare(source: Union[str, Source], root: Union[str, Path], out: Union[str, 
     if not root.exists() and not getattr(src, "creates_root", False):   # folk builds its root
         raise ValueError(f"--root {root}: no such file or folder")
     root = src.resolve_root(root)
-    out = Path(out).expanduser()
+    out = build_target(Path(out).expanduser())          # a link: the folder it points to
     config = resolve_features(src, features)
     say = (lambda text: print(text, file=sys.stderr, flush=True)) if progress else (lambda text: None)
 
@@ -148,18 +151,20 @@ def _build(writer: CacheWriter, items: list[SourceItem], unlisted: list[tuple[st
     if resumed:
         say(f"resuming {out}: {resumed} of {len(items)} items were already done")
 
-    written, skipped, warnings, seconds = 0, [], [], 0.0
+    written, skipped, seconds = 0, [], 0.0
     preload(config)                          # before the bar starts, so its ETA is about files
     bar = _progress(len(items), resumed, src.name, progress)
     try:
-        for (item, key), result in zip(todo, extract_in_order([str(it.path) for it, _ in todo], config, n_workers)):
+        results = extract_in_order([str(it.path) for it, _ in todo], config, n_workers,
+                                   in_process=workers == 1)      # only when asked: no crash isolation
+        for (item, key), result in zip(todo, results):
             if result[0] == "ok":
                 _, array, checksum, duration, sums, notes = result
                 writer.add(array, id=item.id, source=key, label=item.label, split=item.split,
-                           fold=item.fold, group=item.group, checksum=checksum, sums=sums)
+                           fold=item.fold, group=item.group, checksum=checksum, sums=sums,
+                           warnings=notes)
                 written += 1
                 seconds += duration or 0.0
-                warnings += [{"source": key, "warning": note} for note in notes]
             else:
                 writer.add_failure(key, result[1])
                 skipped.append({"source": key, "reason": result[1]})
@@ -173,7 +178,7 @@ def _build(writer: CacheWriter, items: list[SourceItem], unlisted: list[tuple[st
     elapsed = time.perf_counter() - started
     build = {"written": written, "skipped": len(skipped), "resumed": resumed,
              "seconds": round(elapsed, 3), "audio_hours": round(seconds / 3600, 4),
-             "workers": n_workers, "warnings": warnings}
+             "workers": n_workers, "warnings": writer.warnings}      # resumed items' too
     extra = {"build": build, "ignored": {"count": len(ignored), "examples": ignored[:20]}}
     try:
         cache = writer.finish(extra_meta=extra)

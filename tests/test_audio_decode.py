@@ -93,3 +93,17 @@ def test_silence_is_handled(tmp_path):
     sf.write(tmp_path / "silence.wav", np.zeros(SR // 2, np.float32), SR)
     out = extract_file(tmp_path / "silence.wav", AudioFeatures(n_mels=32))
     assert out.shape == (1 + (SR // 2) // 512, 32) and np.all(out == 0)
+
+
+def test_float_samples_far_outside_one_say_so(tmp_path):
+    """A float WAV whose values are far outside [-1, 1] (a DSP bug, a bad conversion) overflows
+    the float32 power spectrum: the reason names the peak, not only 'features are not finite'.
+    Values such as int16 written as floats (up to 32768) are still read."""
+    sf.write(tmp_path / "int16_as_float.wav", noise() * 65536, SR, subtype="FLOAT")
+    assert np.isfinite(extract_file(tmp_path / "int16_as_float.wav", AudioFeatures(n_mels=32))).all()
+    huge = noise() * 1e20
+    huge[0] = 1e20
+    sf.write(tmp_path / "huge.wav", huge, SR, subtype="FLOAT")
+    with pytest.raises(BadInputError, match=r"huge.wav: sample values up to 1e\+20 .far outside \[-1, 1\]. "
+                                            r"overflow the float32 spectrum"):
+        extract_file(tmp_path / "huge.wav", AudioFeatures(n_mels=32))

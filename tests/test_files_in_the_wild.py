@@ -473,3 +473,100 @@ def test_a_partial_build_left_with_raw_non_utf8_names_says_how_to_get_unstuck(tm
     with pytest.raises(CacheError, match="--force to start it over"):
         prepare("folder", root, tmp_path / "c", FEATURES, workers=1, progress=False)
     assert len(prepare("folder", root, tmp_path / "c", FEATURES, workers=1, progress=False, force=True)) == 2
+
+
+def test_a_cache_inside_the_root_is_not_part_of_the_dataset(tmp_path):
+    """``--out`` inside ``--root`` (and other caches there): a rebuild or a resumed build walks
+    the cache's own files. They are neither items nor skipped files, and they must not turn a
+    ROOT/SPLIT/CLASS layout into a ROOT/CLASS one (classes 'train' and 'test')."""
+    root = tmp_path / "data"
+    for split in ("train", "test"):
+        for cls in ("dog", "cat"):
+            put(root, f"{split}/{cls}/0.wav", wav_bytes(freq=300 if cls == "dog" else 900))
+    first = prepare("folder", root, root / "cache", FEATURES, workers=1, progress=False)
+    (root / "cache.partial" / "shards").mkdir(parents=True)          # what a killed build leaves
+    (root / "cache.partial" / "build.json").write_text("{}")
+    rebuilt = prepare("folder", root, root / "cache", FEATURES, workers=1, progress=False, force=True)
+    other = prepare("folder", root, root / "train" / "other", FEATURES, workers=1, progress=False)
+    for cache in (first, rebuilt, other):
+        assert cache.classes == ["cat", "dog"] and cache.meta["splits"] == {"test": 2, "train": 2}
+        assert cache.failures == [] and cache.meta["ignored"]["count"] == 0
+
+
+def test_a_folder_without_audio_beside_the_splits_keeps_the_split_layout(tmp_path):
+    """Datasets ship ``metadata/``, ``docs/`` or ``images/`` beside ``train/`` and ``test/``: a top
+    folder with nothing to read says nothing about the layout (it used to make the classes
+    'train' and 'test', without a word)."""
+    root = tmp_path / "data"
+    for split in ("train", "test"):
+        for cls in ("dog", "cat"):
+            put(root, f"{split}/{cls}/0.wav", wav_bytes(freq=300 if cls == "dog" else 900))
+    put(root, "docs/notes.txt", b"recorded in 2019\n")
+    put(root, "metadata/labels.csv", b"file,label\n")
+    cache = prepare("folder", root, tmp_path / "cache", FEATURES, workers=1, progress=False)
+    assert cache.classes == ["cat", "dog"] and cache.meta["splits"] == {"test": 2, "train": 2}
+    assert {f["source"] for f in cache.failures} == {"docs/notes.txt", "metadata/labels.csv"}
+
+
+def test_item_ids_stay_unique_whatever_the_names(tmp_path):
+    """A recording kept as ``take.wav``, ``take.mp3`` and a converted ``take.mp3.wav``: the ids
+    that keep their suffix to tell the first two apart must not collide with the third's (the
+    whole build stopped on 'item ids must be unique'). A manifest may list one recording in two
+    formats too, as a folder may hold them."""
+    root = tmp_path / "data"
+    for name in ("take.wav", "take.flac", "take.flac.wav", "x.wav"):
+        put(root, f"a/{name}", wav_bytes(fmt="FLAC" if name.endswith(".flac") else "WAV"))
+    put(root, "b/y.wav", wav_bytes(freq=900))
+    cache = prepare("folder", root, tmp_path / "c", FEATURES, workers=1, progress=False)
+    ids = [it.id for it in cache.items]
+    assert len(ids) == len(set(ids)) == 5 and cache.failures == []
+    put(root, "m.csv", b"path,label\na/take.wav,a\na/take.flac,a\nb/y.wav,b\n")
+    cache = prepare("csv", root / "m.csv", tmp_path / "c2", FEATURES, workers=1, progress=False)
+    assert sorted(it.id for it in cache.items) == ["a/take.flac", "a/take.wav", "b/y"]
+
+
+@pytest.mark.parametrize("rows, message", [
+    (b"path,label\na/x.wav,a\nb/y.wav,b\na/x.wav,b\n", "m.csv:4: a/x.wav is listed again (first on line 2)"),
+    (b"path,label\na/x.wav,a\nb/y.wav\n", "m.csv:3: 1 field, the header has 2"),
+    (b"path,label\n\na/x.wav,a\n\nb/y.wav,\n", "m.csv:5: empty 'path' or 'label'"),        # blank lines
+    (b"sep=;\npath;label\na/x.wav;a\nb/y.wav;\n", "m.csv:4: empty 'path' or 'label'"),       # Excel's sep line
+    (b'path,label\n"a/x.wav,a\n' + b"b/y.wav,b\n" * 14000,                                    # a quote never closed
+     'm.csv:2: field larger than field limit (131072); a field that starts with a quote (") and never'),
+])
+def test_manifest_rows_that_cannot_be_items_name_their_line(tmp_path, rows, message):
+    root = tmp_path / "data"
+    put(root, "a/x.wav", wav_bytes())
+    put(root, "b/y.wav", wav_bytes(freq=900))
+    put(root, "m.csv", rows)
+    run = subprocess.run([sys.executable, "-m", "data_prep", "csv", "--root", str(root / "m.csv"),
+                          "--out", str(tmp_path / "c"), *CLI_FEATURES], capture_output=True, text=True)
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+    assert message in run.stderr, run.stderr
+
+
+def test_a_group_by_that_is_not_a_regular_expression_is_one_line(tmp_path):
+    put(tmp_path / "data", "a/x.wav", wav_bytes())
+    run = subprocess.run([sys.executable, "-m", "data_prep", "folder", "--root", str(tmp_path / "data"),
+                          "--out", str(tmp_path / "c"), "--group-by", "(take", *CLI_FEATURES],
+                         capture_output=True, text=True)
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+    assert "error: --group-by '(take' is not a regular expression (missing ), unterminated subpattern" in run.stderr
+
+
+@pytest.mark.parametrize("subtype", ["VORBIS", "OPUS"])
+def test_a_cut_ogg_file_says_it_is_cut(tmp_path, subtype):
+    """Ogg keeps no length in its header, so a partial download was read shorter without a word;
+    its last page is cut and has no end-of-stream flag, which says so. Cut before its first page
+    of audio, the reason says it is cut rather than 'empty audio'."""
+    noise = np.random.default_rng(0).uniform(-0.5, 0.5, 10 * SR).astype(np.float32)
+    buf = io.BytesIO()
+    sf.write(buf, noise, SR, format="OGG", subtype=subtype)
+    whole = buf.getvalue()
+    assert load_audio(put(tmp_path, "whole.ogg", whole)).warnings == []
+    audio = load_audio(put(tmp_path, "cut.ogg", whole[:len(whole) // 2]))
+    assert 2 * SR < audio.samples.shape[1] < 8 * SR
+    assert len(audio.warnings) == 1 and audio.warnings[0].startswith("truncated: the Ogg stream ends inside a page")
+    first_audio_page = whole.index(b"OggS", whole.index(b"OggS", 1) + 1)      # after the header pages
+    with pytest.raises(ValueError, match=": truncated: the Ogg stream ends inside a page|"
+                                         r"\(truncated: the Ogg stream ends inside a page"):
+        load_audio(put(tmp_path, "headers.ogg", whole[:first_audio_page + 40]))

@@ -168,3 +168,39 @@ def test_a_million_notes_in_bounded_time_and_memory(tmp_path):
     stacked.tracks.append(track)
     roll = piano_roll(stacked, fs=100)            # 200,000 notes x 3,000 frames each
     assert roll.shape == (3000, 128) and roll.min() == pytest.approx(127 / 127, abs=0.1)
+
+
+def test_no_note_in_range_or_before_max_frames_is_a_reason_not_a_roll(tmp_path):
+    """Notes all outside the piano's keys, or all after ``max_frames``: the file is skipped with
+    the reason. (They gave numpy's 'zero-size array to reduction operation maximum', and a roll
+    of 100,000 silent frames stored as an item.)"""
+    high = smf(tmp_path / "high.mid", [[on(0, 120), off(480, 120), on(480, 10), off(960, 10)]])
+    with pytest.raises(ValueError, match=r"no note in pitch_range='piano' \(2 notes outside it\)"):
+        pianoroll_file(high, PianoRollFeatures(pitch_range="piano"))
+    with pytest.raises(ValueError, match=r"no note in pitch_range='piano' \(2 notes outside it\)"):
+        pianoroll_file(high, PianoRollFeatures(pitch_range="piano", pretty_midi_compat=True))
+    assert piano_roll(high, pitch_range="piano").shape == (0, 88)
+    late = smf(tmp_path / "late.mid", [[on(10 * 480, 60), off(11 * 480, 60)]])       # at 5 s
+    with pytest.raises(ValueError, match="every note starts after max_frames=40 .first at frame 50"):
+        pianoroll_file(late, PianoRollFeatures(fs=10, max_frames=40))
+    assert piano_roll(late, fs=10, max_frames=40).shape == (0, 128)
+    assert pianoroll_file(late, PianoRollFeatures(fs=10, max_frames=60)).shape == (55, 128)
+
+
+def test_a_cut_roll_is_a_build_warning_not_a_stray_python_warning(tmp_path):
+    """A roll cut at max_frames is noted in the summary and meta.json, like a truncated WAV; it
+    used to escape from the worker as a raw UserWarning with a line of source code."""
+    import json
+    import subprocess
+    import sys
+
+    for cls, pitch in (("a", 60), ("b", 70)):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        smf(tmp_path / "data" / cls / "long.mid", [[on(0, pitch), off(480 * 20, pitch)]])   # 10 s
+    run = subprocess.run([sys.executable, "-m", "data_prep", "folder", "--root", str(tmp_path / "data"),
+                          "--out", str(tmp_path / "c"), "--kind", "pianoroll", "--fs", "10",
+                          "--max-frames", "40", "--workers", "2"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "UserWarning" not in run.stderr and "warning: a/long.mid: piano roll cut at max_frames=40" in run.stderr
+    warned = json.loads((tmp_path / "c" / "meta.json").read_text())["build"]["warnings"]
+    assert [w["source"] for w in warned] == ["a/long.mid", "b/long.mid"]

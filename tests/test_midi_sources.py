@@ -197,8 +197,8 @@ def test_interrupted_midi_build_resumes_to_the_same_cache(tmp_path, monkeypatch)
     whole = prepare("folder", root, tmp_path / "whole", features, workers=1, progress=False, shard_items=3)
     real = prepare_module.extract_in_order
 
-    def dies_after_five(paths, config, workers):
-        for k, result in enumerate(real(paths, config, workers)):
+    def dies_after_five(paths, config, workers, **options):
+        for k, result in enumerate(real(paths, config, workers, **options)):
             if k == 5:
                 raise KeyboardInterrupt
             yield result

@@ -244,3 +244,34 @@ def test_read_only_and_impossible_out(tmp_path):
         assert done.returncode == 1 and "Traceback" not in done.stderr and done.stderr.count("\n") == 1
         assert f"cannot write {ro}/cache." in done.stderr and "Read-only file system" in done.stderr   # its lock or .partial
         assert "choose an --out where you can write" in done.stderr
+
+
+def test_out_that_is_a_link_builds_where_it_points(tmp_path):
+    """``--out caches/x`` where ``caches/x`` links to a folder on a larger disk: the cache is built
+    and published there, the link stays a link (it used to be replaced by a folder on the link's
+    disk, with a dangling ``x.old-*`` link left behind for good), and a second build through the
+    link or the target is the same cache."""
+    root = make_root(tmp_path / "data", n=1)
+    (tmp_path / "big").mkdir()
+    (tmp_path / "caches").mkdir()
+    link = tmp_path / "caches" / "x"
+    link.symlink_to(tmp_path / "big" / "x")                 # nothing there yet
+    assert run_cli(root, link).returncode == 0
+    assert run_cli(root, link, "--force").returncode == 0
+    assert link.is_symlink() and open_cache(tmp_path / "big" / "x").build_id == open_cache(link).build_id
+    assert sorted(p.name for p in (tmp_path / "caches").iterdir()) == ["x"]
+    assert sorted(p.name for p in (tmp_path / "big").iterdir()) == ["x", "x.lock"]
+    built = open_cache(link).build_id
+    assert run_cli(root, tmp_path / "big" / "x").returncode == 0 and open_cache(link).build_id == built
+
+
+@pytest.mark.parametrize("out", [".", "..", "/", "sub/.."])
+def test_out_without_a_name_says_what_would_be_right(tmp_path, out):
+    root = make_root(tmp_path / "data", n=1)
+    (tmp_path / "work" / "sub").mkdir(parents=True)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-m", "data_prep", "folder", "--root", str(root), "--out", out,
+                           "--workers", "1", "--quiet", *CLI], capture_output=True, text=True,
+                          cwd=tmp_path / "work", env=env)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert f"--out {out}: name the cache folder" in done.stderr

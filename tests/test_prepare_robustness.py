@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile as sf
 
 from data_prep import open_cache, prepare
@@ -134,6 +135,8 @@ def test_kill_9_then_resume_gives_the_same_cache(tmp_path):
     for i in range(len(whole)):
         assert np.array_equal(resumed.features(i), whole.features(i))
     assert resumed.meta["stats"] == whole.meta["stats"]
+    truncated = [w["source"] for w in whole.meta["build"]["warnings"]]        # read before the kill too
+    assert truncated == ["ünï cödé/cut in the data.wav"] and resumed.meta["build"]["warnings"] == whole.meta["build"]["warnings"]
 
 
 def test_cli_twice_is_up_to_date_and_another_config_is_refused(tmp_path):
@@ -152,3 +155,41 @@ def test_cli_twice_is_up_to_date_and_another_config_is_refused(tmp_path):
     assert "fmax: None != 3000.0" in other.stderr and "n_mels: 16 != 20" in other.stderr
     forced = subprocess.run(base + ["--n-mels", "20", "--force"], capture_output=True, text=True)
     assert forced.returncode == 0 and open_cache(tmp_path / "c").config.n_mels == 20
+
+
+CRASHY_ALONE = textwrap.dedent("""
+    import importlib, os, sys
+    E = importlib.import_module("data_prep.extract")
+    real = E.extract_one
+    def crashy(path, config=None):
+        if path.endswith("crash.wav"):
+            os._exit(11)                       # a native decoder crash
+        return real(path, config)
+    E.extract_one = crashy
+    if sys.argv[3] == "one core":
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+    from data_prep.prepare import prepare
+    try:
+        cache = prepare("folder", sys.argv[1], sys.argv[2], %r, progress=False,
+                        workers=None if sys.argv[3] == "one core" else 2)
+        print(cache.failures)
+    except Exception as e:                     # one file, and it failed: no cache, its reason
+        print(e)
+""" % FEATURES)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="sets the CPU affinity")
+@pytest.mark.parametrize("how", ["one core", "one file to do"])
+def test_a_crashing_file_costs_one_file_with_one_core_or_one_file_left(tmp_path, how):
+    """Where one process would do (a one-core machine by default, or a single file to do, as
+    when a resumed build has one left) the files were read in the main process, so a decoder
+    crash ended the build, and every resume crashed again on the same file."""
+    root = tmp_path / "data"
+    (root / "c").mkdir(parents=True)
+    sf.write(root / "c" / "crash.wav", noise(800), SR)
+    if how == "one core":
+        sf.write(root / "c" / "0.wav", noise(800), SR)
+    run = subprocess.run([sys.executable, "-c", CRASHY_ALONE, str(root), str(tmp_path / "c"), how],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, (run.returncode, run.stderr)
+    assert "the worker process died while reading this file" in run.stdout

@@ -17,6 +17,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Optional
 
+from ..cache import is_cache_output
 from ..discover import classify, is_leftover, text_name, walk
 from ..splits import group_split
 from .base import Listing, Source, SourceItem, fractions_from, register_source, split_arguments
@@ -55,11 +56,18 @@ def text_encoding(raw: bytes) -> str:
     return "utf-8"
 
 
-def read_table(path: Path, encoding: str = "auto") -> tuple[list[str], list[dict]]:
+class Row(dict):
+    """A CSV row, column -> value (``None`` for a column the row is too short to hold), that
+    knows its ``line`` in the file (the last, for a row whose quoted field spans lines)."""
+    line = 0
+
+
+def read_table(path: Path, encoding: str = "auto") -> tuple[list[str], list[Row]]:
     """``(header, rows)`` of a CSV file as spreadsheets save it: any encoding of
     :func:`text_encoding` (``encoding="auto"``) or the one given, and the delimiter of its
-    header line (``,``, ``;`` as in European locales, tab, ``|``, or Excel's ``sep=X`` line). Raises ``ValueError`` naming
-    the file, the line and the encoding to use when it cannot be decoded."""
+    header line (``,``, ``;`` as in European locales, tab, ``|``, or Excel's ``sep=X`` line).
+    Each :class:`Row` knows its line, for messages. Raises ``ValueError`` naming the file and
+    line: when it cannot be decoded (and the encoding to use), or is not CSV there."""
     raw = path.read_bytes()
     name = text_encoding(raw) if encoding in ("auto", "", None) else encoding
     try:
@@ -75,13 +83,24 @@ def read_table(path: Path, encoding: str = "auto") -> tuple[list[str], list[dict
     text = text.lstrip("\ufeff")
     first = text.split("\n", 1)[0]
     delimiter = max(",;\t|", key=first.count) if any(c in first for c in ",;\t|") else ","
-    hint = first.strip().lower()
+    hint, skipped = first.strip().lower(), 0
     if len(hint) == 5 and hint.startswith("sep="):         # Excel's "sep=;" line before the header
         delimiter, text = first.strip()[4], text.split("\n", 1)[1] if "\n" in text else ""
+        skipped = 1
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
-    header = [h.strip() for h in reader.fieldnames or []]
-    reader.fieldnames = header
-    return header, list(reader)
+    rows, done = [], 0
+    try:
+        header = [h.strip() for h in reader.fieldnames or []]
+        reader.fieldnames = header
+        done = reader.line_num + skipped
+        for values in reader:
+            row = Row(values)
+            row.line = done = reader.line_num + skipped
+            rows.append(row)
+    except csv.Error as e:
+        raise ValueError(f"{path}:{done + 1}: {e}; a field that starts with a quote (\") and never "
+                         f"closes it takes in the lines after it") from None
+    return header, rows
 
 
 def item_id(path: Path, root: Path) -> str:
@@ -91,6 +110,27 @@ def item_id(path: Path, root: Path) -> str:
     except ValueError:
         rel = path
     return rel.with_suffix("").as_posix()
+
+
+def unique_ids(items: list[SourceItem], base: Path) -> list[SourceItem]:
+    """``items`` with ids no two files share. Default ids drop the suffix, so ``x.wav`` beside
+    ``x.flac`` share one: such ids become the file's path (relative to ``base``) with its
+    suffix, again until none is shared (``take.wav`` and ``take.flac`` beside ``take.flac.wav``,
+    whose id without suffix is ``take.flac``). One path listed twice keeps its shared id."""
+    while True:
+        counts = Counter(it.id for it in items)
+        renamed = [_replace(it, id=text_name(_relative(it.path, base))) if counts[it.id] > 1 else it
+                   for it in items]
+        if renamed == items:
+            return items
+        items = renamed
+
+
+def _relative(path: Path, base: Path) -> str:
+    try:
+        return path.relative_to(base).as_posix()
+    except ValueError:
+        return path.as_posix()
 
 
 def list_files(folder: Path, extensions: tuple[str, ...]) -> list[Path]:
@@ -173,26 +213,32 @@ class FolderSource(Source):
     def items(self, args: argparse.Namespace) -> Listing:
         """Every regular file under the root is an item, skipped (with the reason) or ignored
         (an OS leftover); see :mod:`data_prep.discover`. The layout is ``ROOT/SPLIT/CLASS/**``
-        when every top folder holding files is a split name, ``ROOT/CLASS/**`` otherwise."""
+        when every top folder holding files to read is a split name, ``ROOT/CLASS/**``
+        otherwise (a ``docs/`` or ``metadata/`` folder beside ``train/`` changes nothing)."""
         root = Path(args.root)
         midi = getattr(args.features, "kind", "") == "pianoroll"
         if not root.is_dir():
             raise ValueError(f"--root {root}: not a folder")
         unlistable: list = []
-        files = sorted(walk(root, unlistable))
+        files = sorted(walk(root, unlistable, leave_out=is_cache_output))    # an --out inside --root
         ignored = [p for p, rel in files if is_leftover(rel)]
         files = [(p, rel) for p, rel in files if not is_leftover(rel)]
-        tops = {rel.parts[0] for _, rel in files if len(rel.parts) > 1}
+        reasons = {path: classify(path, midi) for path, rel in files if len(rel.parts) > 1}
+        tops = {rel.parts[0] for path, rel in files if len(rel.parts) > 1 and reasons[path] is None}
         split_layout = bool(tops) and all(t.lower() in _SPLIT_NAMES for t in tops)
         depth = 3 if split_layout else 2          # parts of ROOT/[SPLIT/]CLASS/file
-        pattern = re.compile(args.group_by) if args.group_by else None
+        try:
+            pattern = re.compile(args.group_by) if args.group_by else None
+        except re.error as e:
+            raise ValueError(f"--group-by {args.group_by!r} is not a regular expression ({e}); "
+                             f"e.g. '^[^_]+' for SPEAKER_take.wav") from None
         items, skipped = [], [(p, why) for p, why in unlistable if not is_leftover(p.relative_to(root))]
         for path, rel in files:
             if len(rel.parts) < depth:
                 skipped.append((path, "not in a class folder (ROOT/CLASS/file"
                                       + (", here ROOT/SPLIT/CLASS/file)" if split_layout else ")")))
                 continue
-            reason = classify(path, midi)
+            reason = reasons[path]
             if reason:
                 skipped.append((path, reason))
                 continue
@@ -205,10 +251,7 @@ class FolderSource(Source):
                                     text_name(group), text_name(item_id(path, root))))
         if not items:
             raise ValueError(_no_files_message(root, midi, skipped, ignored))
-        ids = Counter(it.id for it in items)          # x.wav beside x.flac: both keep their suffix
-        items = [_replace(it, id=text_name(it.path.relative_to(root).as_posix())) if ids[it.id] > 1
-                 else it for it in items]
-        return Listing(assign_splits(items, args), skipped, ignored)
+        return Listing(assign_splits(unique_ids(items, root), args), skipped, ignored)
 
 
 @register_source
@@ -263,14 +306,23 @@ class CsvSource(Source):
         if group_col and group_col not in header:
             raise ValueError(f"{manifest}: --group-by {group_col!r} is not a column (columns: {header})")
         fold_of = fold_numbers(rows, args.fold_column, header, manifest)
-        items = []
-        for line, row in enumerate(rows, start=2):
+        items, lines = [], {}
+        for row in rows:
+            line = row.line
             where = f"{manifest}:{line}: "
+            if row[args.path_column] is None or row[args.label_column] is None:   # a row cut short
+                n = sum(v is not None for k, v in row.items() if k is not None)
+                raise ValueError(f"{where}{n} field{'s' * (n != 1)}, the header has {len(header)} "
+                                 f"({', '.join(header)}); give each row a value for "
+                                 f"{args.path_column!r} and {args.label_column!r}")
             raw_path, label = row[args.path_column].strip(), row[args.label_column].strip()
             if not raw_path or not label:
                 raise ValueError(f"{where}empty {args.path_column!r} or {args.label_column!r}")
             path = Path(raw_path)
             path = _on_disk(path if path.is_absolute() else base / path)
+            if lines.setdefault(path, line) != line:
+                raise ValueError(f"{where}{raw_path} is listed again (first on line {lines[path]}); "
+                                 f"list each file once")
             fold_value = fold_of.get((row.get(args.fold_column) or "").strip())
             split = (row.get(args.split_column) or "").strip()
             split = split if split in others else normalise_split(split, where)
@@ -279,7 +331,7 @@ class CsvSource(Source):
                                     item_id(path, base)))
         if not items:
             raise ValueError(f"{manifest}: no rows")
-        return assign_splits(items, args)
+        return assign_splits(unique_ids(items, base), args)
 
 
 def fold_numbers(rows: list[dict], column: str, header: list, manifest: Path) -> dict[str, int]:

@@ -88,7 +88,8 @@ def read_dataset_manifest(root: Path) -> list[SourceItem]:
     manifest = root / "manifest.csv"
     rows = read_table(manifest)[1]
     items = []
-    for line, row in enumerate(rows, start=2):
+    for row in rows:
+        line = row.line
         for column in ("path", "label"):
             if not row.get(column):
                 raise ValueError(f"{manifest}:{line}: empty or missing column {column!r}")
