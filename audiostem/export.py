@@ -217,6 +217,8 @@ def export_torchscript(wrapped: WaveformClassifier, meta: dict, out: Path, examp
     model = wrapped.model
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit")  # docs/training.md says it
+        # every window has the traced shape, so sizes the trace fixes (pons's branch cut) hold for all
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         with torch.no_grad():
             wrapped.model = torch.jit.trace(model, torch.randn(3, c, f, wrapped.crop), check_trace=False)
         try:

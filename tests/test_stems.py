@@ -273,3 +273,20 @@ def test_channels_last_input():
         expected = stem(x)
         got = stem.to(memory_format=torch.channels_last)(x.to(memory_format=torch.channels_last))
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("frames", [17, 101, 255])
+def test_pons_takes_an_odd_number_of_frames(frames):
+    """Its 1x32 branch pads 15 frames each side (an even kernel's 'same' padding), so on an odd
+    length it gives one position fewer than the 90x7 branch; the longer map is cut to match."""
+    stem = build_stem("pons", n_freq=64).eval()
+    with torch.no_grad():
+        odd, even = stem(torch.randn(2, 1, 64, frames)), stem(torch.randn(2, 1, 64, frames - 1))
+    assert odd.shape == even.shape and odd.shape[:3] == (2, 64, 16)
+
+
+def test_branches_of_unmatched_padding_are_still_refused():
+    stem = build_stem({"layers": [{"branches": [[{"kernel": 3, "channels": 4}],
+                                                [{"kernel": 3, "channels": 4, "padding": 0}]]}]})
+    with pytest.raises(RuntimeError, match=r"stem branches give different \(F, T\) sizes \[\(6, 6\), \(8, 8\)\]"):
+        stem(torch.randn(1, 1, 8, 8))
