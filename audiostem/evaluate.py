@@ -19,7 +19,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from . import run_folder
-from .inference import CheckpointError, clip_logits, load_classifier
+from .inference import CheckpointError, clip_logits, device_arg, load_classifier, positive_int
 
 ROLES = {"test": "test", "val": "val", "valid": "val", "train": "train"}
 
@@ -109,8 +109,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--split", default="test", help="test (default), val, train, or a split name of the cache")
     parser.add_argument("--cache", help="read this cache instead of the one the model was trained on "
                                         "(it must have the same feature config and classes)")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch-size", type=positive_int, default=64)
+    parser.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
     parser.add_argument("--out", metavar="DIR", help="also write predictions_<split>.csv, metrics_<split>.json, "
                                                      "per_class_<split>.txt and confusion_matrix_<split>.png here")

@@ -143,3 +143,15 @@ def test_counts_below_one_are_a_usage_error(option, tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         predict_main([str(tmp_path / "x.ckpt"), str(tmp_path / "a.wav"), *option])
     assert stop.value.code == 2 and f"argument {option[0]}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("main", [predict_main, evaluate_main], ids=["predict", "evaluate"])
+@pytest.mark.parametrize("option, why", [(["--batch-size", "0"], "0 is below 1"),
+                                         (["--device", "bogus"], "'bogus' is not a torch device"),
+                                         (["--device", "cuda:99"], "cuda:99: not available here")])
+def test_a_bad_count_or_device_is_a_usage_error(main, option, why, tmp_path, capsys):
+    args = [str(tmp_path / "x.ckpt"), *([str(tmp_path / "a.wav")] if main is predict_main else [])]
+    with pytest.raises(SystemExit) as stop:
+        main([*args, *option])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and f"argument {option[0]}: {why}" in err and "Traceback" not in err
