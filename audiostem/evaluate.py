@@ -5,7 +5,8 @@
 RUN_OR_CHECKPOINT is a run folder (its ``checkpoints/best.ckpt``; for a cross-validation run,
 every fold's model on its own test fold, pooled) or a checkpoint file. ``--split`` is ``test``,
 ``val`` or ``train`` as the recipe defined them, or any other split name in the cache (for
-example ``real`` in the espeak digits cache). Scores are clip-level: window logits are averaged
+example ``real`` in the espeak digits cache; ``test`` is the cache's split of that name when the
+recipe had none, ``data.test_split: null``). Scores are clip-level: window logits are averaged
 per clip, as in training.
 """
 from __future__ import annotations
@@ -61,6 +62,14 @@ def evaluate_checkpoint(checkpoint: Union[str, Path], split: str = "test", cache
             raise CheckpointError("; ".join(str(e).splitlines())) from None
         runs = {r["fold"]: r for r in resolve_splits(cache, recipe)}
         indices = runs[payload.fold][ROLES[split]]
+        role = ROLES[split]
+        if not indices and recipe.data.folds is not None:
+            raise CheckpointError(f"--split {split}: the model's recipe has no {role} split (data.folds.val: none)")
+        if not indices:          # a role the recipe left out (data.test_split: null): the split of that name
+            indices = cache.indices(split=split)
+            if not indices:
+                raise CheckpointError(f"--split {split}: the model's recipe has no {role} split (data.{role}_split: "
+                                      f"null) and {cache.path} no split {split!r} (its splits: {cache.splits})")
     else:
         indices = cache.indices(split=split)
     if not indices:

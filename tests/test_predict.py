@@ -155,3 +155,21 @@ def test_a_bad_count_or_device_is_a_usage_error(main, option, why, tmp_path, cap
         main([*args, *option])
     err = capsys.readouterr().err
     assert stop.value.code == 2 and f"argument {option[0]}: {why}" in err and "Traceback" not in err
+
+
+def test_a_role_the_recipe_left_out_is_the_cache_split_of_that_name(audio_run, tmp_path):
+    """A model trained with data.test_split: null has no test role; --split test then means the
+    cache's split named test, which the role used to hide ('no items', listing 'test' among the splits)."""
+    import torch
+
+    from audiostem.checkpoint import load_checkpoint
+    from audiostem.evaluate import evaluate
+    from audiostem.inference import CheckpointError
+    ckpt = load_checkpoint(audio_run / "checkpoints" / "best.ckpt")
+    ckpt["audiostem"]["recipe"]["data"].update(test_split=None, val_split=None)
+    torch.save(ckpt, tmp_path / "no_test.ckpt")
+    assert evaluate(tmp_path / "no_test.ckpt", split="test")["metrics"]["n_items"] == \
+        evaluate(audio_run, split="test")["metrics"]["n_items"]
+    with pytest.raises(CheckpointError, match=r"--split val: the model's recipe has no val split "
+                                              r"\(data\.val_split: null\) and .* no split 'val' \(its splits: "):
+        evaluate(tmp_path / "no_test.ckpt", split="val")
