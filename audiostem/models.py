@@ -283,11 +283,14 @@ def describe_model(model: nn.Module, input_shape: tuple[int, int, int] = (1, 128
     ``receptive_field`` ((f, t) in input bins/frames, ``None`` if not asked for or wider than 4096;
     measured by ``audiostem.geometry.receptive_field``, which costs a float64 forward and backward
     pass per doubling of its probe input) and ``stem`` (``describe_stem`` of the model's stem).
+    Raises ``ValueError`` naming ``input_shape`` unless it is three positive ints.
     """
     from .geometry import feature_map, output_stride
     from .geometry import receptive_field as measure_rf
     from .stems import describe_stem
+    from .stems.registry import check_input_shape
     from torch.utils.flop_counter import FlopCounterMode
+    input_shape = check_input_shape(input_shape)
     param = next(model.parameters())
     was = model.training
     model.eval()

@@ -134,6 +134,17 @@ def test_describe_stem_on_a_plain_module():
     assert d["receptive_field"] == (4, 4) and d["stride"] == (4, 4)  # measured (audiostem.geometry)
 
 
+@pytest.mark.parametrize("shape", [(128, 256), (1, 0, 256), (1, 128, 256.0), [1, 128, 256, 1]])
+def test_describe_names_an_input_shape_that_is_not_channels_bins_frames(shape):
+    """(128, 256) used to build a 128-channel stem and fail in torch's conv with 'expected input ... to
+    have 128 channels'."""
+    from audiostem import build_model, describe_model
+    for describe, what in ((describe_stem, "deep3"), (describe_model, build_model())):
+        with pytest.raises(ValueError, match=re.escape(f"input_shape: must be (channels, bins, frames), three "
+                                                       f"positive ints, got {tuple(shape)!r}")):
+            describe(what, shape)
+
+
 # --- specs -----------------------------------------------------------------------------
 
 def _plain(value) -> bool:
