@@ -149,12 +149,16 @@ def build_model(stem: str | dict | nn.Module = "deep3", body: str | dict = "narr
             (``audiostem.bodies.pretrained_file``; nothing is downloaded).
 
     Raises:
-        ValueError: starting ``body:``, ``head:`` or ``stem``, naming the valid choices
+        ValueError: ``num_classes`` or ``in_channels`` not a positive int; starting ``body:``,
+            ``head:`` or ``stem``, naming the valid choices
             (:class:`ModelConfigError` from :func:`check_model_args`, which checks everything
             that needs no model built, or an error of the library body or ``replace_stem``).
         FileNotFoundError: pretrained weights not on disk, naming where it looked.
     """
     check_model_args(stem, body, head, stem_overrides, pretrained)
+    for name, count in (("num_classes", num_classes), ("in_channels", in_channels)):
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            raise ValueError(f"{name}: must be a positive int, got {count!r}")
     if isinstance(body, str) and ":" in body:
         return _library_model(stem, body, num_classes, in_channels, head, dict(stem_overrides or {}),
                               dropout, pretrained)
