@@ -281,8 +281,8 @@ def export(checkpoint: Union[str, Path], fmt: str = "onnx", out: Optional[Union[
     """
     if fmt not in FORMATS:
         raise ExportError(f"--format: must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    if not clip_seconds > 0:
-        raise ExportError(f"--clip-seconds: must be positive, got {clip_seconds!r}")
+    if not 0 < clip_seconds < float("inf"):
+        raise ExportError(f"--clip-seconds: must be positive and finite, got {clip_seconds!r}")
     wrapped, meta = waveform_classifier(checkpoint)
     if fmt == "onnx":
         try:

@@ -260,6 +260,8 @@ def test_bad_arguments_are_one_line_errors(run, tmp_path, capsys):
     assert "no such checkpoint file or run folder" in capsys.readouterr().err
     assert export_main([str(run), "--format", "torchscript", "--clip-seconds", "0"]) == 2
     assert "--clip-seconds: must be positive" in capsys.readouterr().err
+    assert export_main([str(run), "--format", "torchscript", "--clip-seconds", "inf"]) == 2    # was OverflowError
+    assert "--clip-seconds: must be positive and finite, got inf" in capsys.readouterr().err
     (tmp_path / "file").write_text("")
     assert export_main([str(run), "--format", "torchscript", "--out", str(tmp_path / "file" / "m.pt")]) == 2
     assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'file'}")
