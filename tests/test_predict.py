@@ -173,3 +173,24 @@ def test_a_role_the_recipe_left_out_is_the_cache_split_of_that_name(audio_run, t
     with pytest.raises(CheckpointError, match=r"--split val: the model's recipe has no val split "
                                               r"\(data\.val_split: null\) and .* no split 'val' \(its splits: "):
         evaluate(tmp_path / "no_test.ckpt", split="val")
+
+
+def test_an_unfinished_run_is_scored_with_a_warning_naming_what(audio_run, tmp_path):
+    """A run folder without metrics.json (interrupted, or still training) holds the best checkpoint
+    so far; a cross-validation run may hold only some folds. Both used to be scored and pooled as if
+    finished, without a word."""
+    import shutil
+
+    from audiostem.evaluate import evaluate
+    single = tmp_path / "single"
+    shutil.copytree(audio_run, single)
+    (single / "metrics.json").unlink()
+    with pytest.warns(UserWarning, match=r"single: training has not finished \(no metrics\.json\): scoring its best "
+                                         r"checkpoint so far"):
+        evaluate(single, split="test")
+    cv = tmp_path / "cv"                            # fold_1 finished, fold_2 interrupted, no fold_3 yet
+    shutil.copytree(audio_run, cv / "fold_1")
+    shutil.copytree(single, cv / "fold_2")
+    with pytest.warns(UserWarning, match=r"cv: training has not finished \(no metrics\.json\): scoring the best "
+                                         r"checkpoints so far of fold_1, fold_2 \(fold_2 unfinished\) only"):
+        assert len(evaluate(cv, split="test")["folds"]) == 2
