@@ -228,6 +228,13 @@ def test_unknown_override_names_it_and_the_valid_ones():
         build_stem({"layers": [{"kernel": 3, "channels": 8}]}, width=8)
 
 
+@pytest.mark.parametrize("lookup", ["stem_overrides", "stem_defaults"])
+def test_looking_up_an_unknown_preset_names_the_registered_ones(lookup):
+    from audiostem import stems
+    with pytest.raises(ValueError, match=r"^unknown stem 'deeper'; registered stems: deep3, "):
+        getattr(stems, lookup)("deeper")                  # was KeyError: 'deeper'
+
+
 @pytest.mark.parametrize("name", list_stems())
 def test_common_overrides(name):
     valid = stem_overrides(name)

@@ -64,9 +64,15 @@ def list_stems() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def _preset(name: str) -> Callable[..., dict]:
+    if name not in _REGISTRY:
+        raise StemArgError(f"unknown stem {name!r}; registered stems: {', '.join(list_stems())}", is_spec=True)
+    return _REGISTRY[name]
+
+
 def stem_overrides(name: str) -> list[str]:
     """The overrides ``build_stem(name, ...)`` accepts for a preset, sorted."""
-    params = inspect.signature(_REGISTRY[name]).parameters
+    params = inspect.signature(_preset(name)).parameters
     return sorted({"coord", *params})
 
 
@@ -82,7 +88,7 @@ class StemArgError(ValueError):
 
 def stem_defaults(name: str) -> dict[str, Any]:
     """The default value of each of a preset's overrides (from its function's signature)."""
-    params = inspect.signature(_REGISTRY[name]).parameters
+    params = inspect.signature(_preset(name)).parameters
     return {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
 
 
@@ -99,10 +105,7 @@ def stem_spec(name_or_spec: str | dict, in_channels: int | None = None, **overri
     if coord is not None and not isinstance(coord, bool):
         raise StemArgError(f"stem override 'coord' must be true or false, got {coord!r}", key="coord")
     if isinstance(name_or_spec, str):
-        if name_or_spec not in _REGISTRY:
-            raise StemArgError(f"unknown stem {name_or_spec!r}; registered stems: {', '.join(list_stems())}",
-                               is_spec=True)
-        fn = _REGISTRY[name_or_spec]
+        fn = _preset(name_or_spec)
         _checked(overrides, stem_overrides(name_or_spec), name_or_spec)
         _typed(fn, overrides, name_or_spec)
         try:
