@@ -104,16 +104,23 @@ class ProjectedStem(nn.Module):
 
 
 @torch.no_grad()
-def _expects(stem: nn.Module, in_channels: int) -> tuple[int, tuple[int, int]]:
-    """(channels, stride) of what ``stem`` gives the first stage, measured on zeros."""
+def _expects(stem: nn.Module, in_channels: int, where: str) -> tuple[int, tuple[int, int]]:
+    """(channels, stride) of what ``stem`` gives the first stage, measured on zeros. Raises
+    ``ValueError`` naming ``where`` when that is no ``(batch, channels, F, T)`` map (a transformer's
+    patch embedding that puts channels last)."""
     param = next(stem.parameters(), torch.zeros(()))
     was = stem.training
     stem.eval()
     try:
-        out = stem(torch.zeros(1, in_channels, 64, 64, device=param.device, dtype=param.dtype))
+        outs = [stem(torch.zeros(1, in_channels, n, n, device=param.device, dtype=param.dtype)) for n in (64, 128)]
     finally:
         stem.train(was)
-    return int(out.shape[1]), output_stride(stem, in_channels)
+    if any(o.ndim != 4 for o in outs) or outs[0].shape[1] != outs[1].shape[1]:
+        raise ValueError(f"replace_stem: {where} does not give a (batch, channels, F, T) map: its dim 1 is "
+                         f"{outs[0].shape[1]} for a 64 x 64 input and {outs[1].shape[1]} for 128 x 128 (its "
+                         f"output is {tuple(outs[0].shape)}: channels last?); audiostem replaces convolutional "
+                         "stems only")
+    return int(outs[0].shape[1]), output_stride(stem, in_channels)
 
 
 def _in_channels(stem: nn.Sequential) -> int:
@@ -169,14 +176,18 @@ def replace_stem(model: nn.Module, stem: str | dict | nn.Module, *, in_channels:
         ``model``, whose ``audiostem_stem`` attribute says what was replaced (plain data).
 
     Raises:
-        ValueError: the model's stem is not found (naming its class and the attributes looked
-            for), or the stem cannot be adapted (a stride that is not a multiple of the body's,
-            unknown overrides, a module without ``.out_channels``).
+        ValueError: ``in_channels`` is not a positive int, the model's stem is not found (naming
+            its class and the attributes looked for) or gives no ``(batch, channels, F, T)`` map
+            (torchvision's Swin puts channels last), or the stem cannot be adapted (a stride that
+            is not a multiple of the body's, unknown overrides, a module without ``.out_channels``).
     """
+    if in_channels is not None and (not isinstance(in_channels, int) or isinstance(in_channels, bool)
+                                    or in_channels < 1):
+        raise ValueError(f"replace_stem: in_channels must be a positive int, got {in_channels!r}")
     paths = find_stem(model)
     old = nn.Sequential(*[model.get_submodule(p) for p in paths])
     in_channels = _in_channels(old) if in_channels is None else in_channels
-    channels, stride = _expects(old, _in_channels(old))
+    channels, stride = _expects(old, _in_channels(old), f"the stem of a {type(model).__name__} ({', '.join(paths)})")
     if stride == (1, 1):
         raise ValueError(f"replace_stem: the first layers of a {type(model).__name__} ({', '.join(paths)}) do not "
                          "downsample, so they are no stem audiostem can replace")
@@ -226,6 +237,8 @@ def _has_coord(stem: nn.Sequential) -> bool:
 def _native(old: nn.Sequential, in_channels: int, coord: bool = False, **rest: Any) -> nn.Module:
     if rest:
         raise ValueError(f"stem 'native': unknown override {sorted(rest)[0]!r}; the native stem takes only coord")
+    if not isinstance(coord, bool):
+        raise ValueError(f"stem 'native': override 'coord' must be true or false, got {coord!r}")
     first = old[0]
     if _has_coord(old):
         first = first[1]

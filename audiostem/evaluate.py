@@ -5,7 +5,8 @@
 RUN_OR_CHECKPOINT is a run folder (its ``checkpoints/best.ckpt``; for a cross-validation run,
 every fold's model on its own test fold, pooled) or a checkpoint file. ``--split`` is ``test``,
 ``val`` or ``train`` as the recipe defined them, or any other split name in the cache (for
-example ``real`` in the espeak digits cache). Scores are clip-level: window logits are averaged
+example ``real`` in the espeak digits cache; ``test`` is the cache's split of that name when the
+recipe had none, ``data.test_split: null``). Scores are clip-level: window logits are averaged
 per clip, as in training.
 """
 from __future__ import annotations
@@ -13,13 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import torch
 
 from . import run_folder
-from .inference import CheckpointError, clip_logits, load_classifier
+from .inference import CheckpointError, clip_logits, device_arg, load_classifier, positive_int
 
 ROLES = {"test": "test", "val": "val", "valid": "val", "train": "train"}
 
@@ -61,6 +63,14 @@ def evaluate_checkpoint(checkpoint: Union[str, Path], split: str = "test", cache
             raise CheckpointError("; ".join(str(e).splitlines())) from None
         runs = {r["fold"]: r for r in resolve_splits(cache, recipe)}
         indices = runs[payload.fold][ROLES[split]]
+        role = ROLES[split]
+        if not indices and recipe.data.folds is not None:
+            raise CheckpointError(f"--split {split}: the model's recipe has no {role} split (data.folds.val: none)")
+        if not indices:          # a role the recipe left out (data.test_split: null): the split of that name
+            indices = cache.indices(split=split)
+            if not indices:
+                raise CheckpointError(f"--split {split}: the model's recipe has no {role} split (data.{role}_split: "
+                                      f"null) and {cache.path} no split {split!r} (its splits: {cache.splits})")
     else:
         indices = cache.indices(split=split)
     if not indices:
@@ -79,9 +89,19 @@ def evaluate_checkpoint(checkpoint: Union[str, Path], split: str = "test", cache
 def evaluate(run_or_checkpoint: Union[str, Path], split: str = "test", cache_path: Optional[str] = None,
              batch_size: int = 64, device: str = "cpu") -> dict:
     """Score a run folder (all its folds, pooled) or a checkpoint; same return as
-    :func:`evaluate_checkpoint`, with ``folds`` (per-fold metrics) for a cross-validation run."""
+    :func:`evaluate_checkpoint`, with ``folds`` (per-fold metrics) for a cross-validation run.
+    A run folder that has not finished (no ``metrics.json``) is scored as it stands, with a
+    ``UserWarning`` naming what: its best checkpoint so far, or the folds it has."""
     from .metrics import classification_metrics, pool_folds
     fold_checkpoints = run_folder.fold_checkpoints(run_or_checkpoint)
+    if Path(run_or_checkpoint).is_dir() and not run_folder.is_finished(run_or_checkpoint):
+        folds = [c.parents[1] for c in fold_checkpoints]
+        unfinished = [f.name for f in folds if not run_folder.is_finished(f)]
+        what = (f"the best checkpoints so far of {', '.join(f.name for f in folds)}"
+                + (f" ({', '.join(unfinished)} unfinished)" if unfinished else "") + " only"
+                if folds else "its best checkpoint so far")
+        warnings.warn(f"{run_or_checkpoint}: training has not finished (no {run_folder.METRICS_FILE}): scoring "
+                      f"{what}", stacklevel=2)
     if not fold_checkpoints:
         return evaluate_checkpoint(run_folder.find_checkpoint(run_or_checkpoint), split, cache_path, batch_size,
                                    device)
@@ -109,8 +129,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--split", default="test", help="test (default), val, train, or a split name of the cache")
     parser.add_argument("--cache", help="read this cache instead of the one the model was trained on "
                                         "(it must have the same feature config and classes)")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch-size", type=positive_int, default=64)
+    parser.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
     parser.add_argument("--out", metavar="DIR", help="also write predictions_<split>.csv, metrics_<split>.json, "
                                                      "per_class_<split>.txt and confusion_matrix_<split>.png here")

@@ -16,8 +16,9 @@ The file holds the whole path from samples to probabilities, so it runs with onn
 4. the window logits averaged per clip, then a softmax: what ``evaluate`` and ``predict`` do.
 
 Input ``waveform``: float32 ``(batch, samples)`` at the run's sample rate (``(batch, channels,
-samples)`` for a run trained with ``mono: false``), any number of samples >= 1; the rows of a
-batch are clips of the same length (zero padding a clip changes its spectrogram). Outputs
+samples)`` for a run trained with ``mono: false``), any number of samples (0 is scored as
+silence); another dtype, rank or channel count is refused (``WaveformClassifier.check``); the
+rows of a batch are clips of the same length (zero padding a clip changes its spectrogram). Outputs
 ``probabilities`` ``(batch, n_classes)`` and ``window_logits`` ``(batch, windows, n_classes)``.
 Resampling stays outside: ``soxr.resample(x, file_rate, sample_rate)`` (what ``data_prep``
 uses) or ``torchaudio.functional.resample``. The file's metadata holds the class names, the
@@ -103,6 +104,19 @@ class WaveformClassifier(nn.Module):
         for name in ("mean", "std", "pad"):
             self.register_buffer(name, stats[name].float().clone())         # (C, F)
 
+    def check(self, waveform: torch.Tensor) -> None:
+        """Refuse what would be scored wrongly or fail deep inside: another dtype (int16 PCM is 32768
+        times too loud), rank or channel count. onnxruntime checks dtype and rank itself."""
+        layout = "(batch, samples)" if self.mono else f"(batch, channels, samples) with {self.mean.shape[0]} channels"
+        if waveform.dtype != torch.float32:
+            raise ValueError(f"waveform: expected float32 samples in [-1, 1] shaped {layout}, got another dtype "
+                             "(int16 PCM: divide it by 32768)")
+        if waveform.dim() != (2 if self.mono else 3):
+            raise ValueError(f"waveform: expected float32 samples shaped {layout}, got shape {list(waveform.shape)}"
+                             " (one clip x: x[None])")
+        if not self.mono and waveform.shape[1] != self.mean.shape[0]:
+            raise ValueError(f"waveform: expected float32 samples shaped {layout}, got {waveform.shape[1]} channels")
+
     def features(self, waveform: torch.Tensor) -> torch.Tensor:
         """``(batch, [channels,] samples)`` -> cache features ``(batch, C, F, frames)`` float32
         (before the float16 rounding), as ``data_prep.compute_features``."""
@@ -137,6 +151,7 @@ class WaveformClassifier(nn.Module):
         return s.transpose(2, 3)
 
     def forward(self, waveform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.check(waveform)
         x = self.features(waveform).half().float()          # the cache stores float16
         batch, frames = x.shape[0], x.shape[3]
         # silence after the clip, enough for any window (the same padding as predict)
@@ -217,6 +232,8 @@ def export_torchscript(wrapped: WaveformClassifier, meta: dict, out: Path, examp
     model = wrapped.model
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit")  # docs/training.md says it
+        # every window has the traced shape, so sizes the trace fixes (pons's branch cut) hold for all
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         with torch.no_grad():
             wrapped.model = torch.jit.trace(model, torch.randn(3, c, f, wrapped.crop), check_trace=False)
         try:
@@ -264,8 +281,8 @@ def export(checkpoint: Union[str, Path], fmt: str = "onnx", out: Optional[Union[
     """
     if fmt not in FORMATS:
         raise ExportError(f"--format: must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    if not clip_seconds > 0:
-        raise ExportError(f"--clip-seconds: must be positive, got {clip_seconds!r}")
+    if not 0 < clip_seconds < float("inf"):
+        raise ExportError(f"--clip-seconds: must be positive and finite, got {clip_seconds!r}")
     wrapped, meta = waveform_classifier(checkpoint)
     if fmt == "onnx":
         try:

@@ -8,6 +8,7 @@ else is read.
 """
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Iterable, Union
 
@@ -19,7 +20,7 @@ from .models import use_channels_last
 from .recipe_schema import ModelConfig
 from .run_folder import find_checkpoint
 
-__all__ = ["CheckpointError", "clip_logits", "find_checkpoint", "load_classifier"]
+__all__ = ["CheckpointError", "clip_logits", "device_arg", "find_checkpoint", "load_classifier", "positive_int"]
 
 
 def load_classifier(path: Union[str, Path],
@@ -66,3 +67,29 @@ def clip_logits(model: torch.nn.Module, batches: Iterable, n_clips: int,
     if sums is None:
         raise ValueError("clip_logits: no windows to score")
     return mean_window_logits(sums, counts)
+
+
+# --- argparse types of the evaluate and predict commands (argparse turns their errors into one line)
+def positive_int(text: str) -> int:
+    """A whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is below 1")
+    return value
+
+
+def device_arg(text: str) -> str:
+    """A torch device this machine has: ``cpu``, ``cuda``, ``cuda:1``, ``mps``, ..."""
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a torch device (cpu, cuda, cuda:1, mps, ...)") from None
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError, NotImplementedError) as e:    # no driver, no such index, not built in
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise argparse.ArgumentTypeError(f"{text}: not available here ({first}); use --device cpu") from None
+    return text

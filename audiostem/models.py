@@ -149,12 +149,16 @@ def build_model(stem: str | dict | nn.Module = "deep3", body: str | dict = "narr
             (``audiostem.bodies.pretrained_file``; nothing is downloaded).
 
     Raises:
-        ValueError: starting ``body:``, ``head:`` or ``stem``, naming the valid choices
+        ValueError: ``num_classes`` or ``in_channels`` not a positive int; starting ``body:``,
+            ``head:`` or ``stem``, naming the valid choices
             (:class:`ModelConfigError` from :func:`check_model_args`, which checks everything
             that needs no model built, or an error of the library body or ``replace_stem``).
         FileNotFoundError: pretrained weights not on disk, naming where it looked.
     """
     check_model_args(stem, body, head, stem_overrides, pretrained)
+    for name, count in (("num_classes", num_classes), ("in_channels", in_channels)):
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            raise ValueError(f"{name}: must be a positive int, got {count!r}")
     if isinstance(body, str) and ":" in body:
         return _library_model(stem, body, num_classes, in_channels, head, dict(stem_overrides or {}),
                               dropout, pretrained)
@@ -283,11 +287,14 @@ def describe_model(model: nn.Module, input_shape: tuple[int, int, int] = (1, 128
     ``receptive_field`` ((f, t) in input bins/frames, ``None`` if not asked for or wider than 4096;
     measured by ``audiostem.geometry.receptive_field``, which costs a float64 forward and backward
     pass per doubling of its probe input) and ``stem`` (``describe_stem`` of the model's stem).
+    Raises ``ValueError`` naming ``input_shape`` unless it is three positive ints.
     """
     from .geometry import feature_map, output_stride
     from .geometry import receptive_field as measure_rf
     from .stems import describe_stem
+    from .stems.registry import check_input_shape
     from torch.utils.flop_counter import FlopCounterMode
+    input_shape = check_input_shape(input_shape)
     param = next(model.parameters())
     was = model.training
     model.eval()

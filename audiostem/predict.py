@@ -19,7 +19,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from .inference import CheckpointError, clip_logits, load_classifier
+from .inference import CheckpointError, clip_logits, device_arg, load_classifier, positive_int
 
 
 def predict_files(checkpoint: Union[str, Path], files: Sequence[Union[str, Path]], top_k: int = 3,
@@ -56,27 +56,16 @@ def predict_files(checkpoint: Union[str, Path], files: Sequence[Union[str, Path]
     return results
 
 
-def _positive(text: str) -> int:
-    """An argparse type: a whole number of at least 1 (argparse turns the error into one line)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is below 1")
-    return value
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m audiostem.predict", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n\n".join(__doc__.split("\n\n")[1:]))
     parser.add_argument("checkpoint", metavar="CHECKPOINT", help="a .ckpt file or a run folder")
     parser.add_argument("files", metavar="FILE", nargs="+", help="audio or MIDI files")
-    parser.add_argument("--top-k", type=_positive, default=3, help="classes to print per file (default 3)")
+    parser.add_argument("--top-k", type=positive_int, default=3, help="classes to print per file (default 3)")
     parser.add_argument("--json", action="store_true", help="print one JSON list with every class probability")
-    parser.add_argument("--batch-size", type=_positive, default=64)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch-size", type=positive_int, default=64)
+    parser.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     try:
         results = predict_files(args.checkpoint, args.files, args.top_k, args.batch_size, args.device)

@@ -126,6 +126,26 @@ def test_unsupported_models_are_named():
         replace_stem(torchvision.models.resnet18(), {"layers": [{"kernel": 3, "channels": 64, "stride": 2}]})
 
 
+def test_a_channels_last_stem_is_named_not_mismeasured():
+    """torchvision's Swin embeds patches into a (batch, F, T, channels) map: its dim 1 grows with the
+    input, which used to be read as 16 channels at stride 128."""
+    with pytest.raises(ValueError, match=r"SwinTransformer \(features\.0\) does not give a \(batch, channels, F, "
+                                         r"T\) map: its dim 1 is 16 for a 64 x 64 input and 32 for 128 x 128"):
+        replace_stem(torchvision.models.swin_t(), "deep3", in_channels=1)
+
+
+@pytest.mark.parametrize("stem", ["native", "deep3"])
+@pytest.mark.parametrize("in_channels", [0, -1, "1", True])
+def test_bad_in_channels_name_the_argument(stem, in_channels):
+    with pytest.raises(ValueError, match=rf"replace_stem: in_channels must be a positive int, got {in_channels!r}"):
+        replace_stem(torchvision.models.resnet18(), stem, in_channels=in_channels)
+
+
+def test_the_native_stem_takes_coord_as_true_or_false_only():
+    with pytest.raises(ValueError, match="stem 'native': override 'coord' must be true or false, got 1"):
+        replace_stem(torchvision.models.resnet18(), "native", in_channels=1, coord=1)
+
+
 def test_native_stem_sums_the_rgb_kernel_like_timm():
     rgb = torchvision.models.resnet18()
     model = replace_stem(copy.deepcopy(rgb), "native", in_channels=1, verbose=False)

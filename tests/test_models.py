@@ -66,6 +66,15 @@ def test_bad_arguments():
         build_model(stem="deep3", stem_overrides={"widht": 8})
 
 
+@pytest.mark.parametrize("body", ["narrow", "timm:test_resnet"])
+@pytest.mark.parametrize("field, value", [("num_classes", 0), ("num_classes", -1), ("num_classes", 2.0),
+                                          ("in_channels", 0), ("in_channels", True)])
+def test_counts_that_are_not_positive_ints_are_named(body, field, value):
+    """num_classes 0 built a model with no logits; -1 and 2.0 failed inside torch's Linear."""
+    with pytest.raises(ValueError, match=rf"^{field}: must be a positive int, got {value!r}$"):
+        build_model(body=body, **{field: value})
+
+
 def test_channels_last_and_backward():
     model = build_model(stem="pons", body="narrow", num_classes=4).to(memory_format=torch.channels_last)
     x = torch.randn(2, 1, 64, 128).to(memory_format=torch.channels_last)

@@ -143,3 +143,54 @@ def test_counts_below_one_are_a_usage_error(option, tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         predict_main([str(tmp_path / "x.ckpt"), str(tmp_path / "a.wav"), *option])
     assert stop.value.code == 2 and f"argument {option[0]}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("main", [predict_main, evaluate_main], ids=["predict", "evaluate"])
+@pytest.mark.parametrize("option, why", [(["--batch-size", "0"], "0 is below 1"),
+                                         (["--device", "bogus"], "'bogus' is not a torch device"),
+                                         (["--device", "cuda:99"], "cuda:99: not available here")])
+def test_a_bad_count_or_device_is_a_usage_error(main, option, why, tmp_path, capsys):
+    args = [str(tmp_path / "x.ckpt"), *([str(tmp_path / "a.wav")] if main is predict_main else [])]
+    with pytest.raises(SystemExit) as stop:
+        main([*args, *option])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and f"argument {option[0]}: {why}" in err and "Traceback" not in err
+
+
+def test_a_role_the_recipe_left_out_is_the_cache_split_of_that_name(audio_run, tmp_path):
+    """A model trained with data.test_split: null has no test role; --split test then means the
+    cache's split named test, which the role used to hide ('no items', listing 'test' among the splits)."""
+    import torch
+
+    from audiostem.checkpoint import load_checkpoint
+    from audiostem.evaluate import evaluate
+    from audiostem.inference import CheckpointError
+    ckpt = load_checkpoint(audio_run / "checkpoints" / "best.ckpt")
+    ckpt["audiostem"]["recipe"]["data"].update(test_split=None, val_split=None)
+    torch.save(ckpt, tmp_path / "no_test.ckpt")
+    assert evaluate(tmp_path / "no_test.ckpt", split="test")["metrics"]["n_items"] == \
+        evaluate(audio_run, split="test")["metrics"]["n_items"]
+    with pytest.raises(CheckpointError, match=r"--split val: the model's recipe has no val split "
+                                              r"\(data\.val_split: null\) and .* no split 'val' \(its splits: "):
+        evaluate(tmp_path / "no_test.ckpt", split="val")
+
+
+def test_an_unfinished_run_is_scored_with_a_warning_naming_what(audio_run, tmp_path):
+    """A run folder without metrics.json (interrupted, or still training) holds the best checkpoint
+    so far; a cross-validation run may hold only some folds. Both used to be scored and pooled as if
+    finished, without a word."""
+    import shutil
+
+    from audiostem.evaluate import evaluate
+    single = tmp_path / "single"
+    shutil.copytree(audio_run, single)
+    (single / "metrics.json").unlink()
+    with pytest.warns(UserWarning, match=r"single: training has not finished \(no metrics\.json\): scoring its best "
+                                         r"checkpoint so far"):
+        evaluate(single, split="test")
+    cv = tmp_path / "cv"                            # fold_1 finished, fold_2 interrupted, no fold_3 yet
+    shutil.copytree(audio_run, cv / "fold_1")
+    shutil.copytree(single, cv / "fold_2")
+    with pytest.warns(UserWarning, match=r"cv: training has not finished \(no metrics\.json\): scoring the best "
+                                         r"checkpoints so far of fold_1, fold_2 \(fold_2 unfinished\) only"):
+        assert len(evaluate(cv, split="test")["folds"]) == 2

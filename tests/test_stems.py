@@ -134,6 +134,17 @@ def test_describe_stem_on_a_plain_module():
     assert d["receptive_field"] == (4, 4) and d["stride"] == (4, 4)  # measured (audiostem.geometry)
 
 
+@pytest.mark.parametrize("shape", [(128, 256), (1, 0, 256), (1, 128, 256.0), [1, 128, 256, 1]])
+def test_describe_names_an_input_shape_that_is_not_channels_bins_frames(shape):
+    """(128, 256) used to build a 128-channel stem and fail in torch's conv with 'expected input ... to
+    have 128 channels'."""
+    from audiostem import build_model, describe_model
+    for describe, what in ((describe_stem, "deep3"), (describe_model, build_model())):
+        with pytest.raises(ValueError, match=re.escape(f"input_shape: must be (channels, bins, frames), three "
+                                                       f"positive ints, got {tuple(shape)!r}")):
+            describe(what, shape)
+
+
 # --- specs -----------------------------------------------------------------------------
 
 def _plain(value) -> bool:
@@ -217,6 +228,13 @@ def test_unknown_override_names_it_and_the_valid_ones():
         build_stem({"layers": [{"kernel": 3, "channels": 8}]}, width=8)
 
 
+@pytest.mark.parametrize("lookup", ["stem_overrides", "stem_defaults"])
+def test_looking_up_an_unknown_preset_names_the_registered_ones(lookup):
+    from audiostem import stems
+    with pytest.raises(ValueError, match=r"^unknown stem 'deeper'; registered stems: deep3, "):
+        getattr(stems, lookup)("deeper")                  # was KeyError: 'deeper'
+
+
 @pytest.mark.parametrize("name", list_stems())
 def test_common_overrides(name):
     valid = stem_overrides(name)
@@ -273,3 +291,20 @@ def test_channels_last_input():
         expected = stem(x)
         got = stem.to(memory_format=torch.channels_last)(x.to(memory_format=torch.channels_last))
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("frames", [17, 101, 255])
+def test_pons_takes_an_odd_number_of_frames(frames):
+    """Its 1x32 branch pads 15 frames each side (an even kernel's 'same' padding), so on an odd
+    length it gives one position fewer than the 90x7 branch; the longer map is cut to match."""
+    stem = build_stem("pons", n_freq=64).eval()
+    with torch.no_grad():
+        odd, even = stem(torch.randn(2, 1, 64, frames)), stem(torch.randn(2, 1, 64, frames - 1))
+    assert odd.shape == even.shape and odd.shape[:3] == (2, 64, 16)
+
+
+def test_branches_of_unmatched_padding_are_still_refused():
+    stem = build_stem({"layers": [{"branches": [[{"kernel": 3, "channels": 4}],
+                                                [{"kernel": 3, "channels": 4, "padding": 0}]]}]})
+    with pytest.raises(RuntimeError, match=r"stem branches give different \(F, T\) sizes \[\(6, 6\), \(8, 8\)\]"):
+        stem(torch.randn(1, 1, 8, 8))

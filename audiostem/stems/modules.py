@@ -66,11 +66,15 @@ class Parallel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         outs = [branch(x) for branch in self.branches]
-        shapes = {tuple(o.shape[2:]) for o in outs}
-        if len(shapes) > 1 and not torch.jit.is_tracing():     # traced sizes are tensors, unequal as set members
-            raise RuntimeError(f"stem branches give different (F, T) sizes {sorted(shapes)} for input "
+        # An even kernel's 'same' padding gives one position fewer on an odd length (pons's 1x32
+        # branch beside its 90x7 one), so maps one longer are cut to the shortest; more is a
+        # padding mismatch. (Traced sizes are tensors: the comparisons hold for the traced shape.)
+        f, t = min(o.shape[2] for o in outs), min(o.shape[3] for o in outs)
+        if any(o.shape[2] > f + 1 or o.shape[3] > t + 1 for o in outs):
+            shapes = sorted({(int(o.shape[2]), int(o.shape[3])) for o in outs})
+            raise RuntimeError(f"stem branches give different (F, T) sizes {shapes} for input "
                                f"{tuple(x.shape)}; give them matching padding")
-        return self.pool(torch.cat(outs, dim=1))
+        return self.pool(torch.cat([o[:, :, :f, :t] for o in outs], dim=1))
 
 
 def build_layers(layers: list[dict], in_ch: int) -> tuple[nn.Sequential, int]:

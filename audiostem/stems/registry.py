@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import numbers
 import typing
 from typing import Any, Callable, Optional
 
@@ -63,9 +64,15 @@ def list_stems() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def _preset(name: str) -> Callable[..., dict]:
+    if name not in _REGISTRY:
+        raise StemArgError(f"unknown stem {name!r}; registered stems: {', '.join(list_stems())}", is_spec=True)
+    return _REGISTRY[name]
+
+
 def stem_overrides(name: str) -> list[str]:
     """The overrides ``build_stem(name, ...)`` accepts for a preset, sorted."""
-    params = inspect.signature(_REGISTRY[name]).parameters
+    params = inspect.signature(_preset(name)).parameters
     return sorted({"coord", *params})
 
 
@@ -81,7 +88,7 @@ class StemArgError(ValueError):
 
 def stem_defaults(name: str) -> dict[str, Any]:
     """The default value of each of a preset's overrides (from its function's signature)."""
-    params = inspect.signature(_REGISTRY[name]).parameters
+    params = inspect.signature(_preset(name)).parameters
     return {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
 
 
@@ -98,10 +105,7 @@ def stem_spec(name_or_spec: str | dict, in_channels: int | None = None, **overri
     if coord is not None and not isinstance(coord, bool):
         raise StemArgError(f"stem override 'coord' must be true or false, got {coord!r}", key="coord")
     if isinstance(name_or_spec, str):
-        if name_or_spec not in _REGISTRY:
-            raise StemArgError(f"unknown stem {name_or_spec!r}; registered stems: {', '.join(list_stems())}",
-                               is_spec=True)
-        fn = _REGISTRY[name_or_spec]
+        fn = _preset(name_or_spec)
         _checked(overrides, stem_overrides(name_or_spec), name_or_spec)
         _typed(fn, overrides, name_or_spec)
         try:
@@ -181,6 +185,15 @@ def _typed(fn: Callable[..., dict], overrides: dict, name: str) -> None:
             raise StemArgError(f"stem {name!r}: override {key!r} must be {shown}, got {got}", key=key) from None
 
 
+def check_input_shape(input_shape: Any) -> tuple[int, int, int]:
+    """``input_shape`` as ``(C, F, T)``; raises ``ValueError`` naming it unless it is three positive ints."""
+    shape = tuple(input_shape) if isinstance(input_shape, (tuple, list)) else input_shape
+    if not (isinstance(shape, tuple) and len(shape) == 3
+            and all(isinstance(n, numbers.Integral) and not isinstance(n, bool) and n > 0 for n in shape)):
+        raise ValueError(f"input_shape: must be (channels, bins, frames), three positive ints, got {shape!r}")
+    return tuple(int(n) for n in shape)
+
+
 @torch.no_grad()
 def describe_stem(stem: nn.Module | str | dict, input_shape: tuple[int, int, int] = (1, 128, 256)) -> dict:
     """Size and geometry of a stem for one input of ``input_shape = (C, F, T)``.
@@ -191,7 +204,9 @@ def describe_stem(stem: nn.Module | str | dict, input_shape: tuple[int, int, int
     norms/activations/pools are not counted), ``receptive_field`` and ``stride`` (f, t; a
     module without these attributes, such as a timm model's own stem, is measured:
     ``audiostem.geometry``), ``out_channels`` and ``out_shape`` (C', F', T') without batch.
+    Raises ``ValueError`` naming ``input_shape`` unless it is three positive ints.
     """
+    input_shape = check_input_shape(input_shape)
     if not isinstance(stem, nn.Module):
         stem = build_stem(stem, in_channels=input_shape[0])
     param = next(stem.parameters(), torch.zeros(()))
