@@ -672,3 +672,21 @@ def test_dataset_lists_in_a_code_page_name_the_file(tmp_path, capsys, source, li
     status = main([source, "--root", str(root), "--out", str(tmp_path / "c"), "--workers", "1"])
     err = capsys.readouterr().err
     assert status == 1 and f"{path}:2: not utf-8 text (byte 0x" in err, err
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"bass_001": {"instrument_family_str": "bass"', "examples.json: not JSON (Expecting"),
+    ('["bass_001"]', "examples.json: expected a JSON object of notes"),
+    ('{"bass_001": {"pitch": 60}}', "examples.json: note 'bass_001' has no 'instrument_family_str' (--label family)"),
+])
+def test_nsynth_examples_that_are_no_manifest_name_the_file(tmp_path, capsys, text, message):
+    """NSynth's examples.json is its manifest: damaged JSON was "Expecting ',' delimiter: line 1
+    column 46" without the file, a list "list indices must be integers", and a note without the
+    label's key a KeyError traceback."""
+    from data_prep.__main__ import main
+
+    put(tmp_path / "nsynth-valid", "audio/bass_001.wav", wav_bytes())
+    put(tmp_path / "nsynth-valid", "examples.json", text.encode())
+    status = main(["nsynth", "--root", str(tmp_path), "--out", str(tmp_path / "c"), "--workers", "1"])
+    err = capsys.readouterr().err
+    assert status == 1 and message in err, err

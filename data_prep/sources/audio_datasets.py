@@ -209,6 +209,22 @@ class SpeechCommands(Source):
 
 
 # -- NSynth -----------------------------------------------------------------------------------------
+def _read_examples(path: Path, key: str, label: str) -> dict[str, dict]:
+    """NSynth's ``examples.json``: note name -> its attributes, each with ``key`` (the label).
+    ``ValueError`` naming the file when it is not that."""
+    try:
+        examples = json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not JSON ({e}); download or extract it again") from None
+    if not isinstance(examples, dict):
+        raise ValueError(f"{path}: expected a JSON object of notes ({{note: {{{key!r}: ..., ...}}}}), "
+                         f"got a {type(examples).__name__}")
+    for note, meta in examples.items():
+        if not isinstance(meta, dict) or not isinstance(meta.get(key), str) or not meta[key]:
+            raise ValueError(f"{path}: note {note!r} has no {key!r} (--label {label})")
+    return examples
+
+
 _NSYNTH_LABELS = {"family": "instrument_family_str", "source": "instrument_source_str",
                   "instrument": "instrument_str"}
 
@@ -249,7 +265,7 @@ class NSynth(Source):
         key = _NSYNTH_LABELS[args.label]
         items = []
         for split, folder in self._split_dirs(root):
-            examples = json.loads((folder / "examples.json").read_text())
+            examples = _read_examples(folder / "examples.json", key, args.label)
             chosen = sorted(examples)
             if args.max_per_class:
                 by_class: dict[str, list[str]] = {}
