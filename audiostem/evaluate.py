@@ -14,14 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import warnings
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import torch
 
 from . import run_folder
-from .inference import CheckpointError, clip_logits, device_arg, load_classifier, positive_int
+from .inference import (CheckpointError, clip_logits, device_arg, load_classifier, positive_int,
+                        warn_if_unfinished)
 
 ROLES = {"test": "test", "val": "val", "valid": "val", "train": "train"}
 
@@ -94,14 +94,7 @@ def evaluate(run_or_checkpoint: Union[str, Path], split: str = "test", cache_pat
     ``UserWarning`` naming what: its best checkpoint so far, or the folds it has."""
     from .metrics import classification_metrics, pool_folds
     fold_checkpoints = run_folder.fold_checkpoints(run_or_checkpoint)
-    if Path(run_or_checkpoint).is_dir() and not run_folder.is_finished(run_or_checkpoint):
-        folds = [c.parents[1] for c in fold_checkpoints]
-        unfinished = [f.name for f in folds if not run_folder.is_finished(f)]
-        what = (f"the best checkpoints so far of {', '.join(f.name for f in folds)}"
-                + (f" ({', '.join(unfinished)} unfinished)" if unfinished else "") + " only"
-                if folds else "its best checkpoint so far")
-        warnings.warn(f"{run_or_checkpoint}: training has not finished (no {run_folder.METRICS_FILE}): scoring "
-                      f"{what}", stacklevel=2)
+    warn_if_unfinished(run_or_checkpoint, "scoring", [c.parents[1] for c in fold_checkpoints])
     if not fold_checkpoints:
         return evaluate_checkpoint(run_folder.find_checkpoint(run_or_checkpoint), split, cache_path, batch_size,
                                    device)
