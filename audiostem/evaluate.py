@@ -33,7 +33,8 @@ def evaluate_checkpoint(checkpoint: Union[str, Path], split: str = "test", cache
 
     The model's own cache (``cache_path`` not given) must still be the build it was trained on
     (the checkpoint records the build id); a rebuilt one is refused with
-    :class:`~audiostem.inference.CheckpointError`. A cache rebuilt while it is being scored
+    :class:`~audiostem.inference.CheckpointError`, and a missing or damaged one with
+    :class:`data_prep.CacheError` that says ``--cache`` reads another copy. A cache rebuilt while it is being scored
     raises :class:`data_prep.CacheError`."""
     import data_prep
     from torch.utils.data import DataLoader
@@ -43,7 +44,14 @@ def evaluate_checkpoint(checkpoint: Union[str, Path], split: str = "test", cache
     from .recipe import RecipeError, stored_recipe
 
     model, payload = load_classifier(checkpoint, device)
-    cache = data_prep.open_cache(cache_path or payload.cache)
+    try:
+        cache = data_prep.open_cache(cache_path or payload.cache)
+    except data_prep.CacheError as e:
+        if cache_path is not None:
+            raise
+        raise data_prep.CacheError(f"{e}; that is the cache the model was trained on: pass --cache PATH to score "
+                                   f"it on a copy of that cache, or on another with the same feature config "
+                                   f"and classes") from None
     built = payload.cache_build_id
     if cache_path is None and built is not None and built != cache.build_id:
         raise CheckpointError(f"{cache.path}: rebuilt since {checkpoint} was trained on it (model: build "

@@ -235,3 +235,19 @@ def test_an_unfinished_cross_validation_run_names_its_folds(audio_run, tmp_path,
     assert (f"{cv}: a cross-validation run that has not finished (fold_2 unfinished); it gets "
             f"checkpoints/best.ckpt, a copy of the first fold's, when every fold has: give one fold's "
             f"folder, e.g. {cv / 'fold_1'}") in err, err
+
+
+def test_a_model_whose_cache_is_gone_is_pointed_at_another_copy(audio_run, tmp_path, capsys):
+    """evaluate reads the model's own cache unless told otherwise; when it was deleted or moved the
+    message said only '... not a feature cache, no meta.json', not that --cache reads a copy."""
+    cache = audio_run.parent / "cache"
+    moved = tmp_path / "moved_cache"
+    cache.rename(moved)
+    try:
+        assert evaluate_main([str(audio_run)]) == 2
+        err = capsys.readouterr().err
+        assert f"{cache}: not a feature cache, no meta.json" in err, err
+        assert "the cache the model was trained on: pass --cache PATH to score it on a copy of that cache" in err, err
+        assert evaluate_main([str(audio_run), "--cache", str(moved), "--json"]) == 0
+    finally:
+        moved.rename(cache)
