@@ -14,14 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import warnings
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import torch
 
 from . import run_folder
-from .inference import CheckpointError, clip_logits, device_arg, load_classifier, positive_int
+from .inference import (CheckpointError, clip_logits, device_arg, load_classifier, positive_int,
+                        warn_if_unfinished)
 
 ROLES = {"test": "test", "val": "val", "valid": "val", "train": "train"}
 
@@ -33,7 +33,8 @@ def evaluate_checkpoint(checkpoint: Union[str, Path], split: str = "test", cache
 
     The model's own cache (``cache_path`` not given) must still be the build it was trained on
     (the checkpoint records the build id); a rebuilt one is refused with
-    :class:`~audiostem.inference.CheckpointError`. A cache rebuilt while it is being scored
+    :class:`~audiostem.inference.CheckpointError`, and a missing or damaged one with
+    :class:`data_prep.CacheError` that says ``--cache`` reads another copy. A cache rebuilt while it is being scored
     raises :class:`data_prep.CacheError`."""
     import data_prep
     from torch.utils.data import DataLoader
@@ -43,7 +44,14 @@ def evaluate_checkpoint(checkpoint: Union[str, Path], split: str = "test", cache
     from .recipe import RecipeError, stored_recipe
 
     model, payload = load_classifier(checkpoint, device)
-    cache = data_prep.open_cache(cache_path or payload.cache)
+    try:
+        cache = data_prep.open_cache(cache_path or payload.cache)
+    except data_prep.CacheError as e:
+        if cache_path is not None:
+            raise
+        raise data_prep.CacheError(f"{e}; that is the cache the model was trained on: pass --cache PATH to score "
+                                   f"it on a copy of that cache, or on another with the same feature config "
+                                   f"and classes") from None
     built = payload.cache_build_id
     if cache_path is None and built is not None and built != cache.build_id:
         raise CheckpointError(f"{cache.path}: rebuilt since {checkpoint} was trained on it (model: build "
@@ -94,14 +102,7 @@ def evaluate(run_or_checkpoint: Union[str, Path], split: str = "test", cache_pat
     ``UserWarning`` naming what: its best checkpoint so far, or the folds it has."""
     from .metrics import classification_metrics, pool_folds
     fold_checkpoints = run_folder.fold_checkpoints(run_or_checkpoint)
-    if Path(run_or_checkpoint).is_dir() and not run_folder.is_finished(run_or_checkpoint):
-        folds = [c.parents[1] for c in fold_checkpoints]
-        unfinished = [f.name for f in folds if not run_folder.is_finished(f)]
-        what = (f"the best checkpoints so far of {', '.join(f.name for f in folds)}"
-                + (f" ({', '.join(unfinished)} unfinished)" if unfinished else "") + " only"
-                if folds else "its best checkpoint so far")
-        warnings.warn(f"{run_or_checkpoint}: training has not finished (no {run_folder.METRICS_FILE}): scoring "
-                      f"{what}", stacklevel=2)
+    warn_if_unfinished(run_or_checkpoint, "scoring", [c.parents[1] for c in fold_checkpoints])
     if not fold_checkpoints:
         return evaluate_checkpoint(run_folder.find_checkpoint(run_or_checkpoint), split, cache_path, batch_size,
                                    device)

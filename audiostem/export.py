@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .inference import CheckpointError, load_classifier
+from .inference import CheckpointError, load_classifier, warn_if_unfinished
 from .run_folder import find_checkpoint
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
@@ -277,13 +277,15 @@ def export(checkpoint: Union[str, Path], fmt: str = "onnx", out: Optional[Union[
     Returns the path written. Raises :class:`ExportError` for a run that cannot be exported, a
     missing ``audiostem[export]`` extra, a model torch cannot export, or a file whose output
     differs from the model in this process by more than 1e-4 (on the example clip and a clip
-    shorter than a window).
+    shorter than a window). A run folder that has not finished (no ``metrics.json``) gives a
+    ``UserWarning``: its checkpoint is the best so far.
     """
     if fmt not in FORMATS:
         raise ExportError(f"--format: must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if not 0 < clip_seconds < float("inf"):
         raise ExportError(f"--clip-seconds: must be positive and finite, got {clip_seconds!r}")
     wrapped, meta = waveform_classifier(checkpoint)
+    warn_if_unfinished(checkpoint, "exporting")
     if fmt == "onnx":
         try:
             import onnx  # noqa: F401

@@ -9,8 +9,9 @@ else is read.
 from __future__ import annotations
 
 import argparse
+import warnings
 from pathlib import Path
-from typing import Iterable, Union
+from typing import Iterable, Sequence, Union
 
 import torch
 
@@ -18,9 +19,25 @@ from .checkpoint import CheckpointError, CheckpointPayload, load_checkpoint
 from .metrics import add_windows, mean_window_logits
 from .models import use_channels_last
 from .recipe_schema import ModelConfig
-from .run_folder import find_checkpoint
+from .run_folder import METRICS_FILE, find_checkpoint, is_finished
 
-__all__ = ["CheckpointError", "clip_logits", "device_arg", "find_checkpoint", "load_classifier", "positive_int"]
+__all__ = ["CheckpointError", "clip_logits", "device_arg", "find_checkpoint", "load_classifier", "positive_int",
+           "warn_if_unfinished"]
+
+
+def warn_if_unfinished(path: Union[str, Path], doing: str, folds: Sequence[Path] = ()) -> None:
+    """A ``UserWarning`` (pointing at the caller's caller) when ``path`` is a run folder that has
+    not finished (no ``metrics.json``: interrupted, or still training), whose checkpoint is only
+    the best so far; nothing for a finished run or a checkpoint file. ``doing`` is what the
+    command does with it (``"scoring"``, ``"predicting with"``, ``"exporting"``); ``folds`` are
+    the fold folders used in its place (evaluate pools a cross-validation run's folds)."""
+    if not Path(path).is_dir() or is_finished(path):
+        return
+    unfinished = [f.name for f in folds if not is_finished(f)]
+    what = (f"the best checkpoints so far of {', '.join(f.name for f in folds)}"
+            + (f" ({', '.join(unfinished)} unfinished)" if unfinished else "") + " only"
+            if folds else "its best checkpoint so far")
+    warnings.warn(f"{path}: training has not finished (no {METRICS_FILE}): {doing} {what}", stacklevel=3)
 
 
 def load_classifier(path: Union[str, Path],

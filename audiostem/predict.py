@@ -19,19 +19,23 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from .inference import CheckpointError, clip_logits, device_arg, load_classifier, positive_int
+from .inference import (CheckpointError, clip_logits, device_arg, load_classifier, positive_int,
+                        warn_if_unfinished)
 
 
 def predict_files(checkpoint: Union[str, Path], files: Sequence[Union[str, Path]], top_k: int = 3,
                   batch_size: int = 64, device: str = "cpu") -> list[dict]:
     """Class probabilities for each file. Returns one dict per file: ``file``, and either
     ``top`` (``[{"label", "probability"}]``, best first, ``top_k`` long), ``probabilities``
-    (every class) and ``windows``, or ``error`` (why the file could not be read)."""
+    (every class) and ``windows``, or ``error`` (why the file could not be read). A run folder
+    that has not finished (no ``metrics.json``) gives a ``UserWarning``: its checkpoint is the best
+    so far."""
     from data_prep import extract_file
     from data_prep.config import feature_config
 
     from .data import clip_windows
     model, payload = load_classifier(checkpoint, device)
+    warn_if_unfinished(checkpoint, "predicting with")
     config = feature_config(payload.features)
     stats = payload.stats_tensors()
     classes = payload.classes

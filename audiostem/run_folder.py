@@ -219,6 +219,14 @@ def find_checkpoint(path: PathLike) -> Path:
     p = Path(path)
     if p.is_dir():
         best = best_checkpoint(p)
+        folds = [c.parents[1] for c in fold_checkpoints(p)]
+        if not best.exists() and folds:          # pool_fold_runs copies the first fold's when all have finished
+            unfinished = [f.name for f in folds if not is_finished(f)]
+            example = next((f for f in folds if is_finished(f)), folds[0])
+            raise CheckpointError(f"{p}: a cross-validation run that has not finished"
+                                  + (f" ({', '.join(unfinished)} unfinished)" if unfinished else "")
+                                  + f"; it gets {CHECKPOINTS_DIR}/{BEST_STEM}.ckpt, a copy of the first fold's, "
+                                    f"when every fold has: give one fold's folder, e.g. {example}")
         if not best.exists():
             raise CheckpointError(f"{p}: a run folder without checkpoints/best.ckpt (not trained yet, or "
                                   "not a run folder)")

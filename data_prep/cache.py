@@ -84,7 +84,7 @@ class Item:
     Attributes:
         id: the item's id (unique in the cache).
         source: the file it was computed from, relative to the dataset root.
-        checksum: the source file's checksum (``sha1:...`` for MIDI; audio: of the decoded file).
+        checksum: ``sha1:...`` of the source file's bytes, the very bytes its features were made from.
         label: its class name (one of :attr:`FeatureCache.classes`).
         split: ``train``, ``valid``, ``test``, or ``""`` when the dataset has folds instead.
         fold: its cross-validation fold, or ``None``.

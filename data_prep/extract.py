@@ -44,9 +44,11 @@ def _read_audio(path: str, config: FeatureConfig) -> tuple:
 
 def _read_midi(path: str, config: FeatureConfig) -> tuple:
     from .midi import read_pianoroll
+    from .midi_file import read_file
 
-    roll, notes = read_pianoroll(path, config, dtype=np.float16)
-    return roll, _sha1_file(Path(path)), None, notes
+    data = read_file(path)          # one read: the roll and its checksum come from the same bytes
+    roll, notes = read_pianoroll(data, config, dtype=np.float16)
+    return roll, "sha1:" + hashlib.sha1(data).hexdigest(), None, notes
 
 
 def _preload_audio() -> None:
@@ -99,14 +101,6 @@ def extract_file(path: Union[str, Path], config: Union[FeatureConfig, dict]) -> 
     for note in notes:
         warnings.warn(f"{path}: {note}", stacklevel=2)
     return features
-
-
-def _sha1_file(path: Path) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return "sha1:" + h.hexdigest()
 
 
 def _reason(error: BaseException, path: str) -> str:

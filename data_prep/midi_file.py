@@ -24,6 +24,21 @@ VELOCITY = 80                       # every note at velocity 80, program 0
 MidiInput = Union[str, os.PathLike, bytes, bytearray, Any]   # a path, bytes, a PrettyMIDI or a symusic Score
 
 
+def read_file(path: Union[str, os.PathLike]) -> bytes:
+    """The bytes of a MIDI file as they are on disk, in one read (hash these, not a second read:
+    the file may change in between). ``ValueError`` when it cannot be read or is larger than
+    :data:`MAX_FILE_BYTES` (checked before reading)."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise ValueError(f"{size / 2**20:.0f} MiB is too large for a MIDI file "
+                             f"(limit {MAX_FILE_BYTES // 2**20} MiB)")
+        return path.read_bytes()
+    except OSError as e:
+        raise ValueError(f"cannot read {path}: {e.strerror or e}") from None
+
+
 def _midi_bytes(midi: MidiInput) -> bytes:
     pm = sys.modules.get("pretty_midi")
     if pm is not None and isinstance(midi, pm.PrettyMIDI):
@@ -33,15 +48,7 @@ def _midi_bytes(midi: MidiInput) -> bytes:
     if isinstance(midi, (bytes, bytearray, memoryview)):
         data = bytes(midi)
     elif isinstance(midi, (str, os.PathLike)):
-        path = Path(midi)
-        try:
-            size = path.stat().st_size
-        except OSError as e:
-            raise ValueError(f"cannot read {path}: {e.strerror or e}") from None
-        if size > MAX_FILE_BYTES:
-            raise ValueError(f"{size / 2**20:.0f} MiB is too large for a MIDI file "
-                             f"(limit {MAX_FILE_BYTES // 2**20} MiB)")
-        data = path.read_bytes()
+        data = read_file(midi)
     else:
         raise TypeError(f"expected a path, bytes, a pretty_midi.PrettyMIDI or a symusic.Score, "
                         f"got {type(midi).__name__}")

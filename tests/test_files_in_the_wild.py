@@ -528,8 +528,8 @@ def test_item_ids_stay_unique_whatever_the_names(tmp_path):
 @pytest.mark.parametrize("rows, message", [
     (b"path,label\na/x.wav,a\nb/y.wav,b\na/x.wav,b\n", "m.csv:4: a/x.wav is listed again (first on line 2)"),
     (b"path,label\na/x.wav,a\nb/y.wav\n", "m.csv:3: 1 field, the header has 2"),
-    (b"path,label\n\na/x.wav,a\n\nb/y.wav,\n", "m.csv:5: empty 'path' or 'label'"),        # blank lines
-    (b"sep=;\npath;label\na/x.wav;a\nb/y.wav;\n", "m.csv:4: empty 'path' or 'label'"),       # Excel's sep line
+    (b"path,label\n\na/x.wav,a\n\nb/y.wav,\n", "m.csv:5: empty 'label'"),                  # blank lines
+    (b"sep=;\npath;label\na/x.wav;a\nb/y.wav;\n", "m.csv:4: empty 'label'"),                 # Excel's sep line
     (b'path,label\n"a/x.wav,a\n' + b"b/y.wav,b\n" * 14000,                                    # a quote never closed
      'm.csv:2: field larger than field limit (131072); a field that starts with a quote (") and never'),
 ])
@@ -570,3 +570,123 @@ def test_a_cut_ogg_file_says_it_is_cut(tmp_path, subtype):
     with pytest.raises(ValueError, match=": truncated: the Ogg stream ends inside a page|"
                                          r"\(truncated: the Ogg stream ends inside a page"):
         load_audio(put(tmp_path, "headers.ogg", whole[:first_audio_page + 40]))
+
+
+# -- every dataset's own manifest -------------------------------------------------------------------
+# (source, manifest under the root, its header, a good row)
+DATASET_MANIFESTS = {
+    "maestro": ("maestro-v3.0.0.csv", "canonical_composer,canonical_title,split,year,midi_filename",
+                "Bach,Prelude,train,2018,a.midi"),
+    "esc50": ("meta/esc50.csv", "filename,fold,target,category,esc10,src_file,take",
+              "1-1-A-0.wav,1,0,dog,True,11,A"),
+    "urbansound8k": ("metadata/UrbanSound8K.csv", "slice_file_name,fsID,start,end,salience,fold,classID,class",
+                     "1-0-0-0.wav,1,0,0.25,1,1,0,dog"),
+    "folk": ("manifest.csv", "path,label,split,fold", "a.mid,irish,train,1"),
+    "polyphony": ("manifest.csv", "path,label,split,fold", "a.mid,bach,train,1"),
+}
+# (what is wrong with the row after the good one, what the message says: {m} is the manifest)
+MANIFEST_FAULTS = [
+    ("cut short", "{m}:3: 1 field, the header has"),
+    ("a required value empty", "{m}:3: empty "),
+    ("a fold that is no number", "{m}:3: 'fold' must be a whole number, got 'one'"),
+    ("a code page", "{m}:3: not utf-8 text (byte 0xe9); save it as UTF-8"),
+]
+
+
+def _fault_row(source: str, fault: str, good: str) -> bytes:
+    fields = good.split(",")
+    if fault == "cut short":
+        return b"x\n"
+    if fault == "a code page":
+        return (",".join(fields[:-1] + ["é"]) + "\n").encode("cp1252")
+    if fault == "a fold that is no number":
+        column = DATASET_MANIFESTS[source][1].split(",").index("fold")
+        fields[column] = "one"
+    else:                                    # the label column empty
+        label = {"maestro": 0, "esc50": 3, "urbansound8k": 7, "folk": 1, "polyphony": 1}[source]
+        fields[label] = ""
+    return (",".join(fields) + "\n").encode()
+
+
+@pytest.mark.parametrize("source", sorted(DATASET_MANIFESTS))
+@pytest.mark.parametrize("fault, message", MANIFEST_FAULTS)
+def test_every_dataset_manifest_names_the_bad_row(tmp_path, capsys, source, fault, message):
+    """What the csv source says of a bad row, every source that reads a published manifest says:
+    the file, the line and what is wrong, in one line. maestro ended in 'unsupported operand
+    type(s) for /' (a row cut short), esc50 in an AttributeError traceback, urbansound8k and esc50
+    in 'invalid literal for int()' and "'utf-8' codec can't decode byte" without a file name."""
+    from data_prep.__main__ import main
+
+    rel, header, good = DATASET_MANIFESTS[source]
+    if fault == "a fold that is no number" and "fold" not in header.split(","):
+        pytest.skip(f"{source} has no fold column")
+    root = tmp_path / "data"
+    manifest = put(root, rel, f"{header}\n{good}\n".encode() + _fault_row(source, fault, good))
+    status = main([source, "--root", str(root), "--out", str(tmp_path / "c"), "--workers", "1"])
+    err = capsys.readouterr().err
+    assert status == 1 and message.format(m=manifest) in err, err
+    assert "--encoding" not in err, err          # only the csv source has that option
+
+
+@pytest.mark.parametrize("source", sorted(DATASET_MANIFESTS))
+def test_every_dataset_manifest_names_a_missing_column(tmp_path, capsys, source):
+    from data_prep.__main__ import main
+
+    rel, header, good = DATASET_MANIFESTS[source]
+    columns, values = header.split(","), good.split(",")
+    gone = {"maestro": "canonical_composer", "esc50": "category", "urbansound8k": "class",
+            "folk": "label", "polyphony": "label"}[source]
+    keep = [i for i, c in enumerate(columns) if c != gone]
+    text = ",".join(columns[i] for i in keep) + "\n" + ",".join(values[i] for i in keep) + "\n"
+    manifest = put(tmp_path / "data", rel, text.encode())
+    status = main([source, "--root", str(tmp_path / "data"), "--out", str(tmp_path / "c"), "--workers", "1"])
+    err = capsys.readouterr().err
+    assert status == 1 and f"{manifest}: no column {gone!r} (columns: " in err, err
+
+
+def test_blank_rows_of_a_manifest_are_no_rows(tmp_path):
+    """Blank lines, lines of spaces and rows of empty cells (spreadsheets save ',,,' for a row
+    once touched) carry nothing: they are skipped, and the rows after them keep their line."""
+    from data_prep.sources.tables import read_manifest
+
+    path = put(tmp_path, "m.csv", b"path,label,split\n\na.wav,x\n   \n,,\n , ,\nb.wav,y,test\n")
+    header, rows = read_manifest(path, ("path", "label"))
+    assert header == ["path", "label", "split"]
+    assert [(r.line, r["path"], r["label"], r["split"]) for r in rows] == [(3, "a.wav", "x", ""),
+                                                                          (7, "b.wav", "y", "test")]
+
+
+@pytest.mark.parametrize("source, listing", [("lakh", "genres.cls"), ("speechcommands", "validation_list.txt")])
+def test_dataset_lists_in_a_code_page_name_the_file(tmp_path, capsys, source, listing):
+    """lakh's genre file and Speech Commands' split lists are text too: a code page ended in
+    "'utf-8' codec can't decode byte 0xe9 in position 24" without the file's name."""
+    from data_prep.__main__ import main
+
+    root = tmp_path / "data"
+    put(root, "TRAAAAW128F429D538.mid", midi_bytes())
+    put(root, "yes/a_nohash_0.wav", wav_bytes())
+    put(root, "testing_list.txt", b"")
+    text = "TRAAAAW128F429D538\tRock\nTRAAABD128F429CF47\tÉlectronique\n" if source == "lakh" else \
+        "yes/a_nohash_0.wav\nyes/é_nohash_0.wav\n"
+    path = put(root, listing, text.encode("cp1252"))
+    status = main([source, "--root", str(root), "--out", str(tmp_path / "c"), "--workers", "1"])
+    err = capsys.readouterr().err
+    assert status == 1 and f"{path}:2: not utf-8 text (byte 0x" in err, err
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"bass_001": {"instrument_family_str": "bass"', "examples.json: not JSON (Expecting"),
+    ('["bass_001"]', "examples.json: expected a JSON object of notes"),
+    ('{"bass_001": {"pitch": 60}}', "examples.json: note 'bass_001' has no 'instrument_family_str' (--label family)"),
+])
+def test_nsynth_examples_that_are_no_manifest_name_the_file(tmp_path, capsys, text, message):
+    """NSynth's examples.json is its manifest: damaged JSON was "Expecting ',' delimiter: line 1
+    column 46" without the file, a list "list indices must be integers", and a note without the
+    label's key a KeyError traceback."""
+    from data_prep.__main__ import main
+
+    put(tmp_path / "nsynth-valid", "audio/bass_001.wav", wav_bytes())
+    put(tmp_path / "nsynth-valid", "examples.json", text.encode())
+    status = main(["nsynth", "--root", str(tmp_path), "--out", str(tmp_path / "c"), "--workers", "1"])
+    err = capsys.readouterr().err
+    assert status == 1 and message in err, err

@@ -204,3 +204,25 @@ def test_a_cut_roll_is_a_build_warning_not_a_stray_python_warning(tmp_path):
     assert "UserWarning" not in run.stderr and "warning: a/long.mid: piano roll cut at max_frames=40" in run.stderr
     warned = json.loads((tmp_path / "c" / "meta.json").read_text())["build"]["warnings"]
     assert [w["source"] for w in warned] == ["a/long.mid", "b/long.mid"]
+
+
+@pytest.mark.parametrize("config", [DEFAULT, COMPAT], ids=["default", "compat"])
+def test_a_midi_file_is_hashed_from_the_bytes_it_was_read_from(tmp_path, monkeypatch, config):
+    """The checksum in the cache must be that of the bytes the roll was made from, as for audio:
+    MIDI was parsed from one read and hashed from a second, so a file rewritten in between (a
+    sync client, an export still running) got the new file's checksum beside the old roll."""
+    import hashlib
+
+    from data_prep import extract, midi
+    path = tmp_path / "a.mid"
+    smf(path, [[on(0, 60), off(480, 60)]])
+    original = path.read_bytes()
+    read_pianoroll = midi.read_pianoroll
+
+    def read_then_rewrite(*args, **kwargs):
+        roll = read_pianoroll(*args, **kwargs)
+        smf(path, [[on(0, 64), off(960, 64)]])
+        return roll
+    monkeypatch.setattr(midi, "read_pianoroll", read_then_rewrite)
+    _, checksum, _, _ = extract.reader(config).read(str(path), config)
+    assert checksum == "sha1:" + hashlib.sha1(original).hexdigest()

@@ -194,3 +194,60 @@ def test_an_unfinished_run_is_scored_with_a_warning_naming_what(audio_run, tmp_p
     with pytest.warns(UserWarning, match=r"cv: training has not finished \(no metrics\.json\): scoring the best "
                                          r"checkpoints so far of fold_1, fold_2 \(fold_2 unfinished\) only"):
         assert len(evaluate(cv, split="test")["folds"]) == 2
+
+
+def test_predict_and_export_warn_on_an_unfinished_run_as_evaluate_does(audio_run, tmp_path):
+    """predict and export used an interrupted (or still training) run's best checkpoint so far as if
+    it were the trained model, without a word; they now warn as evaluate does, through its helper."""
+    import shutil
+
+    from audiostem.export import export
+    single = tmp_path / "single"
+    shutil.copytree(audio_run, single)
+    (single / "metrics.json").unlink()
+    clip = write_wav(tmp_path / "x.wav", 230, seconds=0.6)
+    with pytest.warns(UserWarning, match=r"single: training has not finished \(no metrics\.json\): predicting "
+                                         r"with its best checkpoint so far"):
+        predict_files(single, [clip])
+    with pytest.warns(UserWarning, match=r"single: training has not finished \(no metrics\.json\): exporting "
+                                         r"its best checkpoint so far"):
+        export(single, "torchscript", tmp_path / "x.pt", clip_seconds=0.6)
+    import warnings
+    with warnings.catch_warnings():                  # a finished run, or a checkpoint file named outright
+        warnings.simplefilter("error")
+        predict_files(audio_run, [clip])
+        predict_files(single / "checkpoints" / "best.ckpt", [clip])
+
+
+def test_an_unfinished_cross_validation_run_names_its_folds(audio_run, tmp_path, capsys):
+    """A CV run gets checkpoints/ (a copy of its first fold's) when every fold has finished; before that
+    predict said 'a run folder without checkpoints/best.ckpt (not trained yet, or not a run
+    folder)', though its folds hold trained models."""
+    import shutil
+
+    cv = tmp_path / "cv"
+    shutil.copytree(audio_run, cv / "fold_1")
+    shutil.copytree(audio_run, cv / "fold_2")
+    (cv / "fold_2" / "metrics.json").unlink()
+    clip = write_wav(tmp_path / "x.wav", 230, seconds=0.6)
+    assert predict_main([str(cv), str(clip)]) == 2
+    err = capsys.readouterr().err
+    assert (f"{cv}: a cross-validation run that has not finished (fold_2 unfinished); it gets "
+            f"checkpoints/best.ckpt, a copy of the first fold's, when every fold has: give one fold's "
+            f"folder, e.g. {cv / 'fold_1'}") in err, err
+
+
+def test_a_model_whose_cache_is_gone_is_pointed_at_another_copy(audio_run, tmp_path, capsys):
+    """evaluate reads the model's own cache unless told otherwise; when it was deleted or moved the
+    message said only '... not a feature cache, no meta.json', not that --cache reads a copy."""
+    cache = audio_run.parent / "cache"
+    moved = tmp_path / "moved_cache"
+    cache.rename(moved)
+    try:
+        assert evaluate_main([str(audio_run)]) == 2
+        err = capsys.readouterr().err
+        assert f"{cache}: not a feature cache, no meta.json" in err, err
+        assert "the cache the model was trained on: pass --cache PATH to score it on a copy of that cache" in err, err
+        assert evaluate_main([str(audio_run), "--cache", str(moved), "--json"]) == 0
+    finally:
+        moved.rename(cache)

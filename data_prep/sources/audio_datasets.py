@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 from pathlib import Path
 from typing import Callable
@@ -19,6 +18,7 @@ from ..download import Archive
 from ..splits import seeded_rank
 from .base import Source, SourceItem, register_source, split_arguments
 from .generic import assign_splits, item_id
+from .tables import read_manifest, read_text, whole_number
 
 GTZAN_GENRES = ("blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop",
                 "reggae", "rock")
@@ -115,23 +115,14 @@ class Esc50(Source):
 
     def items(self, args: argparse.Namespace) -> list[SourceItem]:
         root = self.resolve_root(Path(args.root))
-        items = []
-        for row in _read_csv(root / "meta" / "esc50.csv", ("filename", "fold", "category")):
-            if args.esc10 and row.get("esc10", "").strip().lower() != "true":
+        table, items = root / "meta" / "esc50.csv", []
+        for row in read_manifest(table, ("filename", "fold", "category"))[1]:
+            if args.esc10 and row.get("esc10", "").lower() != "true":
                 continue
             path = root / "audio" / row["filename"]
-            items.append(SourceItem(path, row["category"], "", int(row["fold"]),
+            items.append(SourceItem(path, row["category"], "", whole_number(row, "fold", table),
                                     row.get("src_file", ""), Path(row["filename"]).stem))
         return assign_splits(items, args)
-
-
-def _read_csv(path: Path, required: tuple[str, ...]) -> list[dict]:
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        missing = [c for c in required if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"{path}: missing columns {missing} (has {reader.fieldnames})")
-        return list(reader)
 
 
 # -- UrbanSound8K -----------------------------------------------------------------------------------
@@ -155,10 +146,9 @@ class UrbanSound8k(Source):
 
     def items(self, args: argparse.Namespace) -> list[SourceItem]:
         root = self.resolve_root(Path(args.root))
-        items = []
-        for row in _read_csv(root / "metadata" / "UrbanSound8K.csv",
-                             ("slice_file_name", "fsID", "fold", "class")):
-            fold = int(row["fold"])
+        table, items = root / "metadata" / "UrbanSound8K.csv", []
+        for row in read_manifest(table, ("slice_file_name", "fsID", "fold", "class"))[1]:
+            fold = whole_number(row, "fold", table)
             path = root / "audio" / f"fold{fold}" / row["slice_file_name"]
             items.append(SourceItem(path, row["class"], "", fold, row["fsID"],
                                     Path(row["slice_file_name"]).stem))
@@ -194,7 +184,7 @@ class SpeechCommands(Source):
         root = self.resolve_root(Path(args.root))
         splits = {}
         for split, listing in (("valid", "validation_list.txt"), ("test", "testing_list.txt")):
-            for line in (root / listing).read_text().split():
+            for line in read_text(root / listing).split():
                 splits[line.strip()] = split
         words = set(args.words.split(",")) if args.words else None
         items = []
@@ -219,6 +209,22 @@ class SpeechCommands(Source):
 
 
 # -- NSynth -----------------------------------------------------------------------------------------
+def _read_examples(path: Path, key: str, label: str) -> dict[str, dict]:
+    """NSynth's ``examples.json``: note name -> its attributes, each with ``key`` (the label).
+    ``ValueError`` naming the file when it is not that."""
+    try:
+        examples = json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not JSON ({e}); download or extract it again") from None
+    if not isinstance(examples, dict):
+        raise ValueError(f"{path}: expected a JSON object of notes ({{note: {{{key!r}: ..., ...}}}}), "
+                         f"got a {type(examples).__name__}")
+    for note, meta in examples.items():
+        if not isinstance(meta, dict) or not isinstance(meta.get(key), str) or not meta[key]:
+            raise ValueError(f"{path}: note {note!r} has no {key!r} (--label {label})")
+    return examples
+
+
 _NSYNTH_LABELS = {"family": "instrument_family_str", "source": "instrument_source_str",
                   "instrument": "instrument_str"}
 
@@ -259,7 +265,7 @@ class NSynth(Source):
         key = _NSYNTH_LABELS[args.label]
         items = []
         for split, folder in self._split_dirs(root):
-            examples = json.loads((folder / "examples.json").read_text())
+            examples = _read_examples(folder / "examples.json", key, args.label)
             chosen = sorted(examples)
             if args.max_per_class:
                 by_class: dict[str, list[str]] = {}

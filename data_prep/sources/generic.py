@@ -3,13 +3,11 @@
 Both list audio files, or MIDI files when the feature kind is ``pianoroll``. ``folder`` accounts
 for every file under its root (an item, skipped with a reason, or ignored: see
 :mod:`data_prep.discover`); ``csv`` reads manifests as spreadsheets save them
-(:func:`read_table`).
+(:func:`data_prep.sources.tables.read_manifest`).
 """
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import re
 import sys
 import unicodedata
@@ -21,6 +19,7 @@ from ..cache import is_cache_output
 from ..discover import classify, is_leftover, text_name, walk
 from ..splits import group_split
 from .base import Listing, Source, SourceItem, fractions_from, register_source, split_arguments
+from .tables import read_manifest
 
 _SPLIT_NAMES = {"train": "train", "training": "train",
                 "valid": "valid", "validation": "valid", "val": "valid", "dev": "valid",
@@ -37,70 +36,6 @@ def normalise_split(value: str, where: str = "") -> str:
         raise ValueError(f"{where}unknown split {value!r}; use train, valid or test "
                          f"(or one of {sorted(_SPLIT_NAMES)})")
     return _SPLIT_NAMES[key]
-
-
-_BOMS = ((b"\xff\xfe\x00\x00", "utf-32"), (b"\x00\x00\xfe\xff", "utf-32"), (b"\xef\xbb\xbf", "utf-8-sig"),
-         (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16"))
-
-
-def text_encoding(raw: bytes) -> str:
-    """The encoding of a text file as spreadsheets write them: a byte-order mark (UTF-8, UTF-16,
-    UTF-32: Excel's "CSV UTF-8" and "Unicode Text"), UTF-16 without one (every other byte NUL),
-    else UTF-8."""
-    for bom, name in _BOMS:
-        if raw.startswith(bom):
-            return name
-    head = raw[:1000]
-    if len(head) >= 4 and head.count(0) >= len(head) // 3:
-        return "utf-16-le" if head[1::2].count(0) > head[0::2].count(0) else "utf-16-be"
-    return "utf-8"
-
-
-class Row(dict):
-    """A CSV row, column -> value (``None`` for a column the row is too short to hold), that
-    knows its ``line`` in the file (the last, for a row whose quoted field spans lines)."""
-    line = 0
-
-
-def read_table(path: Path, encoding: str = "auto") -> tuple[list[str], list[Row]]:
-    """``(header, rows)`` of a CSV file as spreadsheets save it: any encoding of
-    :func:`text_encoding` (``encoding="auto"``) or the one given, and the delimiter of its
-    header line (``,``, ``;`` as in European locales, tab, ``|``, or Excel's ``sep=X`` line).
-    Each :class:`Row` knows its line, for messages. Raises ``ValueError`` naming the file and
-    line: when it cannot be decoded (and the encoding to use), or is not CSV there."""
-    raw = path.read_bytes()
-    name = text_encoding(raw) if encoding in ("auto", "", None) else encoding
-    try:
-        text = raw.decode(name)
-    except LookupError:
-        raise ValueError(f"--encoding {encoding!r} is not an encoding Python knows "
-                         f"(e.g. utf-8, utf-16, cp1252, latin-1, mac_roman)") from None
-    except UnicodeDecodeError as e:
-        line = raw[:e.start].count(b"\n") + 1
-        raise ValueError(f"{path}:{line}: not {name} text (byte 0x{raw[e.start]:02x}); save it as "
-                         f"UTF-8 (Excel: 'CSV UTF-8') or give its encoding with --encoding, e.g. "
-                         f"cp1252 (Windows, Western Europe) or mac_roman") from None
-    text = text.lstrip("\ufeff")
-    first = text.split("\n", 1)[0]
-    delimiter = max(",;\t|", key=first.count) if any(c in first for c in ",;\t|") else ","
-    hint, skipped = first.strip().lower(), 0
-    if len(hint) == 5 and hint.startswith("sep="):         # Excel's "sep=;" line before the header
-        delimiter, text = first.strip()[4], text.split("\n", 1)[1] if "\n" in text else ""
-        skipped = 1
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
-    rows, done = [], 0
-    try:
-        header = [h.strip() for h in reader.fieldnames or []]
-        reader.fieldnames = header
-        done = reader.line_num + skipped
-        for values in reader:
-            row = Row(values)
-            row.line = done = reader.line_num + skipped
-            rows.append(row)
-    except csv.Error as e:
-        raise ValueError(f"{path}:{done + 1}: {e}; a field that starts with a quote (\") and never "
-                         f"closes it takes in the lines after it") from None
-    return header, rows
 
 
 def item_id(path: Path, root: Path) -> str:
@@ -294,14 +229,13 @@ class CsvSource(Source):
         if not manifest.is_file():
             raise ValueError(f"no manifest at {manifest}: give --manifest or point --root at the CSV")
         base = manifest.parent
-        header, rows = read_table(manifest, args.encoding)
+        header, rows = read_manifest(manifest, (args.path_column, args.label_column), args.encoding,
+                                     "--encoding", "; see --path-column / --label-column")
         others = set(args.other_splits.split(",") if isinstance(args.other_splits, str)
                      else args.other_splits) - {""}
-        for column in (args.path_column, args.label_column) + (
-                (args.split_column,) if args.split_column != "split" else ()):
-            if column not in header:
-                raise ValueError(f"{manifest}: no column {column!r} (columns: {header}); "
-                                 f"see --path-column / --label-column")
+        if args.split_column != "split" and args.split_column not in header:
+            raise ValueError(f"{manifest}: no column {args.split_column!r} (columns: {', '.join(header)}); "
+                             f"see --split-column")
         group_col = args.group_by or ("group" if "group" in header else None)
         if group_col and group_col not in header:
             raise ValueError(f"{manifest}: --group-by {group_col!r} is not a column (columns: {header})")
@@ -310,27 +244,17 @@ class CsvSource(Source):
         for row in rows:
             line = row.line
             where = f"{manifest}:{line}: "
-            if row[args.path_column] is None or row[args.label_column] is None:   # a row cut short
-                n = sum(v is not None for k, v in row.items() if k is not None)
-                raise ValueError(f"{where}{n} field{'s' * (n != 1)}, the header has {len(header)} "
-                                 f"({', '.join(header)}); give each row a value for "
-                                 f"{args.path_column!r} and {args.label_column!r}")
-            raw_path, label = row[args.path_column].strip(), row[args.label_column].strip()
-            if not raw_path or not label:
-                raise ValueError(f"{where}empty {args.path_column!r} or {args.label_column!r}")
+            raw_path, label = row[args.path_column], row[args.label_column]
             path = Path(raw_path)
             path = _on_disk(path if path.is_absolute() else base / path)
             if lines.setdefault(path, line) != line:
                 raise ValueError(f"{where}{raw_path} is listed again (first on line {lines[path]}); "
                                  f"list each file once")
-            fold_value = fold_of.get((row.get(args.fold_column) or "").strip())
-            split = (row.get(args.split_column) or "").strip()
+            fold_value = fold_of.get(row.get(args.fold_column, ""))
+            split = row.get(args.split_column, "")
             split = split if split in others else normalise_split(split, where)
-            items.append(SourceItem(path, label, split,
-                                    fold_value, (row.get(group_col) or "").strip() if group_col else "",
+            items.append(SourceItem(path, label, split, fold_value, row.get(group_col, "") if group_col else "",
                                     item_id(path, base)))
-        if not items:
-            raise ValueError(f"{manifest}: no rows")
         return assign_splits(unique_ids(items, base), args)
 
 

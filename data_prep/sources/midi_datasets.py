@@ -18,7 +18,8 @@ from ..download import Archive
 from ..discover import MIDI_EXTENSIONS
 from ..splits import group_split
 from .base import Source, SourceItem, fractions_from, register_source, split_arguments
-from .generic import list_files, normalise_split, read_table
+from .generic import list_files, normalise_split
+from .tables import read_manifest, read_text, whole_number
 
 # Folk melodies, whatever their tempo, on a sixteenth-note grid: 4 frames per quarter note (a
 # 32-bar reel in 4/4 is 512 frames), the 88 piano keys (every tune fits), binary values (the
@@ -83,25 +84,15 @@ def read_dataset_manifest(root: Path) -> list[SourceItem]:
     """Items of a MIDI dataset folder with a ``manifest.csv`` (folk, polyphony, or one to render
     to audio): ``path,label`` (paths relative to ``root``), and when present ``split``, ``group``
     or ``tune_id``, and an integer ``fold``. Read as spreadsheets save CSV
-    (:func:`~data_prep.sources.generic.read_table`). An item's id is its path without suffix.
+    (:func:`~data_prep.sources.tables.read_manifest`). An item's id is its path without suffix.
     Raises ``ValueError`` naming the file and line of a bad row."""
     manifest = root / "manifest.csv"
-    rows = read_table(manifest)[1]
     items = []
-    for row in rows:
-        line = row.line
-        for column in ("path", "label"):
-            if not row.get(column):
-                raise ValueError(f"{manifest}:{line}: empty or missing column {column!r}")
-        path = root / row["path"]
-        fold = (row.get("fold") or "").strip()
-        if fold and not fold.isdigit():
-            raise ValueError(f"{manifest}:{line}: fold must be a whole number, got {fold!r}")
-        items.append(SourceItem(path, row["label"], normalise_split(row.get("split") or "", f"{manifest}:{line}: "),
-                                int(fold) if fold else None, row.get("group") or row.get("tune_id") or "",
+    for row in read_manifest(manifest, ("path", "label"))[1]:
+        where = f"{manifest}:{row.line}: "
+        items.append(SourceItem(root / row["path"], row["label"], normalise_split(row.get("split", ""), where),
+                                whole_number(row, "fold", manifest), row.get("group") or row.get("tune_id", ""),
                                 Path(row["path"]).with_suffix("").as_posix()))
-    if not items:
-        raise ValueError(f"{manifest}: no rows")
     return items
 
 
@@ -182,16 +173,11 @@ class Maestro(Source):
                 raise ValueError(f"--root {root}: no maestro-v*.csv (expected the unzipped "
                                  f"maestro-v3.0.0 folder)")
             table = found[-1]
-        rows = read_table(table)[1]
         needed = ("canonical_composer", "split", "midi_filename")
-        missing = [c for c in needed if rows and c not in rows[0]]
-        if not rows or missing:
-            raise ValueError(f"{table}: expected columns {needed}, missing {missing or 'all rows'}")
-        items = [SourceItem(root / r["midi_filename"], r["canonical_composer"].strip(),
-                            normalise_split(r["split"], f"{table}: "), None,
-                            r.get("canonical_title", "").strip(),
+        items = [SourceItem(root / r["midi_filename"], r["canonical_composer"],
+                            normalise_split(r["split"], f"{table}:{r.line}: "), None, r.get("canonical_title", ""),
                             Path(r["midi_filename"]).with_suffix("").as_posix())
-                 for r in rows]
+                 for r in read_manifest(table, needed)[1]]
         return _min_per_class(items, args.min_per_class, "composers")
 
 
@@ -204,15 +190,14 @@ def read_genre_labels(path: Path) -> dict[str, str]:
     """MSD track id -> genre from a tagtraum / MASD / topMAGD style file: one
     ``TRACKID<TAB>GENRE[<TAB>...]`` per line, ``#`` comments (the first genre is used)."""
     labels = {}
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            parts = re.split(r"\t|\s{2,}|,", line)
-            if len(parts) < 2 or not _MSD_ID.fullmatch(parts[0].strip()):
-                raise ValueError(f"{path}:{number}: expected 'TRACKID<TAB>GENRE', got {line[:80]!r}")
-            labels[parts[0].strip()] = parts[1].strip()
+    for number, line in enumerate(read_text(path).split("\n"), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = re.split(r"\t|\s{2,}|,", line)
+        if len(parts) < 2 or not _MSD_ID.fullmatch(parts[0].strip()):
+            raise ValueError(f"{path}:{number}: expected 'TRACKID<TAB>GENRE', got {line[:80]!r}")
+        labels[parts[0].strip()] = parts[1].strip()
     if not labels:
         raise ValueError(f"{path}: no labels")
     return labels
