@@ -20,7 +20,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from . import run_folder
-from .inference import (CheckpointError, clip_logits, device_arg, load_classifier, positive_int,
+from .inference import (CheckpointError, clip_logits, device_arg, load_classifier, one_line_warnings, positive_int,
                         warn_if_unfinished)
 
 ROLES = {"test": "test", "val": "val", "valid": "val", "train": "train"}
@@ -136,6 +136,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--out", metavar="DIR", help="also write predictions_<split>.csv, metrics_<split>.json, "
                                                      "per_class_<split>.txt and confusion_matrix_<split>.png here")
     args = parser.parse_args(argv)
+    one_line_warnings()
     from data_prep import CacheError
 
     from .metrics import per_class_text, public

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .inference import CheckpointError, load_classifier, warn_if_unfinished
+from .inference import CheckpointError, load_classifier, one_line_warnings, warn_if_unfinished
 from .run_folder import find_checkpoint
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
@@ -337,6 +337,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="length of the example clip the export traces with and checks the file "
                              "on (default 10; the file takes any length)")
     args = parser.parse_args(argv)
+    one_line_warnings()
     try:
         out = export(args.checkpoint, args.fmt, args.out, args.clip_seconds)
     except (CheckpointError, ExportError) as e:

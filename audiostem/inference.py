@@ -25,8 +25,24 @@ __all__ = ["CheckpointError", "clip_logits", "device_arg", "find_checkpoint", "l
            "warn_if_unfinished"]
 
 
+class UnfinishedRunWarning(UserWarning):
+    """A command uses the best checkpoint so far of a run that has not finished."""
+
+
+def one_line_warnings() -> None:
+    """For the command-line tools: print this package's warnings as one ``warning: ...`` line
+    (not Python's file, line and source-line format); other warnings keep theirs."""
+    default = warnings.formatwarning
+
+    def format(message, category, filename, lineno, line=None):
+        if issubclass(category, UnfinishedRunWarning):
+            return f"warning: {message}\n"
+        return default(message, category, filename, lineno, line)
+    warnings.formatwarning = format
+
+
 def warn_if_unfinished(path: Union[str, Path], doing: str, folds: Sequence[Path] = ()) -> None:
-    """A ``UserWarning`` (pointing at the caller's caller) when ``path`` is a run folder that has
+    """An :class:`UnfinishedRunWarning` (a ``UserWarning``, pointing at the caller's caller) when ``path`` is a run folder that has
     not finished (no ``metrics.json``: interrupted, or still training), whose checkpoint is only
     the best so far; nothing for a finished run or a checkpoint file. ``doing`` is what the
     command does with it (``"scoring"``, ``"predicting with"``, ``"exporting"``); ``folds`` are
@@ -37,7 +53,8 @@ def warn_if_unfinished(path: Union[str, Path], doing: str, folds: Sequence[Path]
     what = (f"the best checkpoints so far of {', '.join(f.name for f in folds)}"
             + (f" ({', '.join(unfinished)} unfinished)" if unfinished else "") + " only"
             if folds else "its best checkpoint so far")
-    warnings.warn(f"{path}: training has not finished (no {METRICS_FILE}): {doing} {what}", stacklevel=3)
+    warnings.warn(f"{path}: training has not finished (no {METRICS_FILE}): {doing} {what}", UnfinishedRunWarning,
+                  stacklevel=3)
 
 
 def load_classifier(path: Union[str, Path],

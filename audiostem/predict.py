@@ -19,7 +19,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from .inference import (CheckpointError, clip_logits, device_arg, load_classifier, positive_int,
+from .inference import (CheckpointError, clip_logits, device_arg, load_classifier, one_line_warnings, positive_int,
                         warn_if_unfinished)
 
 
@@ -71,6 +71,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
+    one_line_warnings()
     try:
         results = predict_files(args.checkpoint, args.files, args.top_k, args.batch_size, args.device)
     except CheckpointError as e:

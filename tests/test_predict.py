@@ -219,6 +219,23 @@ def test_predict_and_export_warn_on_an_unfinished_run_as_evaluate_does(audio_run
         predict_files(single / "checkpoints" / "best.ckpt", [clip])
 
 
+def test_the_commands_print_the_unfinished_run_warning_as_one_line(audio_run, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+    single = tmp_path / "single"
+    shutil.copytree(audio_run, single)
+    (single / "metrics.json").unlink()
+    clip = write_wav(tmp_path / "x.wav", 230, seconds=0.6)
+    done = subprocess.run([sys.executable, "-m", "audiostem.predict", str(single), str(clip)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.splitlines() if "training has not finished" in line]
+    assert lines == [f"warning: {single}: training has not finished (no metrics.json): predicting with its best "
+                     "checkpoint so far"]
+    assert "warnings.warn" not in done.stderr and "UnfinishedRunWarning" not in done.stderr
+
+
 def test_an_unfinished_cross_validation_run_names_its_folds(audio_run, tmp_path, capsys):
     """A CV run gets checkpoints/ (a copy of its first fold's) when every fold has finished; before that
     predict said 'a run folder without checkpoints/best.ckpt (not trained yet, or not a run
