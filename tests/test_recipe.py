@@ -276,3 +276,12 @@ def test_a_recipe_that_is_not_utf8_or_not_yaml_gets_one_line(tmp_path):
         with pytest.raises(RecipeError) as err:
             load_recipe(bad)
         assert what in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("text, kind", [("- 1\n- 2\n", "list"), ("5\n", "int")])
+def test_a_recipe_that_is_not_a_mapping_is_named_with_overrides_too(tmp_path, text, kind):
+    path = tmp_path / "x.yaml"
+    path.write_text(text)
+    for overrides in ([], ["seed=3"]):
+        with pytest.raises(RecipeError, match=rf"x.yaml: a recipe must be a mapping of keys, got {kind}$"):
+            load_recipe(path, overrides)
