@@ -95,6 +95,8 @@ def test_apply_overrides_does_not_touch_the_input():
     (["data.batch_size=0"], r"data\.batch_size: .*greater than or equal to 1"),
     (["augment.mixup.alpha=-1"], r"augment\.mixup\.alpha: .*greater than 0"),
     (["data.cache=${AUDIOSTEM_TEST_UNSET}/x"], r"data\.cache: environment variable AUDIOSTEM_TEST_UNSET is not set"),
+    (["out_dir=''"], r"out_dir: empty: give a run folder such as runs/NAME"),       # else the current directory
+    (["out_dir=${AUDIOSTEM_TEST_EMPTY:-}"], r"out_dir: empty: give a run folder"),
 ])
 def test_bad_recipes_name_the_field(tmp_path, overrides, expected):
     path = write(tmp_path, minimal(tmp_path))
