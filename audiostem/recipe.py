@@ -165,6 +165,8 @@ def load_recipe(path: Union[str, Path], overrides: Optional[list[str]] = None,
                           f"save the recipe as UTF-8") from None
     except OSError as e:
         raise RecipeError(f"{path}: cannot read the recipe ({e.strerror})") from None
+    if data is not None and not isinstance(data, dict):     # before overrides, which set keys in it
+        raise RecipeError(f"{path}: a recipe must be a mapping of keys, got {type(data).__name__}")
     try:
         data = apply_overrides(data or {}, list(overrides or []), values)
     except OverrideError as e:

@@ -363,7 +363,11 @@ class Recipe(_Strict):
     @field_validator("out_dir")
     @classmethod
     def _expand(cls, v: Optional[str]) -> Optional[str]:
-        return None if v is None else expand_path(v)
+        v = None if v is None else expand_path(v)
+        if v is not None and not v.strip():        # '' or an environment variable set but empty
+            raise ValueError("empty: give a run folder such as runs/NAME (an empty value would make the current "
+                             "directory the run folder, and --restart would clear its checkpoints/ and logs/)")
+        return v
 
     @field_validator("trainer")
     @classmethod

@@ -80,9 +80,11 @@ def cache_build_check(cache):
     return CacheBuildCheck()
 
 
-def check_resume(path: str, cache, run_dir: Path, own: bool, task=None) -> None:
+def check_resume(path: str, cache, run_dir: Path, own: bool, task=None, recipe: Optional[Recipe] = None) -> None:
     """Verify the checkpoint a run resumes from (:func:`~audiostem.checkpoint.load_checkpoint`),
-    that it holds this model's weights (``task``'s parameter names and shapes), and that it was
+    that it was written by a run of ``recipe`` (every field but the runtime ones,
+    :func:`~audiostem.run_folder.recipe_changes`), that it holds this model's weights (``task``'s
+    parameter names and shapes), and that it was
     trained on the cache's current build; :class:`CheckpointError` or
     :class:`~data_prep.CacheError` saying how to go on otherwise (``own``: the run's own
     ``last.ckpt``, which ``--restart`` discards)."""
@@ -100,6 +102,10 @@ def check_resume(path: str, cache, run_dir: Path, own: bool, task=None) -> None:
         payload = CheckpointPayload.from_checkpoint(ckpt, path)
     except CheckpointError as e:
         raise CheckpointError(f"{e}. Cannot resume from it: {how}") from None
+    changes = [] if recipe is None else run_folder.recipe_changes(payload.recipe, recipe.to_dict())
+    if changes:            # its optimiser, schedule and epoch belong to that run: resuming mixes two runs
+        raise CheckpointError(f"{path}: written by a run of another recipe ({'; '.join(changes[:5])}). "
+                              f"Cannot resume from it: {how}")
     if task is not None:
         mine = {k: tuple(v.shape) for k, v in task.state_dict().items()}
         theirs = {k: tuple(getattr(v, "shape", ())) for k, v in state.items()}
@@ -124,6 +130,7 @@ def fit_run(recipe: Recipe, cache, split: dict, run_dir: Path, callbacks: Sequen
     import lightning.pytorch as pl
     import torch
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
     from .data import CacheDataModule
     from .metrics import public
@@ -159,7 +166,7 @@ def fit_run(recipe: Recipe, cache, split: dict, run_dir: Path, callbacks: Sequen
     last = run_folder.last_checkpoint(run_dir)
     ckpt_path = resume_from or (str(last) if last.exists() else None)
     if ckpt_path:
-        check_resume(ckpt_path, cache, run_dir, own=resume_from is None, task=task)
+        check_resume(ckpt_path, cache, run_dir, own=resume_from is None, task=task, recipe=recipe)
     if ckpt_path is None and _is_rank_zero():
         run_folder.discard_unfinished_epoch(run_dir)
     loggers = run_folder.loggers(run_dir, rank_zero=_is_rank_zero())
@@ -169,9 +176,12 @@ def fit_run(recipe: Recipe, cache, split: dict, run_dir: Path, callbacks: Sequen
     trainer_args["plugins"] = [*_as_list(trainer_args.get("plugins")), verified_checkpoint_io()]
     if not has_val:
         trainer_args["limit_val_batches"] = 0
-    trainer = pl.Trainer(max_epochs=recipe.train.max_epochs, logger=loggers, callbacks=cbs,
-                         default_root_dir=run_dir, num_sanity_val_steps=0, use_distributed_sampler=False,
-                         **trainer_args)
+    try:
+        trainer = pl.Trainer(max_epochs=recipe.train.max_epochs, logger=loggers, callbacks=cbs,
+                             default_root_dir=run_dir, num_sanity_val_steps=0, use_distributed_sampler=False,
+                             **trainer_args)
+    except (ValueError, TypeError, MisconfigurationException) as e:    # the recipe's trainer values
+        raise RecipeError(f"trainer: {' '.join(str(e).split())}") from None
     if ckpt_path:
         print(f"audiostem: resuming {run_dir} from {ckpt_path}", file=sys.stderr)
     trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path)
@@ -254,6 +264,9 @@ def train(recipe: Recipe, callbacks: Sequence = (), restart: bool = False,
             lock.acquire()
         except CacheBusyError as e:
             raise RecipeError(f"out_dir: {e}") from None
+        except OSError as e:          # a file where the folder should be, no permission, a full disk
+            raise RecipeError(f"out_dir: cannot create the run folder {recipe.out_dir} ({e.strerror}); "
+                              "give a folder that can be created and written") from None
     try:
         return _train(recipe, callbacks, restart, resume_from, cache)
     finally:
@@ -393,6 +406,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (RecipeError, CacheError, CheckpointError, run_folder.RunFolderError) as e:
         print(f"error: {one_message(e)}", file=sys.stderr)
         return 2
+    except SystemExit as e:       # Lightning's SIGTERMException: a SystemExit of status 0
+        if type(e).__name__ != "SIGTERMException":
+            raise
+        print(f"error: stopped by SIGTERM before the run finished; {recipe.out_dir} keeps the last finished "
+              "epoch (checkpoints/last.ckpt): run the same command again to resume", file=sys.stderr)
+        return 143
     if metrics and _is_rank_zero():
         print("\n".join(summary_lines(metrics, Path(recipe.out_dir))))
     return 0

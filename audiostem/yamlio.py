@@ -7,7 +7,8 @@ whatever walks the result (validation, printing, an error message); aliases and 
 (``<<: *base``) are refused, with the line, before anything else reads the document. The text
 is also capped in size (:data:`MAX_BYTES`) and nesting depth (:data:`MAX_DEPTH`, which also keeps
 PyYAML's recursive composer far from Python's recursion limit), so the cost of reading one is
-proportional to its length. Anchors alone (``&name``) are harmless and allowed.
+proportional to its length. Anchors alone (``&name``) are harmless and allowed. A key written twice
+in one mapping is refused with its line (PyYAML would keep the last one silently).
 """
 from __future__ import annotations
 
@@ -43,6 +44,19 @@ class _BoundedLoader(yaml.SafeLoader):
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
+
+    def construct_mapping(self, node, deep=False):
+        # PyYAML keeps the last of two equal keys without a word: a recipe with `lr` written twice
+        # would train with whichever came last
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) or key is None:
+                if key in seen:
+                    raise YamlLimitError(f"line {key_node.start_mark.line + 1}: the key {key!r} occurs twice "
+                                         "in one mapping (write it once)")
+                seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 def load_yaml(text: str, what: str = "YAML") -> Any:

@@ -156,3 +156,16 @@ def test_a_study_report_refuses_cells_of_different_cache_builds(tmp_path):
     assert "tall/seed1" in err.getvalue()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):   # leaving it out works
         assert study_main(["report", str(path), "--cells", "a/deep3/*", "a/tall/seed0"]) == 0
+
+
+@pytest.mark.parametrize("text, line", [("data: {cache: c}\nseed: 3\nseed: 4\n", 3),
+                                         ("data: {cache: c, cache: d}\n", 1)])
+def test_a_key_written_twice_is_refused_not_silently_the_last(tmp_path, text, line):
+    path = tmp_path / "dup.yaml"
+    path.write_text(text)
+    with pytest.raises(RecipeError, match=rf"dup.yaml: not valid YAML: line {line}: the key '\w+' occurs twice"):
+        load_recipe(path)
+    study = tmp_path / "study.yaml"
+    study.write_text("name: s\nout_dir: o\nseeds: 2\nseeds: 3\ndatasets: []\nstems: [deep3]\n")
+    with pytest.raises(StudyError, match="line 4: the key 'seeds' occurs twice"):
+        load_study(study)

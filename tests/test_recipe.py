@@ -95,6 +95,8 @@ def test_apply_overrides_does_not_touch_the_input():
     (["data.batch_size=0"], r"data\.batch_size: .*greater than or equal to 1"),
     (["augment.mixup.alpha=-1"], r"augment\.mixup\.alpha: .*greater than 0"),
     (["data.cache=${AUDIOSTEM_TEST_UNSET}/x"], r"data\.cache: environment variable AUDIOSTEM_TEST_UNSET is not set"),
+    (["out_dir=''"], r"out_dir: empty: give a run folder such as runs/NAME"),       # else the current directory
+    (["out_dir=${AUDIOSTEM_TEST_EMPTY:-}"], r"out_dir: empty: give a run folder"),
 ])
 def test_bad_recipes_name_the_field(tmp_path, overrides, expected):
     path = write(tmp_path, minimal(tmp_path))
@@ -276,3 +278,12 @@ def test_a_recipe_that_is_not_utf8_or_not_yaml_gets_one_line(tmp_path):
         with pytest.raises(RecipeError) as err:
             load_recipe(bad)
         assert what in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("text, kind", [("- 1\n- 2\n", "list"), ("5\n", "int")])
+def test_a_recipe_that_is_not_a_mapping_is_named_with_overrides_too(tmp_path, text, kind):
+    path = tmp_path / "x.yaml"
+    path.write_text(text)
+    for overrides in ([], ["seed=3"]):
+        with pytest.raises(RecipeError, match=rf"x.yaml: a recipe must be a mapping of keys, got {kind}$"):
+            load_recipe(path, overrides)

@@ -324,3 +324,20 @@ def test_export_keeps_finished_cells_that_a_new_out_dir_then_skips(tmp_path, cap
     shutil.copytree(tmp_path / "kept", tmp_path / "elsewhere/runs")
     assert main([str(path), "--retries", "0", "--cells", "one/*"]) == 0
     assert "1 cells: 1 finished, 0 to run" in capsys.readouterr().err
+
+
+def test_export_or_plan_into_a_file_is_one_line(tmp_path, capsys):
+    path = write_study(tmp_path, seeds=1, stems=["deep3"], datasets=[
+        {"name": "one", "recipe": str(tmp_path / "recipe.yaml")}])
+    assert main([str(path)]) == 0
+    blocker = tmp_path / "a_file"
+    blocker.write_text("mine\n")
+    capsys.readouterr()
+    for dest in (blocker, blocker / "sub"):
+        assert main(["export", str(path), str(dest)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: export: cannot write to {dest}") and "\n" not in err
+        assert main([str(path), "--plan", str(dest / "cells.txt"), "--all"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: --plan: cannot write {dest / 'cells.txt'}") and "\n" not in err
+    assert blocker.read_text() == "mine\n"

@@ -240,3 +240,48 @@ def test_ddp_with_two_cpu_processes(tmp_path):
     assert m["test"]["n_items"] == len(cache.indices("test"))        # every clip once, across both ranks
     assert m["epochs_run"] == 2 and done.stdout.count("test accuracy") == 1
     assert len(read_csv(tmp_path / "ddp" / "predictions_test.csv")) == len(cache.indices("test"))
+
+
+def test_an_out_dir_that_is_a_file_or_under_one_is_one_line(base, capsys):
+    blocker = base["tmp"] / "a_file"
+    blocker.write_text("mine\n")
+    for out in (blocker, blocker / "run"):
+        assert main([str(base["recipe"]), f"out_dir={out}"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: out_dir: cannot create the run folder {out}") and "\n" not in err
+    assert blocker.read_text() == "mine\n"
+
+
+@pytest.mark.parametrize("override", ["trainer.accelerator=tpu9", "trainer.precision=foo", "trainer.devices=-3"])
+def test_a_trainer_value_lightning_refuses_is_one_line(base, capsys, override):
+    assert main([str(base["recipe"]), f"out_dir={base['tmp'] / 'bad_trainer'}", override]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: trainer: ") and "\n" not in err
+
+
+def test_a_last_checkpoint_of_another_recipe_is_refused(base, capsys):
+    import shutil
+    out = base["tmp"] / "swapped"
+    shutil.copytree(base["out"], out)
+    (out / "metrics.json").unlink()
+    last = out / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, weights_only=True)
+    ckpt["audiostem"]["recipe"]["seed"] = 9            # another run's last.ckpt, same model
+    torch.save(ckpt, last)
+    assert main([str(base["recipe"]), f"out_dir={out}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "last.ckpt: written by a run of another recipe (seed: 9 -> 3)" in err and "\n" not in err
+    assert last.exists()
+
+
+def test_a_terminated_run_says_so_and_exits_non_zero(base, capsys, monkeypatch):
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    import audiostem.train as train_module
+
+    def stopped(*args, **kwargs):
+        raise SIGTERMException()          # what Lightning raises after SIGTERM, a SystemExit of status 0
+    monkeypatch.setattr(train_module, "train", stopped)
+    assert main([str(base["recipe"])]) == 143
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: stopped by SIGTERM") and "\n" not in err

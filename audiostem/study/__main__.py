@@ -107,8 +107,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if args.plan == "-":
                 write_plan(study, Path(args.study), todo, sys.stdout, raw=args.raw)
             else:
-                with open(args.plan, "w") as fh:
-                    n = write_plan(study, Path(args.study), todo, fh, raw=args.raw)
+                try:
+                    with open(args.plan, "w") as fh:
+                        n = write_plan(study, Path(args.study), todo, fh, raw=args.raw)
+                except OSError as err:
+                    raise StudyError(f"--plan: cannot write {args.plan} ({err.strerror})") from None
                 print(f"wrote {n} commands to {args.plan}", file=sys.stderr)
             if waiting:
                 print(f"{len(waiting)} main cells wait for their tuning cells: plan again once those have finished "

@@ -340,7 +340,16 @@ def export_cells(study: Study, cells: list[Cell], dest: Path) -> tuple[int, list
     report count them. The tuning choices file goes along (``_tune/choices.json``): the main
     cells' values come from it. A damaged cell (:func:`damage`) is not copied: it would overwrite
     a good earlier export of it in ``dest``, the copy its remedy restores from. Returns the number
-    of cells exported and the :func:`damage` line of each damaged cell left out."""
+    of cells exported and the :func:`damage` line of each damaged cell left out; :class:`StudyError`
+    naming ``dest`` when it cannot be written."""
+    try:
+        return _export(study, cells, Path(dest))
+    except OSError as e:           # dest is a file or under one, no permission, a full disk
+        raise StudyError(f"export: cannot write to {dest} ({e.strerror}: {e.filename}); give a folder "
+                         "that can be created and written") from None
+
+
+def _export(study: Study, cells: list[Cell], dest: Path) -> tuple[int, list[str]]:
     runs = Path(study.out_dir) / "runs"
     choices = choices_path(study)
     if study.tune is not None and choices.is_file():
