@@ -102,10 +102,6 @@ def check_resume(path: str, cache, run_dir: Path, own: bool, task=None, recipe: 
         payload = CheckpointPayload.from_checkpoint(ckpt, path)
     except CheckpointError as e:
         raise CheckpointError(f"{e}. Cannot resume from it: {how}") from None
-    changes = [] if recipe is None else run_folder.recipe_changes(payload.recipe, recipe.to_dict())
-    if changes:            # its optimiser, schedule and epoch belong to that run: resuming mixes two runs
-        raise CheckpointError(f"{path}: written by a run of another recipe ({'; '.join(changes[:5])}). "
-                              f"Cannot resume from it: {how}")
     if task is not None:
         mine = {k: tuple(v.shape) for k, v in task.state_dict().items()}
         theirs = {k: tuple(getattr(v, "shape", ())) for k, v in state.items()}
@@ -115,6 +111,10 @@ def check_resume(path: str, cache, run_dir: Path, own: bool, task=None, recipe: 
             raise CheckpointError(f"{path}: holds another model's weights ({k}: {theirs.get(k, 'missing')} "
                                   f"in the checkpoint, {mine.get(k, 'missing')} in this recipe's model). "
                                   f"Cannot resume from it: {how}")
+    changes = [] if recipe is None else run_folder.recipe_changes(payload.recipe, recipe.to_dict())
+    if changes:            # its optimiser, schedule and epoch belong to that run: resuming mixes two runs
+        raise CheckpointError(f"{path}: written by a run of another recipe ({'; '.join(changes[:5])}). "
+                              f"Cannot resume from it: {how}")
     built = payload.cache_build_id
     if built is not None and built != cache.build_id:
         raise CacheError(f"{cache.path}: rebuilt since {path} was written (the run trained on build "
