@@ -21,7 +21,8 @@ from .models import use_channels_last
 from .recipe_schema import ModelConfig
 from .run_folder import METRICS_FILE, find_checkpoint, is_finished
 
-__all__ = ["CheckpointError", "clip_logits", "device_arg", "find_checkpoint", "load_classifier", "positive_int",
+__all__ = ["CheckpointError", "UnfinishedRunWarning", "clip_logits", "device_arg", "find_checkpoint", "load_classifier",
+           "one_line_warnings", "positive_int",
            "warn_if_unfinished"]
 
 

@@ -20,6 +20,8 @@ from .grid import Study
 from .stats import VERDICTS
 from .tuning import tuning_lines
 
+PLATEAU = 0.01   # a median rise in validation accuracy over the last quarter below this reads as a plateau
+
 CSV_FIELDS = ["dataset", "variant", "baseline", "n_seeds", "n_items", "acc_mean", "acc_low", "acc_high",
               "acc_std", "f1_mean", "f1_low", "f1_high", "f1_std", "params", "stem_params", "stem_flops",
               "total_flops", "receptive_field", "stride", "samples_per_s", "train_minutes", "epochs",
@@ -102,7 +104,7 @@ def _summary(name: str, rows: list[dict], components: list[dict], study: Study) 
     if tuning and conv:
         gains, late = conv["gains"], conv["late"]
         gain = statistics.median(gains)
-        if gain < 0.01:
+        if gain < PLATEAU:
             reading = "they had plateaued."
         elif any(k.split(".")[-1] == "max_epochs" for k in study.tune.grid):
             reading = "still rising when their schedule ended (the epochs were in the tuning grid)."
@@ -182,7 +184,7 @@ def _summary(name: str, rows: list[dict], components: list[dict], study: Study) 
                            r.get("last_acc_mean") is not None for r in rows) else
                           "these runs did not test their last epoch's model, so what the later epochs gave is unknown."))
         else:
-            reading = (": the runs had plateaued." if gain < 0.01 else
+            reading = (": the runs had plateaued." if gain < PLATEAU else
                        ": a decaying schedule gains most at its end, so only a longer schedule tells whether the "
                        "models were still improving (see the validation curves).")
             if at_ceiling > 0:
