@@ -18,6 +18,7 @@ a full disk), not a deliberate forgery: whoever can write a checkpoint can write
 from __future__ import annotations
 
 import dataclasses
+import io
 import pickle
 import zipfile
 import zlib
@@ -26,6 +27,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 import torch
+
+from data_prep.fileio import write_atomic
 
 
 class CheckpointError(ValueError):
@@ -87,7 +90,19 @@ def _lightning_io():
 
     class VerifiedCheckpointIO(TorchCheckpointIO):
         """Lightning's checkpoint I/O, loading through :func:`load_checkpoint` (verified,
-        ``weights_only=True`` whatever the environment or the caller asks)."""
+        ``weights_only=True`` whatever the environment or the caller asks) and saving through
+        :func:`~data_prep.fileio.write_atomic`: the new file is written beside the old one and
+        renamed over it. (Lightning writes to the system temporary folder and moves the file; when
+        that is another file system the move truncates the old checkpoint and copies into it, so a
+        full disk left neither the old checkpoint nor the new one.)"""
+
+        def save_checkpoint(self, checkpoint: dict, path, storage_options: Optional[Any] = None) -> None:
+            if storage_options is not None:
+                raise TypeError("audiostem saves checkpoints to local files only: storage_options is not supported")
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            data = io.BytesIO()         # torch's own writer turns a failed write into a RuntimeError
+            torch.save(checkpoint, data)
+            write_atomic(path, data.getbuffer())
 
         def load_checkpoint(self, path, map_location: Optional[Callable] = None,
                             weights_only: Optional[bool] = None) -> dict:
@@ -98,7 +113,7 @@ def _lightning_io():
 
 def verified_checkpoint_io():
     """A Lightning ``CheckpointIO`` plugin (pass it in ``Trainer(plugins=[...])``) whose loads go
-    through :func:`load_checkpoint`; saving is Lightning's own."""
+    through :func:`load_checkpoint` and whose saves are atomic beside the file."""
     return _lightning_io()()
 
 

@@ -154,13 +154,18 @@ def fit_run(recipe: Recipe, cache, split: dict, run_dir: Path, callbacks: Sequen
         print(swap_line(swap), file=sys.stderr)
     has_val, has_test = bool(split["val"]), bool(split["test"])
     es = recipe.train.early_stopping
-    checkpoint = ModelCheckpoint(dirpath=run_folder.checkpoint_dir(run_dir), filename=run_folder.BEST_STEM,
-                                 monitor=es.metric if has_val else None,
-                                 mode="min" if es.metric == "val_loss" else "max", save_last=True, save_top_k=1,
-                                 save_on_train_epoch_end=True, enable_version_counter=False,
-                                 auto_insert_metric_name=False)
+    # best.ckpt: the epoch validation chose; last.ckpt: the last finished epoch, what a resume
+    # starts from. Two callbacks, because Lightning (since 2.6) writes save_last only in an epoch
+    # whose monitored checkpoint improved. The last one saves after the best one in each epoch,
+    # so last.ckpt carries the best checkpoint's updated state.
+    ckpt_args = dict(dirpath=run_folder.checkpoint_dir(run_dir), save_top_k=1, save_on_train_epoch_end=True,
+                     enable_version_counter=False, auto_insert_metric_name=False)
+    checkpoint = ModelCheckpoint(filename=run_folder.BEST_STEM, monitor=es.metric if has_val else None,
+                                 mode="min" if es.metric == "val_loss" else "max", save_last=not has_val,
+                                 **ckpt_args)
+    savers = [checkpoint] + ([ModelCheckpoint(filename=run_folder.LAST_STEM, **ckpt_args)] if has_val else [])
     history = History(run_dir)
-    cbs = [history, checkpoint, cache_build_check(cache), *callbacks]
+    cbs = [history, *savers, cache_build_check(cache), *callbacks]
     if es.enabled and has_val:
         cbs.append(EarlyStopping(monitor=es.metric, mode=checkpoint.mode, patience=es.patience))
     last = run_folder.last_checkpoint(run_dir)
@@ -351,6 +356,17 @@ def one_message(error: Exception) -> str:
     return text
 
 
+def disk_error(error: OSError, out_dir: str) -> str:
+    """One line for an ``OSError`` met while training ``out_dir`` (or building its cache): the
+    file, the system's reason, and that finished work is kept (run files are written whole or not
+    at all, so ``checkpoints/last.ckpt`` still holds the last finished epoch)."""
+    import errno
+    what = error.filename or out_dir
+    fix = "free space" if error.errno in (errno.ENOSPC, errno.EDQUOT) else "fix that"
+    return (f"{what}: {error.strerror or error}; finished work is kept ({out_dir}/checkpoints/last.ckpt "
+            f"holds the last finished epoch): {fix} and run the same command again to resume")
+
+
 def read_values(path: Optional[str]) -> Optional[dict]:
     """``--values FILE``: a mapping of dotted recipe keys to values (JSON or YAML; ``-``: stdin)."""
     if path is None:
@@ -391,6 +407,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--resume", metavar="CKPT", help="resume from this checkpoint (default: "
                         "OUT_DIR/checkpoints/last.ckpt when it exists)")
     args = parser.parse_intermixed_args(argv)
+    recipe = None
     try:
         recipe = load_recipe(args.recipe, args.overrides, read_values(args.values))
         cache = open_data(recipe)
@@ -405,6 +422,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         metrics = train(recipe, restart=args.restart, resume_from=args.resume, cache=cache)
     except (RecipeError, CacheError, CheckpointError, run_folder.RunFolderError) as e:
         print(f"error: {one_message(e)}", file=sys.stderr)
+        return 2
+    except OSError as e:          # a full, read-only or vanished disk under the run folder or the cache
+        print(f"error: {disk_error(e, args.recipe if recipe is None else recipe.out_dir)}", file=sys.stderr)
         return 2
     except SystemExit as e:       # Lightning's SIGTERMException: a SystemExit of status 0
         if type(e).__name__ != "SIGTERMException":

@@ -285,3 +285,49 @@ def test_a_terminated_run_says_so_and_exits_non_zero(base, capsys, monkeypatch):
     assert main([str(base["recipe"])]) == 143
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: stopped by SIGTERM") and "\n" not in err
+
+
+def test_last_ckpt_is_the_last_finished_epoch_even_when_it_is_not_the_best(base):
+    """Lightning 2.6 writes save_last only in an epoch whose top-k checkpoint improved: a resume
+    would go back to the best epoch. last.ckpt must hold the last finished epoch, best.ckpt the best."""
+    epoch = lambda name: torch.load(base["out"] / "checkpoints" / name, weights_only=True)["epoch"]
+    history = read_csv(base["out"] / "history.csv")
+    scores = [float(r["val_accuracy"]) for r in history]
+    best = scores.index(max(scores))
+    assert best < len(history) - 1, "the fixture's run must end on an epoch that did not improve"
+    assert epoch("last.ckpt") == len(history) - 1
+    assert epoch("best.ckpt") == best
+
+
+@pytest.mark.parametrize("where", ["checkpoint", "history"])
+def test_a_full_disk_during_training_is_one_line_and_the_run_resumes(base, capsys, monkeypatch, where):
+    import errno
+    import audiostem.checkpoint as checkpoint_module
+    import audiostem.run_folder as run_folder
+
+    out = base["tmp"] / f"full_{where}"
+    calls = {"n": 0}
+
+    def full(real):
+        def write(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] > (2 if where == "checkpoint" else 1):
+                raise OSError(errno.ENOSPC, "No space left on device", str(args[0]))
+            return real(*args, **kwargs)
+        return write
+    if where == "checkpoint":       # best.ckpt and last.ckpt of epoch 1, then none
+        monkeypatch.setattr(checkpoint_module, "write_atomic", full(checkpoint_module.write_atomic))
+    else:                           # history.csv of epoch 1, then none
+        monkeypatch.setattr(run_folder, "write_history", full(run_folder.write_history))
+    assert main([str(base["recipe"]), f"out_dir={out}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: ") and "No space left on device" in err and "run the same command again" in err
+    from audiostem.checkpoint import load_checkpoint
+    assert load_checkpoint(out / "checkpoints" / "last.ckpt")["epoch"] == 0     # epoch 1 survived, whole
+    assert not list(out.rglob("*.tmp"))
+    monkeypatch.undo()
+    run_main(base["recipe"], f"out_dir={out}")                                     # space freed: resume
+    first = json.loads((base["out"] / "metrics.json").read_text())
+    again = json.loads((out / "metrics.json").read_text())
+    for split in ("test", "val"):
+        assert again[split] == first[split]
