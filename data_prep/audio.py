@@ -30,8 +30,31 @@ _INT_READS = {"PCM_S8": ("int16", 2.0**-15), "PCM_U8": ("int16", 2.0**-15),
               "PCM_32": ("int32", 2.0**-31)}
 
 
+# A file is read whole (its checksum and its decoding see the same bytes), then decoded to float32,
+# so memory is a few times its size. 4 GiB is the most a WAV file can hold (RIFF sizes are 32-bit):
+# a larger file is a long recording to cut into clips, or not audio at all.
+MAX_FILE_BYTES = 4 * 2**30
+
+
 class BadInputError(ValueError):
     """A file that cannot be turned into features; the message says which and why."""
+
+
+def read_file(path: Union[str, Path]) -> bytes:
+    """The bytes of an audio file, in one read. Raises :class:`BadInputError` naming the file
+    when it cannot be read, is larger than :data:`MAX_FILE_BYTES` (checked before reading), or
+    does not fit in memory."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise BadInputError(f"{path}: {size / 2**30:.1f} GiB is more than the {MAX_FILE_BYTES // 2**30} GiB an "
+                                "audio file may have here (files are read and decoded whole): cut it into clips")
+        return path.read_bytes()
+    except OSError as e:
+        raise BadInputError(f"{path}: cannot read ({e.strerror or e})") from None
+    except MemoryError:
+        raise BadInputError(f"{path}: not enough memory to read its {size / 2**20:.0f} MiB") from None
 
 
 @dataclass
@@ -76,10 +99,14 @@ def decode_with_notes(data: Union[bytes, str, Path], name: str = "") -> tuple[np
     its compressed stream (FLAC, Ogg... read up to the cut by FFmpeg), a header without sizes."""
     name = name or (str(data) if not isinstance(data, bytes) else "<bytes>")
     if not isinstance(data, bytes):
-        try:
-            data = Path(data).read_bytes()
-        except OSError as e:
-            raise BadInputError(f"{name}: cannot read ({e.strerror or e})") from None
+        data = read_file(data)
+    try:
+        return _decode_with_notes(data, name)
+    except MemoryError:
+        raise BadInputError(f"{name}: not enough memory to decode its {len(data) / 2**20:.0f} MiB") from None
+
+
+def _decode_with_notes(data: bytes, name: str) -> tuple[np.ndarray, int, list[str]]:
     data, notes = fix_wav_sizes(data)
     try:
         samples, rate, promised = _sndfile(data)
@@ -240,15 +267,21 @@ def load_audio(path: Union[str, Path], sample_rate: Union[int, None] = None, mon
         BadInputError: unreadable, empty or non-finite audio, with the file name and reason.
     """
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise BadInputError(f"{path}: cannot read ({e.strerror or e})") from None
+    data = read_file(path)
     if not data:
         raise BadInputError(f"{path}: empty file (0 bytes)")
     checksum = "sha1:" + hashlib.sha1(data).hexdigest()
     samples, rate, notes = decode_with_notes(data, str(path))
     del data
+    try:
+        return _finish(path, samples, rate, checksum, notes, sample_rate, mono, channels)
+    except MemoryError:
+        raise BadInputError(f"{path}: not enough memory for its {samples.shape[1] / rate:.0f} s of "
+                            f"{samples.shape[0]}-channel audio at {rate} Hz") from None
+
+
+def _finish(path: Path, samples: np.ndarray, rate: int, checksum: str, notes: list[str],
+            sample_rate: Union[int, None], mono: bool, channels: int) -> Audio:
     duration = samples.shape[1] / rate
     if samples.size == 0 and notes:           # empty because it was cut: say so
         raise BadInputError(f"{path}: empty audio (0 samples): {notes[-1]}")

@@ -690,3 +690,25 @@ def test_nsynth_examples_that_are_no_manifest_name_the_file(tmp_path, capsys, te
     status = main(["nsynth", "--root", str(tmp_path), "--out", str(tmp_path / "c"), "--workers", "1"])
     err = capsys.readouterr().err
     assert status == 1 and message in err, err
+
+
+def test_a_file_larger_than_any_wav_is_skipped_unread_and_memory_errors_are_named(tmp_path, monkeypatch):
+    """A 5 GiB "WAV" (sparse: no disk used) is skipped before a byte of it is read, with the reason;
+    a file that does not fit in memory while decoding is a one-line reason, not "MemoryError"."""
+    for i in range(2):
+        put(tmp_path / "data", f"a/{i}.wav", wav_bytes())
+        put(tmp_path / "data", f"b/{i}.wav", wav_bytes(freq=600))
+    huge = put(tmp_path / "data", "b/huge.wav", wav_bytes())
+    os.truncate(huge, 5 * 2**30)
+    cache = prepare("folder", tmp_path / "data", tmp_path / "cache", FEATURES, workers=1, progress=False)
+    reasons = {f["source"]: f["reason"] for f in cache.failures}
+    assert list(reasons) == ["b/huge.wav"] and len(cache) == 4
+    assert "5.0 GiB is more than the 4 GiB" in reasons["b/huge.wav"] and "cut it into clips" in reasons["b/huge.wav"]
+
+    import data_prep.audio as audio
+
+    def no_memory(data):
+        raise MemoryError()
+    monkeypatch.setattr(audio, "_sndfile", no_memory)
+    with pytest.raises(audio.BadInputError, match=r"0\.wav: not enough memory to decode its 0 MiB"):
+        load_audio(tmp_path / "data" / "a" / "0.wav")
