@@ -528,6 +528,10 @@ def test_item_ids_stay_unique_whatever_the_names(tmp_path):
 @pytest.mark.parametrize("rows, message", [
     (b"path,label\na/x.wav,a\nb/y.wav,b\na/x.wav,b\n", "m.csv:4: a/x.wav is listed again (first on line 2)"),
     (b"path,label\na/x.wav,a\nb/y.wav\n", "m.csv:3: 1 field, the header has 2"),
+    (b"path,label,split\na/x.wav,a,train\n\nb/y.wav,b,test,extra\n",                          # a field too many
+     "m.csv:4: 4 fields, the header has 3 (path, label, split); 'extra' is past its last column"),
+    (b'sep=;\npath;label\n"a/x.wav";"a; b"\r\nb/y.wav;b;;c\n', "m.csv:4: 4 fields, the header has 2"),
+    (b'path,label\n"a/x.wav",a\n"b/\ny.wav",b,c\n', "m.csv:4: 3 fields, the header has 2"),   # a quoted newline
     (b"path,label\n\na/x.wav,a\n\nb/y.wav,\n", "m.csv:5: empty 'label'"),                  # blank lines
     (b"sep=;\npath;label\na/x.wav;a\nb/y.wav;\n", "m.csv:4: empty 'label'"),                 # Excel's sep line
     (b'path,label\n"a/x.wav,a\n' + b"b/y.wav,b\n" * 14000,                                    # a quote never closed
@@ -587,6 +591,7 @@ DATASET_MANIFESTS = {
 # (what is wrong with the row after the good one, what the message says: {m} is the manifest)
 MANIFEST_FAULTS = [
     ("cut short", "{m}:3: 1 field, the header has"),
+    ("a field too many", "{m}:3: {n} fields, the header has {h} ("),
     ("a required value empty", "{m}:3: empty "),
     ("a fold that is no number", "{m}:3: 'fold' must be a whole number, got 'one'"),
     ("a code page", "{m}:3: not utf-8 text (byte 0xe9); save it as UTF-8"),
@@ -597,6 +602,8 @@ def _fault_row(source: str, fault: str, good: str) -> bytes:
     fields = good.split(",")
     if fault == "cut short":
         return b"x\n"
+    if fault == "a field too many":          # a value with a comma, not quoted
+        return (",".join(fields) + ",extra\n").encode()
     if fault == "a code page":
         return (",".join(fields[:-1] + ["é"]) + "\n").encode("cp1252")
     if fault == "a fold that is no number":
@@ -624,7 +631,8 @@ def test_every_dataset_manifest_names_the_bad_row(tmp_path, capsys, source, faul
     manifest = put(root, rel, f"{header}\n{good}\n".encode() + _fault_row(source, fault, good))
     status = main([source, "--root", str(root), "--out", str(tmp_path / "c"), "--workers", "1"])
     err = capsys.readouterr().err
-    assert status == 1 and message.format(m=manifest) in err, err
+    width = len(header.split(","))
+    assert status == 1 and message.format(m=manifest, n=width + 1, h=width) in err, err
     assert "--encoding" not in err, err          # only the csv source has that option
 
 
@@ -654,6 +662,18 @@ def test_blank_rows_of_a_manifest_are_no_rows(tmp_path):
     assert header == ["path", "label", "split"]
     assert [(r.line, r["path"], r["label"], r["split"]) for r in rows] == [(3, "a.wav", "x", ""),
                                                                           (7, "b.wav", "y", "test")]
+
+
+def test_empty_fields_past_the_header_are_no_values(tmp_path):
+    """Spreadsheets end rows in delimiters for cells once touched (``a.wav,x,,``): fields past the
+    header that hold nothing are no values, so nothing is lost and the row is read; a quoted
+    value holding the delimiter is one field."""
+    from data_prep.sources.tables import read_manifest
+
+    path = put(tmp_path, "m.csv", b'path,label\na.wav,x,\n"b, take 2.wav",y, ,\n')
+    header, rows = read_manifest(path, ("path", "label"))
+    assert [(r.line, r["path"], r["label"]) for r in rows] == [(2, "a.wav", "x"), (3, "b, take 2.wav", "y")]
+    assert all(None not in r for r in rows)
 
 
 @pytest.mark.parametrize("source, listing", [("lakh", "genres.cls"), ("speechcommands", "validation_list.txt")])

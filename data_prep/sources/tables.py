@@ -98,11 +98,13 @@ def read_table(path: Path, encoding: Optional[str] = "auto",
 def read_manifest(path: Path, required: tuple[str, ...], encoding: Optional[str] = "auto",
                   option: Optional[str] = None, hint: str = "") -> tuple[list[str], list[Row]]:
     """:func:`read_table`, checked and cleaned for a source: every column of ``required`` is in
-    the header, and every row gives each of them a value that is not empty. Values come
-    stripped, ``""`` for a column a row is too short to reach; values past the header are
-    dropped. Raises ``ValueError`` naming the file, the line and what to give: a missing column
-    (``hint`` is added, e.g. the option that names another column), a row cut short, an empty
-    required value, or no rows."""
+    the header, every row gives each of them a value that is not empty, and no row holds a value
+    past the header's last column. Values come stripped, ``""`` for a column a row is too short
+    to reach; empty fields past the header (spreadsheets end rows in delimiters: ``a.wav,x,,``)
+    hold nothing and are left out. Raises ``ValueError`` naming the file, the line and what to
+    give: a missing column (``hint`` is added, e.g. the option that names another column), a row
+    cut short, a value past the header (most often a value holding the delimiter, unquoted), an
+    empty required value, or no rows."""
     header, rows = read_table(path, encoding, option)
     missing = [c for c in required if c not in header]
     if missing:
@@ -116,7 +118,13 @@ def read_manifest(path: Path, required: tuple[str, ...], encoding: Optional[str]
             n = sum(v is not None for k, v in row.items() if k is not None)
             raise ValueError(f"{where}{n} field{'s' * (n != 1)}, the header has {len(header)} "
                              f"({', '.join(header)}); give each row a value for {wanted}")
-        row.pop(None, None)
+        past = row.pop(None, None) or []
+        values = [v.strip() for v in past if v.strip()]
+        if values:
+            n = len(header) + len(past)
+            raise ValueError(f"{where}{n} fields, the header has {len(header)} ({', '.join(header)}); "
+                             f"{values[0]!r} is past its last column: quote a value that holds the "
+                             f"delimiter (\"a, b\"), or name the column in the header")
         for column, value in row.items():
             row[column] = (value or "").strip()
         empty = [c for c in required if not row[c]]
