@@ -93,6 +93,18 @@ def test_folds_inline_specs_and_value_formatting(tmp_path):
     ({"stems": ["deep3", "octave", "deep3"]}, "variant names ['deep3'] occur twice"),
     ({"datasets": [{"name": "one", "recipe": "r", "exclude": ["octav"]}]}, "datasets[0].exclude: unknown stem 'octav'"),
     ({"datasets": [{"name": "one", "recipe": "r", "stem_args": {"tal": {}}}]}, "datasets[0].stem_args: unknown stem"),
+    # an empty list would run nothing, or nothing of its part: refused, naming the field
+    ({"datasets": []}, "datasets: a non-empty list of dataset entries"),
+    ({"stems": []}, "stems: a non-empty list of stem names or entries"),
+    ({"seeds": []}, "seeds: need at least one seed"),
+    ({"seeds": 0}, "seeds: need at least one seed"),
+    ({"datasets": [{"name": "one", "recipe": "r", "seeds": []}]}, "datasets[0].seeds: need at least one seed"),
+    ({"datasets": [{"name": "one", "recipe": "r", "stems": []}]}, "datasets[0].stems: an empty list picks nothing"),
+    ({"datasets": [{"name": "one", "recipe": "r", "folds": {"key": "data.test_fold", "values": []}}]},
+     "datasets[0].folds.values: give at least one value"),
+    ({"stems": ["deep3", {"name": "x", "datasets": []}]}, "stems[1].datasets: an empty list picks nothing"),
+    ({"stems": ["deep3", {"name": "x", "grid": {"width": []}}]}, "stems[1].grid: axis 'width' has no values"),
+    ({"train_command": []}, "train_command: give the command"),
 ])
 def test_bad_study_files_name_the_field(tmp_path, change, message):
     with pytest.raises(StudyError) as err:
@@ -103,6 +115,9 @@ def test_bad_study_files_name_the_field(tmp_path, change, message):
 def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main([str(tmp_path / "missing.yaml"), "--dry-run"]) == 2
     assert "cannot read the study file" in capsys.readouterr().err
+    assert main([str(write_study(tmp_path, datasets=[])), "--dry-run"]) == 2     # was "0 cells", exit 0
+    assert capsys.readouterr().err.endswith("study.yaml: datasets: a non-empty list of dataset entries "
+                                            "({name, recipe}) is required\n")
     path = write_study(tmp_path, datasets=[{"name": "one", "recipe": "no/such/recipe.yaml"}])
     assert main([str(path), "--plan"]) == 2
     assert "no/such/recipe.yaml" in capsys.readouterr().err

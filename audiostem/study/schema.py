@@ -80,11 +80,33 @@ def _seed_list(seeds: Union[int, list[int]]) -> list[int]:
     return seeds
 
 
+def _some(names: list[str]) -> list[str]:
+    if not names:
+        raise ValueError("an empty list picks nothing: list at least one, or leave the field out for all")
+    return names
+
+
+def _values(values: list[Any]) -> list[Any]:
+    if not values:
+        raise ValueError("give at least one value (one cell each)")
+    return values
+
+
+def _command(argv: Optional[list[str]]) -> Optional[list[str]]:
+    if argv is not None and not argv:
+        raise ValueError("give the command and its arguments, e.g. [python, -m, audiostem.train], "
+                         "or leave the field out for that one")
+    return argv
+
+
 # Field types that check themselves (pydantic AfterValidator): a study, dataset or stem name; an
-# equivalence margin in points; seeds as a count or a list (always a list after validation).
+# equivalence margin in points; seeds as a count or a list (always a list after validation); a
+# list of names that picks some entries (None, the field left out, picks all; [] is refused,
+# since it would run nothing of its part).
 Name = Annotated[str, AfterValidator(_check_name)]
 Margin = Annotated[Optional[float], AfterValidator(_check_margin)]
 Seeds = Annotated[Union[int, list[int]], AfterValidator(_seed_list)]
+Some = Annotated[list[str], AfterValidator(_some)]
 
 
 class Body(_Strict):
@@ -93,8 +115,8 @@ class Body(_Strict):
     ``stems``: only these stem entries or variants (default all that run on the dataset);
     ``overrides``: recipe overrides for this body's cells (a batch size, say)."""
     name: str
-    datasets: Optional[list[str]] = None
-    stems: Optional[list[str]] = None
+    datasets: Optional[Some] = None
+    stems: Optional[Some] = None
     overrides: dict[str, Any] = {}
 
     @field_validator("name")
@@ -115,7 +137,7 @@ class Tune(_Strict):
     same variant) the untuned one takes."""
     grid: dict[str, list[Any]]
     seeds: Seeds = [100]
-    datasets: Optional[list[str]] = None
+    datasets: Optional[Some] = None
     apply: dict[str, str] = {}
     metric: Literal["accuracy", "balanced_accuracy", "macro_f1", "loss"] = "accuracy"
 
@@ -136,7 +158,7 @@ class Tune(_Strict):
 class FoldAxis(_Strict):
     """Run each cross-validation fold as its own cell (``key=value`` override per fold)."""
     key: str
-    values: list[Any]
+    values: Annotated[list[Any], AfterValidator(_values)]
 
 
 class StemEntry(_Strict):
@@ -152,7 +174,7 @@ class StemEntry(_Strict):
     args: dict[str, Any] = {}
     overrides: dict[str, Any] = {}
     grid: dict[str, list[Any]] = {}
-    datasets: Optional[list[str]] = None
+    datasets: Optional[Some] = None
 
     @field_validator("grid")
     @classmethod
@@ -181,13 +203,13 @@ class Dataset(_Strict):
     recipe: str
     overrides: dict[str, Any] = {}
     stem_args: dict[str, dict[str, Any]] = {}
-    stems: Optional[list[str]] = None
+    stems: Optional[Some] = None
     exclude: list[str] = []
     folds: Optional[FoldAxis] = None
     seeds: Optional[Seeds] = None
     equivalence_margin: Margin = None
     cluster: Optional[str] = None
-    bodies: Optional[list[str]] = None
+    bodies: Optional[Some] = None
     _entry: Optional[str] = PrivateAttr(None)
     _body: Optional[str] = PrivateAttr(None)
     _body_index: int = PrivateAttr(0)
@@ -214,7 +236,7 @@ class Study(_Strict):
     tune: Optional[Tune] = None
     overrides: dict[str, Any] = {}
     keep_checkpoints: Literal["one_per_variant", "all", "none"] = "one_per_variant"
-    train_command: Optional[list[str]] = None
+    train_command: Annotated[Optional[list[str]], AfterValidator(_command)] = None
     alpha: float = 0.05
     power: float = 0.8
     bootstrap: int = 10000
@@ -231,6 +253,13 @@ class Study(_Strict):
     def seeds_of(self, dataset: Dataset) -> list[int]:
         """The seeds that run on ``dataset``: its own ``seeds``, else the study's."""
         return dataset.seeds if dataset.seeds is not None else self.seeds
+
+    @field_validator("datasets", mode="before")
+    @classmethod
+    def _dataset_entries(cls, datasets: Any) -> Any:
+        if not isinstance(datasets, list) or not datasets:
+            raise ValueError("a non-empty list of dataset entries ({name, recipe}) is required")
+        return datasets
 
     @field_validator("stems", mode="before")
     @classmethod
