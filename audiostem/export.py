@@ -17,9 +17,10 @@ The file holds the whole path from samples to probabilities, so it runs with onn
 
 Input ``waveform``: float32 ``(batch, samples)`` at the run's sample rate (``(batch, channels,
 samples)`` for a run trained with ``mono: false``), any number of samples (0 is scored as
-silence); another dtype, rank or channel count is refused (``WaveformClassifier.check``); the
-rows of a batch are clips of the same length (zero padding a clip changes its spectrogram). Outputs
-``probabilities`` ``(batch, n_classes)`` and ``window_logits`` ``(batch, windows, n_classes)``.
+silence) and of clips (a batch of 0 gives ``(0, n_classes)``); another dtype, rank or channel
+count is refused (``WaveformClassifier.check``); the rows of a batch are clips of the same length
+(zero padding a clip changes its spectrogram). Outputs ``probabilities`` ``(batch, n_classes)``
+and ``window_logits`` ``(batch, windows, n_classes)``.
 Resampling stays outside: ``soxr.resample(x, file_rate, sample_rate)`` (what ``data_prep``
 uses) or ``torchaudio.functional.resample``. The file's metadata holds the class names, the
 feature config, the sample rate and the window sizes as JSON (ONNX ``metadata_props`` key
@@ -58,8 +59,9 @@ class WaveformClassifier(nn.Module):
     """A trained classifier with its feature front end and evaluation windows in front.
 
     ``forward(waveform)``: ``(batch, samples)`` float32 at ``features["sample_rate"]`` (or
-    ``(batch, channels, samples)`` for a ``mono: false`` run) -> ``(probabilities (batch,
-    n_classes), window_logits (batch, windows, n_classes))``. Equal to ``predict`` on the same
+    ``(batch, channels, samples)`` for a ``mono: false`` run; ``batch`` may be 0) ->
+    ``(probabilities (batch, n_classes), window_logits (batch, windows, n_classes))``; raises
+    ``ValueError`` (``check``) for another dtype, rank or channel count. Equal to ``predict`` on the same
     samples (tested to 1e-3 in probability). Written with plain tensor ops and integer shape
     arithmetic only, so that ``torch.jit.script`` and ``torch.onnx.export(dynamo=True)`` both
     keep the number of samples dynamic.
@@ -127,9 +129,13 @@ class WaveformClassifier(nn.Module):
         n_frames = (x.shape[-1] - self.n_fft) // self.hop_length + 1
         index = (torch.arange(n_frames, device=x.device)[:, None] * self.hop_length
                  + torch.arange(self.n_fft, device=x.device)[None, :]).reshape(-1)
-        frames = x.index_select(2, index).reshape(x.shape[0], x.shape[1], n_frames, self.n_fft)
-        spec = torch.view_as_real(torch.fft.rfft(frames * self.window))[..., self.lo:self.hi, :]
-        power = spec[..., 0].square() + spec[..., 1].square()                # (B, C, T, bins used)
+        frames = x.index_select(2, index).reshape(-1, self.n_fft) * self.window   # (B * C * T, n_fft)
+        # one frame of zeros more, dropped after: MKL's FFT fails on no frames at all (a batch of 0
+        # clips), and an `if` on the batch size would not stay dynamic in the ONNX export
+        frames = torch.cat([frames, frames.new_zeros(1, self.n_fft)])
+        spec = torch.view_as_real(torch.fft.rfft(frames)[:-1, self.lo:self.hi])
+        power = (spec[..., 0].square() + spec[..., 1].square()).reshape(
+            x.shape[0], x.shape[1], n_frames, self.hi - self.lo)               # (B, C, T, bins used)
         if self.kind == "stft":
             return power.sqrt().transpose(2, 3)
         if self.power != 2.0:
@@ -164,7 +170,8 @@ class WaveformClassifier(nn.Module):
         index = (starts[:, None] + torch.arange(self.crop, device=x.device)[None, :]).reshape(-1)
         w = x.index_select(3, index).reshape(batch, x.shape[1], x.shape[2], n_windows, self.crop)
         w = w.permute(0, 3, 1, 2, 4).reshape(batch * n_windows, x.shape[1], x.shape[2], self.crop)
-        logits = self.model(w).reshape(batch, n_windows, -1)
+        logits = self.model(w)
+        logits = logits.reshape(batch, n_windows, logits.shape[-1])      # no -1: batch may be 0
         return torch.softmax(logits.mean(dim=1), dim=1), logits
 
 
@@ -276,8 +283,8 @@ def export(checkpoint: Union[str, Path], fmt: str = "onnx", out: Optional[Union[
             formats are checked on (the file takes any length).
     Returns the path written. Raises :class:`ExportError` for a run that cannot be exported, a
     missing ``audiostem[export]`` extra, a model torch cannot export, or a file whose output
-    differs from the model in this process by more than 1e-4 (on the example clip and a clip
-    shorter than a window). A run folder that has not finished (no ``metrics.json``) gives a
+    differs from the model in this process by more than 1e-4 (on the example clip, a clip
+    shorter than a window and a batch of 0 clips). A run folder that has not finished (no ``metrics.json``) gives a
     ``UserWarning``: its checkpoint is the best so far.
     """
     if fmt not in FORMATS:
@@ -311,14 +318,15 @@ def export(checkpoint: Union[str, Path], fmt: str = "onnx", out: Optional[Union[
         first = (str(e).strip().splitlines() or [""])[0][:300]
         raise ExportError(f"{out}: the {fmt} export failed ({type(e).__name__}: {first}); nothing written") from e
     short = example[..., :max(1, wrapped.hop_length * wrapped.crop // 3)]
-    for clip in (example, short):
+    for clip in (example, short, example[:0]):
         with torch.no_grad():
             expected = wrapped(clip)[0].numpy()
         got = run_exported(partial, fmt, clip.numpy())[0]
         if got.shape != expected.shape or not np.allclose(got, expected, rtol=0, atol=1e-4):
             partial.unlink(missing_ok=True)
+            what = f"a {clip.shape[-1]}-sample clip" if len(clip) else "a batch of 0 clips"
             raise ExportError(f"{out}: the exported {fmt} file gives other probabilities than the model "
-                              f"on a {clip.shape[-1]}-sample clip ({got} != {expected}); not written")
+                              f"on {what} ({got} != {expected}); not written")
     os.replace(partial, out)
     return out
 

@@ -87,6 +87,36 @@ def test_a_stereo_run_takes_channels_and_windows_as_predict_does(fmt, tmp_path):
         assert np.abs(batch[1] - batch[0]).max() > 1e-6                      # each clip its own peak, windows
 
 
+@pytest.mark.parametrize("fmt", [pytest.param("onnx", marks=needs_onnx), "torchscript"])
+@pytest.mark.parametrize("mono", [True, False])
+def test_an_empty_batch_gives_empty_probabilities(fmt, mono, tmp_path):
+    """A batch of 0 clips (a server's batch that happened to be empty) gives (0, n_classes)
+    probabilities, in the model and in the file; it ended in 'MKL FFT error: ... Inconsistent
+    configuration parameters' (eager and TorchScript). The input checks still hold for it."""
+    from audiostem.export import export_onnx, export_torchscript, run_exported
+    from audiostem.models import build_model
+    c = feature_config({**AUDIO_FEATURES, "mono": mono, "channels": 2})
+    channels = 1 if mono else 2
+    stats = {"mean": torch.zeros(channels, c.bins), "std": torch.ones(channels, c.bins),
+             "pad": torch.zeros(channels, c.bins)}
+    model = build_model("deep3", {"widths": [8], "depths": [1]}, 3, in_channels=channels,
+                        stem_overrides={"width": 8}).eval()
+    front = WaveformClassifier(model, c.to_dict(), stats, CROP, HOP).eval().requires_grad_(False)
+    out = tmp_path / f"m.{fmt}"
+    (export_onnx if fmt == "onnx" else export_torchscript)(front, {}, out, torch.zeros((1, 3000) if mono else (1, 2, 3000)))
+    empty = np.zeros((0, 900) if mono else (0, 2, 900), np.float32)
+    with torch.no_grad():
+        probs, logits = front(torch.from_numpy(empty))
+    assert probs.shape == (0, 3) and logits.shape == (0, 1, 3)
+    probs, logits = run_exported(out, fmt, empty)
+    assert probs.shape == (0, 3) and logits.shape == (0, 1, 3)
+    with pytest.raises(Exception, match=r"waveform: expected float32|expected: \(tensor\(float\)\)"):   # onnxruntime's own
+        run_exported(out, fmt, empty.astype(np.float64))
+    if not mono:
+        with pytest.raises(Exception, match="waveform: expected float32 .* got 3 channels"):
+            front(torch.zeros(0, 3, 900))
+
+
 def test_every_stem_preset_exports_to_torchscript(tmp_path):
     """Tracing meets every stem (parallel branches, CoordConv) and the file equals the model in eager mode."""
     from audiostem import list_stems
@@ -227,6 +257,13 @@ def test_the_exported_file_matches_predict_without_audiostem(run, clips, fmt, tm
     assert max(spread) - min(spread) > 0.01          # the clips give the model different things to say
     for wav, predicted in clips.items():
         assert exported[wav] == pytest.approx(predicted["probabilities"], abs=1e-3), wav
+
+
+def test_predict_on_no_files_is_no_results(run):
+    """The in-process path on empty input: no files, no results (the exported file's batch of 0
+    clips is checked by export itself, and above)."""
+    from audiostem.predict import predict_files
+    assert predict_files(run, []) == []
 
 
 def test_the_default_output_sits_next_to_the_checkpoint_and_keeps_the_metadata(run):
