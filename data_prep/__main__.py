@@ -23,6 +23,7 @@ from typing import Optional, Sequence
 from .cache import CacheError
 from .cli import EXIT_OK, EXIT_SKIPPED, run_resumable
 from .config import AudioFeatures, PianoRollFeatures
+from .discover import shown
 
 _NONE = ("none", "null")
 
@@ -89,10 +90,10 @@ def add_feature_arguments(parser: argparse.ArgumentParser) -> None:
                                    action=argparse.BooleanOptionalAction,
                                    help=f"{text} (default {f.default})")
             else:
-                shown = "none" if f.default is None else f.default
+                default = "none" if f.default is None else f.default
                 group.add_argument(flag, dest=f"feature_{f.name}", default=argparse.SUPPRESS,
                                    type=_parser_type(hints[f.name], f.default),
-                                   metavar=f.name.upper(), help=f"{text} (default {shown})")
+                                   metavar=f.name.upper(), help=f"{text} (default {default})")
 
 
 def _given_features(args: argparse.Namespace) -> dict:
@@ -213,7 +214,7 @@ def verify_main(argv: Sequence[str]) -> int:
             what += ", meta.json unchecked (built before it had a checksum: rebuild with --force)"
         elif files:
             what += ", and meta.json its own"
-        print(f"{path}: ok, build {cache.build_id[:12]}, {len(cache)} items; {what}")
+        print(f"{shown(path)}: ok, build {cache.build_id[:12]}, {len(cache)} items; {what}")
     return status
 
 

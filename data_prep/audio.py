@@ -21,7 +21,7 @@ import numpy as np
 import soundfile as sf
 
 from .audio_headers import fix_wav_sizes, truncation_note
-from .discover import AUDIO_EXTENSIONS, SNIFF_BYTES, sniff  # noqa: F401  (AUDIO_EXTENSIONS: re-exported)
+from .discover import AUDIO_EXTENSIONS, SNIFF_BYTES, shown, sniff  # noqa: F401  (AUDIO_EXTENSIONS: re-exported)
 
 # Integer subtypes decode much faster as integers than through libsndfile's float path; the
 # scaled result is bit-identical to ``soundfile.read(..., dtype="float32")`` (tested).
@@ -48,13 +48,13 @@ def read_file(path: Union[str, Path]) -> bytes:
     try:
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:
-            raise BadInputError(f"{path}: {size / 2**30:.1f} GiB is more than the {MAX_FILE_BYTES // 2**30} GiB an "
+            raise BadInputError(f"{shown(path)}: {size / 2**30:.1f} GiB is more than the {MAX_FILE_BYTES // 2**30} GiB an "
                                 "audio file may have here (files are read and decoded whole): cut it into clips")
         return path.read_bytes()
     except OSError as e:
-        raise BadInputError(f"{path}: cannot read ({e.strerror or e})") from None
+        raise BadInputError(f"{shown(path)}: cannot read ({e.strerror or e})") from None
     except MemoryError:
-        raise BadInputError(f"{path}: not enough memory to read its {size / 2**20:.0f} MiB") from None
+        raise BadInputError(f"{shown(path)}: not enough memory to read its {size / 2**20:.0f} MiB") from None
 
 
 @dataclass
@@ -97,7 +97,7 @@ def decode_with_notes(data: Union[bytes, str, Path], name: str = "") -> tuple[np
     """:func:`decode`, also returning notes about what was read: a file cut short of what its
     header promises (WAV, AIFF, CAF, AU, Wave64: :mod:`data_prep.audio_headers`) or cut inside
     its compressed stream (FLAC, Ogg... read up to the cut by FFmpeg), a header without sizes."""
-    name = name or (str(data) if not isinstance(data, bytes) else "<bytes>")
+    name = shown(name or (str(data) if not isinstance(data, bytes) else "<bytes>"))
     if not isinstance(data, bytes):
         data = read_file(data)
     try:
@@ -242,7 +242,7 @@ def check_signal(samples: np.ndarray, name: str = "") -> None:
     Silence is fine (its features are constant); so is a clip shorter than one analysis window
     (it is zero-padded to one frame).
     """
-    prefix = f"{name}: " if name else ""
+    prefix = f"{shown(name)}: " if name else ""
     if samples.size == 0:
         raise BadInputError(f"{prefix}empty audio (0 samples)")
     if not np.isfinite(samples).all():
@@ -269,14 +269,14 @@ def load_audio(path: Union[str, Path], sample_rate: Union[int, None] = None, mon
     path = Path(path)
     data = read_file(path)
     if not data:
-        raise BadInputError(f"{path}: empty file (0 bytes)")
+        raise BadInputError(f"{shown(path)}: empty file (0 bytes)")
     checksum = "sha1:" + hashlib.sha1(data).hexdigest()
     samples, rate, notes = decode_with_notes(data, str(path))
     del data
     try:
         return _finish(path, samples, rate, checksum, notes, sample_rate, mono, channels)
     except MemoryError:
-        raise BadInputError(f"{path}: not enough memory for its {samples.shape[1] / rate:.0f} s of "
+        raise BadInputError(f"{shown(path)}: not enough memory for its {samples.shape[1] / rate:.0f} s of "
                             f"{samples.shape[0]}-channel audio at {rate} Hz") from None
 
 
@@ -284,7 +284,7 @@ def _finish(path: Path, samples: np.ndarray, rate: int, checksum: str, notes: li
             sample_rate: Union[int, None], mono: bool, channels: int) -> Audio:
     duration = samples.shape[1] / rate
     if samples.size == 0 and notes:           # empty because it was cut: say so
-        raise BadInputError(f"{path}: empty audio (0 samples): {notes[-1]}")
+        raise BadInputError(f"{shown(path)}: empty audio (0 samples): {notes[-1]}")
     check_signal(samples, str(path))
     samples = fit_channels(samples, mono, channels)
     if sample_rate is not None:

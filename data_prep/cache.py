@@ -49,6 +49,7 @@ import numpy as np
 
 from .cache_files import is_lock_file, meta_checksum, read_json, rebuild_command
 from .config import FeatureConfig, config_diff, feature_config
+from .discover import shown
 from .shard_file import checksum_problems, shard_problems
 
 FORMAT_VERSION = 1
@@ -182,7 +183,7 @@ class FeatureCache:
             if _read_meta(self.path)[1] == self.build_id:
                 break
         else:
-            raise CacheError(f"{self.path}: rebuilt again and again while being opened; try later")
+            raise CacheError(f"{shown(self.path)}: rebuilt again and again while being opened; try later")
         needed: dict[int, int] = {}
         for it in self.items:
             needed[it.shard] = max(needed.get(it.shard, 0), it.offset + it.frames)
@@ -199,7 +200,7 @@ class FeatureCache:
             self.classes: list[str] = list(self.meta["classes"])
             tuple(self.meta["feature_shape"]), self.meta["stats"]["mean"], self.meta["failures"]
         except (KeyError, TypeError, ValueError) as e:
-            raise CacheError(_damaged(self.path, self.meta, [f"{self.path / 'meta.json'}: damaged "
+            raise CacheError(_damaged(self.path, self.meta, [f"{shown(self.path / 'meta.json')}: damaged "
                                                               f"({type(e).__name__}: {' '.join(str(e).split())})"])) from None
         try:
             want = (self.meta.get("files") or {}).get("manifest.csv", {}).get("bytes")
@@ -212,9 +213,9 @@ class FeatureCache:
                 raise ValueError(f"labels {unknown[:3]} are not in meta.json's classes")
             return rows
         except FileNotFoundError as e:
-            raise CacheError(_damaged(self.path, self.meta, [f"{e.filename}: missing"])) from None
+            raise CacheError(_damaged(self.path, self.meta, [f"{shown(e.filename)}: missing"])) from None
         except (KeyError, TypeError, ValueError) as e:
-            raise CacheError(_damaged(self.path, self.meta, [f"{manifest}: damaged ({type(e).__name__}: "
+            raise CacheError(_damaged(self.path, self.meta, [f"{shown(manifest)}: damaged ({type(e).__name__}: "
                                                               f"{' '.join(str(e).split())})"])) from None
 
     def check_build(self) -> None:
@@ -226,7 +227,7 @@ class FeatureCache:
             now = None
         if now != self.build_id:
             raise CacheError(
-                f"{self.path}: the cache was rebuilt (or removed) while it was being read (opened as "
+                f"{shown(self.path)}: the cache was rebuilt (or removed) while it was being read (opened as "
                 f"build {self.build_id[:12]}, now {now[:12] if now else 'none'}); results would mix two "
                 "builds' features. Run again on the new cache (train with --restart)")
 
@@ -247,7 +248,7 @@ class FeatureCache:
                 shard = np.load(file, mmap_mode="r")
             except (OSError, ValueError) as e:
                 self.check_build()
-                raise CacheError(_damaged(self.path, self.meta, [f"{file}: cannot be read ({e})"])) from None
+                raise CacheError(_damaged(self.path, self.meta, [f"{shown(file)}: cannot be read ({e})"])) from None
             self.check_build()          # after the open: the mapped file is this build's
             self._shards[item.shard] = shard
         return shard[item.offset:item.offset + item.frames]
@@ -302,7 +303,7 @@ class FeatureCache:
         if not diff:
             return None
         what = "feature config or source" if source is not None else "feature config"
-        return f"{self.path} was built with another {what} (cache != {whose}: {'; '.join(diff)})"
+        return f"{shown(self.path)} was built with another {what} (cache != {whose}: {'; '.join(diff)})"
 
     def __getstate__(self) -> dict:      # memory maps are reopened lazily in each process
         return {**self.__dict__, "_shards": {}}
@@ -315,24 +316,24 @@ def _read_meta(path: Path) -> tuple[dict, str]:
     if not meta_path.exists():
         hint = (" (an interrupted build: run the same data_prep command again to resume it)"
                 if partial_path(path).exists() else "")
-        raise CacheError(f"{path}: not a feature cache, no meta.json{hint}")
+        raise CacheError(f"{shown(path)}: not a feature cache, no meta.json{hint}")
     try:
         raw = meta_path.read_bytes()
         meta = read_json(meta_path)
     except (OSError, ValueError) as e:
         raise CacheError(f"{e}; rebuild the cache with {rebuild_command(path, None)}") from None
     if meta.get("format") != FORMAT_VERSION:
-        raise CacheError(f"{path}: cache format {meta.get('format')!r}, "
+        raise CacheError(f"{shown(path)}: cache format {meta.get('format')!r}, "
                          f"this version reads {FORMAT_VERSION}; rebuild it with --force")
     if "meta_sha256" in meta and meta["meta_sha256"] != meta_checksum(meta):
-        raise CacheError(_damaged(path, meta, [f"{meta_path}: altered since its build (its content "
+        raise CacheError(_damaged(path, meta, [f"{shown(meta_path)}: altered since its build (its content "
                                                f"no longer matches its meta_sha256: edited by hand)"]))
     return meta, str(meta.get("build_id") or "legacy-" + hashlib.sha256(raw).hexdigest()[:16])
 
 
 def _damaged(path: Path, meta: Optional[dict], problems: list[str]) -> str:
-    shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
-    return f"{path}: damaged cache: {shown}. Rebuild it with: {rebuild_command(path, meta)}"
+    listed = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+    return f"{shown(path)}: damaged cache: {listed}. Rebuild it with: {rebuild_command(path, meta)}"
 
 
 def open_cache(path: Union[str, Path]) -> FeatureCache:

@@ -34,6 +34,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from .discover import shown
+
 
 # --- one writer at a time -----------------------------------------------------------------------
 _HELD: set[str] = set()       # lock files this process holds (POSIX locks do not exclude oneself)
@@ -120,7 +122,8 @@ class CacheLock:
                            "cache": str(self.out)}).encode()
 
     def _busy(self, info: Optional[dict]) -> CacheBusyError:
-        return CacheBusyError(f"{self.out} is " + self.busy.format(holder=_holder_text(info), lock=self.path))
+        return CacheBusyError(f"{shown(self.out)} is " + self.busy.format(holder=_holder_text(info),
+                                                                         lock=shown(self.path)))
 
     def acquire(self) -> "CacheLock":
         self._pid = os.getpid()
@@ -237,11 +240,11 @@ def read_json(path: Path, what: str = "") -> dict:
     try:
         obj = json.loads(path.read_bytes())
     except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: damaged{what} (not UTF-8 text: {e.reason})") from None
+        raise ValueError(f"{shown(path)}: damaged{what} (not UTF-8 text: {e.reason})") from None
     except ValueError as e:
-        raise ValueError(f"{path}: damaged{what} (truncated or not JSON: {e})") from None
+        raise ValueError(f"{shown(path)}: damaged{what} (truncated or not JSON: {e})") from None
     if not isinstance(obj, dict):
-        raise ValueError(f"{path}: damaged{what} (not a JSON object)")
+        raise ValueError(f"{shown(path)}: damaged{what} (not a JSON object)")
     return obj
 
 
@@ -257,7 +260,7 @@ def rebuild_command(path: Path, meta: Optional[dict]) -> str:
     """The ``python -m data_prep`` command that rebuilds the cache at ``path`` (from its
     ``meta.json``: source, root, options and every feature field), or a generic one."""
     if not meta or not isinstance(meta.get("source"), dict) or "name" not in meta["source"]:
-        return f"the data_prep command that built it, with --out {path} --force"
+        return f"the data_prep command that built it, with --out {_quote(str(path))} --force"
     source = meta["source"]
     parts = ["python -m data_prep", source["name"]]
     if source.get("root"):
@@ -298,6 +301,11 @@ def _source_defaults(name: str, kind: Optional[str]) -> tuple[dict, dict]:
 
 
 def _quote(text: str) -> str:
+    """``text`` as one shell word on one line: bash's ``$'...'`` with escapes when it holds a
+    control character (a newline in a folder name), else :func:`shlex.quote`."""
     import shlex
 
-    return shlex.quote(text)
+    if shown(text) == text:
+        return shlex.quote(text)
+    text = text.replace("\\", "\\\\").replace("'", "\\'")
+    return "$'" + "".join(c if shown(c) == c else repr(c)[1:-1] for c in text) + "'"      # \n, \t, \x1b

@@ -22,6 +22,7 @@ from .cache import (FORMAT_VERSION, MANIFEST_FIELDS, CacheError, FeatureCache, c
                     partial_path)
 from .cache_files import CacheBusyError, CacheLock, build_target, meta_checksum, swap_in
 from .config import AudioFeatures, FeatureConfig, PianoRollFeatures
+from .discover import shown
 from .feature_stats import Sums, item_sums
 from .fileio import fsync_dir, named_error, write_atomic
 from .shard_file import ShardFile, file_record
@@ -91,7 +92,7 @@ class CacheWriter:
                  classes: Optional[list[str]] = None, *,
                  shard_bytes: int = SHARD_BYTES, shard_items: int = SHARD_ITEMS, restart: bool = False):
         if Path(out).name in ("", ".", ".."):          # ., /, x/..: no name for OUT.partial
-            raise CacheError(f"--out {out}: name the cache folder (e.g. --out caches/NAME): it is built "
+            raise CacheError(f"--out {shown(out)}: name the cache folder (e.g. --out caches/NAME): it is built "
                              f"beside it, in NAME.partial, and swapped in when complete")
         self.out = build_target(Path(out))
         if not isinstance(config, (AudioFeatures, PianoRollFeatures)):
@@ -116,10 +117,10 @@ class CacheWriter:
         self.resumed_items = 0
         if self.out.is_dir() and any(self.out.iterdir()) and not any(
                 (self.out / name).exists() for name in ("meta.json", "manifest.csv", "shards")):
-            raise CacheError(f"{self.out} exists and is not a feature cache (no meta.json, manifest.csv or "
+            raise CacheError(f"{shown(self.out)} exists and is not a feature cache (no meta.json, manifest.csv or "
                              "shards/); a build would replace it: choose another --out, or remove it yourself")
         if self.out.exists() and not self.out.is_dir():
-            raise CacheError(f"{self.out} is a file, not a cache folder; choose another --out")
+            raise CacheError(f"{shown(self.out)} is a file, not a cache folder; choose another --out")
         self._lock = CacheLock(self.out)
         try:
             self._lock.acquire()
@@ -196,7 +197,7 @@ class CacheWriter:
         """
         shape = tuple(self.config.feature_shape)
         if features.ndim != 1 + len(shape) or tuple(features.shape[1:]) != shape or len(features) == 0:
-            raise ValueError(f"{source}: features of shape {features.shape} do not match "
+            raise ValueError(f"{shown(source)}: features of shape {features.shape} do not match "
                              f"(frames>0, *{shape}) of the feature config")
         array = np.ascontiguousarray(features, dtype=np.float16)
         if self._shard is None:
@@ -280,12 +281,12 @@ class CacheWriter:
 
     def _publish(self, extra_meta: Optional[dict]) -> "FeatureCache":
         if not self._rows:
-            raise CacheError(f"{self.out}: no usable item was found "
+            raise CacheError(f"{shown(self.out)}: no usable item was found "
                              f"({len(self._failures)} sources failed)")
         classes = self.classes or sorted({r["label"] for r in self._rows})
         unknown = sorted({r["label"] for r in self._rows} - set(classes))
         if unknown:
-            raise CacheError(f"{self.out}: labels {unknown} are not in the class list {classes}")
+            raise CacheError(f"{shown(self.out)}: labels {unknown} are not in the class list {classes}")
         text = io.StringIO(newline="")
         writer = csv.DictWriter(text, MANIFEST_FIELDS)
         writer.writeheader()

@@ -9,6 +9,8 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
+from .discover import shown
+
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SKIPPED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
@@ -22,10 +24,10 @@ def run_resumable(work: Callable[[], object], out, errors: tuple = (ValueError,)
         print(f"error: {e}", file=sys.stderr)
         return EXIT_ERROR
     except OSError as e:          # the disk or a file, outside any one item: one line, no traceback
-        where = f"{e.filename}: " if e.filename is not None else ""
+        where = f"{shown(e.filename)}: " if e.filename is not None else ""
         print(f"error: {where}{e.strerror or e}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
-        print(f"\ninterrupted: run the same command again to resume {out}", file=sys.stderr)
+        print(f"\ninterrupted: run the same command again to resume {shown(out)}", file=sys.stderr)
         return EXIT_INTERRUPTED
     return EXIT_OK

@@ -19,13 +19,17 @@ its lock file) are data_prep's own output, not the dataset's files: the ``folder
 
 File names are kept as Python gives them: bytes that are not UTF-8 (old archives, Windows code
 pages) come back as surrogate escapes, which open fine but cannot be written as UTF-8 text;
-:func:`text_name` turns them into visible ``\\xNN`` escapes for manifests and messages.
+:func:`text_name` turns them into visible ``\\xNN`` escapes for manifests and messages. A name
+may also hold a newline, a carriage return or a tab (Linux allows any byte but ``/`` and NUL):
+:func:`shown` is how every message of data_prep and audiostem writes a name or path, so that the
+message stays one line.
 """
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 #: Names (case-insensitive) of files and folders written by operating systems, not by people.
 LEFTOVER_NAMES = frozenset({"__macosx", "thumbs.db", "ehthumbs.db", "ehthumbs_vista.db",
@@ -193,6 +197,18 @@ def text_name(name: str) -> str:
         return name
     except UnicodeEncodeError:
         return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+_BREAKS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")      # control characters, line separators
+
+
+def shown(name: Union[str, os.PathLike]) -> str:
+    """``name`` (a file or folder name, a path, a label) as a message writes it: as it is, or,
+    when it holds a control character (newline, carriage return, tab, escape...) or a Unicode
+    line separator, as Python's ``repr`` (``'dog/bad\\nname.wav'``), so that the message stays
+    one line and names the file exactly."""
+    text = os.fspath(name)
+    return repr(text) if _BREAKS.search(text) else text
 
 
 def walk(root: Path, errors: Optional[list] = None, leave_out: Optional[Callable[[Path], bool]] = None):

@@ -24,6 +24,8 @@ from http.client import HTTPException
 from pathlib import Path
 from typing import Optional
 
+from .discover import shown
+
 CHUNK = 1 << 20
 
 
@@ -77,15 +79,15 @@ def fetch_archive(archive: Archive, root: Path, quiet: bool = False, retries: in
         return
     in_progress = path.exists() or path.with_name(path.name + ".part").exists()
     if archive.expect and (root / archive.expect).exists() and not in_progress:
-        _say(f"{archive.filename}: {root / archive.expect} is already there; not downloading", quiet)
+        _say(f"{archive.filename}: {shown(root / archive.expect)} is already there; not downloading", quiet)
         return
     downloads.mkdir(parents=True, exist_ok=True)
     download(archive.url, path, sha256=archive.sha256, md5=archive.md5, quiet=quiet, retries=retries)
-    _say(f"extracting {path.name} into {root}", quiet)
+    _say(f"extracting {path.name} into {shown(root)}", quiet)
     extract(path, root)
     if archive.expect and not (root / archive.expect).exists():
         raise ValueError(f"{archive.filename} did not contain {archive.expect}; it is not the "
-                         f"expected archive (kept at {path})")
+                         f"expected archive (kept at {shown(path)})")
     done.write_text(f"{archive.url}\n")
     path.unlink()
 
@@ -129,7 +131,7 @@ def download(url: str, dest: Path, sha256: Optional[str] = None, md5: Optional[s
             if isinstance(e, urllib.error.HTTPError) and e.code not in (408, 429, 500, 502, 503, 504):
                 raise OSError(f"{url}: HTTP {e.code} {e.reason}") from None
             if attempt == retries:
-                raise OSError(f"{url}: {e} (the partial download in {part} resumes on the next run)") from None
+                raise OSError(f"{url}: {e} (the partial download in {shown(part)} resumes on the next run)") from None
             delay = min(2 ** attempt, 30) if attempt else 0
             _say(f"{dest.name}: {e}; resuming in {delay} s", quiet)
             time.sleep(delay)
@@ -195,8 +197,8 @@ def extract(archive: Path, root: Path) -> None:
                 _extract_plain(tf, root, archive)
     except tarfile.TarError as e:
         if isinstance(e, getattr(tarfile, "FilterError", ())):
-            raise ValueError(f"{archive}: refused an unsafe member ({e})") from None
-        raise ValueError(f"{archive}: not a zip or tar archive ({e})") from None
+            raise ValueError(f"{shown(archive)}: refused an unsafe member ({e})") from None
+        raise ValueError(f"{shown(archive)}: not a zip or tar archive ({e})") from None
 
 
 def _check_tar(tf: tarfile.TarFile, root: Path, archive: Path) -> None:
@@ -209,7 +211,7 @@ def _check_tar(tf: tarfile.TarFile, root: Path, archive: Path) -> None:
         parts = Path(member.name).parts
         through = next((str(Path(*parts[:k])) for k in range(1, len(parts)) if str(Path(*parts[:k])) in links), None)
         if through is not None:
-            raise ValueError(f"{archive}: member {member.name!r} goes through the link {through!r}; refused")
+            raise ValueError(f"{shown(archive)}: member {member.name!r} goes through the link {through!r}; refused")
         _inside(root, member.name, archive)
         if member.issym():
             _inside(root, str(Path(member.name).parent / member.linkname), archive)
@@ -230,7 +232,7 @@ def _extract_plain(tf: tarfile.TarFile, root: Path, archive: Path) -> None:
         if not (member.isfile() or member.isdir()):
             kind = ("a symbolic link" if member.issym() else "a hard link" if member.islnk()
                     else "a device or FIFO")
-            raise ValueError(f"{archive}: member {member.name!r} is {kind}; refused (this Python "
+            raise ValueError(f"{shown(archive)}: member {member.name!r} is {kind}; refused (this Python "
                              "has no tar extraction filters, so only files and folders are extracted)")
         _inside(root, member.name, archive)
     for member in members:
@@ -240,4 +242,4 @@ def _extract_plain(tf: tarfile.TarFile, root: Path, archive: Path) -> None:
 def _inside(root: Path, name: str, archive: Path) -> None:
     target = (root / name).resolve()
     if target != root and root not in target.parents:
-        raise ValueError(f"{archive}: member {name!r} would be extracted outside {root}; refused")
+        raise ValueError(f"{shown(archive)}: member {name!r} would be extracted outside {shown(root)}; refused")

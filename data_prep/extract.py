@@ -27,6 +27,7 @@ import numpy as np
 
 from .cache import to_float16
 from .config import AUDIO_KINDS, FeatureConfig, feature_config
+from .discover import shown
 from .feature_stats import item_sums
 from .workers import context, die_with, forks
 
@@ -99,16 +100,18 @@ def extract_file(path: Union[str, Path], config: Union[FeatureConfig, dict]) -> 
     config = feature_config(config)
     features, _, _, notes = reader(config).read(str(path), config)
     for note in notes:
-        warnings.warn(f"{path}: {note}", stacklevel=2)
+        warnings.warn(f"{shown(path)}: {note}", stacklevel=2)
     return features
 
 
 def _reason(error: BaseException, path: str) -> str:
-    """An exception as a one-line reason, without repeating the file name."""
-    text = " ".join(str(error).split()) or type(error).__name__
-    for prefix in (f"{path}: ", f"{path}:"):
+    """An exception as a one-line reason, without repeating the file name (written as
+    :func:`~data_prep.discover.shown` writes it)."""
+    text = str(error)
+    for prefix in (f"{shown(path)}: ", f"{shown(path)}:"):
         if text.startswith(prefix):
             text = text[len(prefix):]
+    text = " ".join(text.split()) or type(error).__name__
     if not isinstance(error, ValueError):      # BadInputError and ValueError explain themselves
         text = f"{type(error).__name__}: {text}"
     return text

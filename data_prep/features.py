@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from .audio import BadInputError, load_audio
+from .discover import shown
 from .config import AudioFeatures
 
 Array = Union[np.ndarray, torch.Tensor]
@@ -430,13 +431,13 @@ def extract_audio(path: Union[str, Path], config: AudioFeatures) -> tuple[np.nda
     try:
         features = compute_features(audio.samples, config)
     except (RuntimeError, ValueError) as e:
-        raise BadInputError(f"{path}: feature extraction failed ({e})") from None
+        raise BadInputError(f"{shown(path)}: feature extraction failed ({e})") from None
     if not np.isfinite(features).all():
         peak = float(np.abs(audio.samples).max())      # the samples are finite (load_audio checks)
         if peak > 1e6:
-            raise BadInputError(f"{path}: sample values up to {peak:.3g} (far outside [-1, 1]) overflow "
+            raise BadInputError(f"{shown(path)}: sample values up to {peak:.3g} (far outside [-1, 1]) overflow "
                                 f"the float32 spectrum; the file is damaged or was written unscaled")
-        raise BadInputError(f"{path}: features are not finite")
+        raise BadInputError(f"{shown(path)}: features are not finite")
     audio.samples = audio.samples[:, :0]
     return features, audio
 
@@ -452,5 +453,5 @@ def extract_audio_file(path: Union[str, Path], config: AudioFeatures) -> np.ndar
     """
     features, audio = extract_audio(path, config)
     for note in audio.warnings:               # e.g. a truncated WAV, read as the shorter clip
-        warnings.warn(f"{path}: {note}", stacklevel=2)
+        warnings.warn(f"{shown(path)}: {note}", stacklevel=2)
     return features

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 from .abc_midi import FIELD, convert_tune, digest, letter_key
+from .discover import shown
 from .workers import cpu_count, pool as worker_pool
 
 COLLECTIONS = {
@@ -116,7 +117,7 @@ def list_tunes(classes: Sequence[str]) -> dict[str, list[Tune]]:
             raise ValueError(f"unknown folk class {label!r}; choose from {', '.join(COLLECTIONS)}")
         files = sorted(p for pattern in COLLECTIONS[label] for p in root.glob(pattern))
         if not files:
-            raise ValueError(f"music21's corpus at {root} has no files for {label!r} "
+            raise ValueError(f"music21's corpus at {shown(root)} has no files for {label!r} "
                              f"({', '.join(COLLECTIONS[label])}); is music21 fully installed?")
         tunes = [t for f in files for t in split_tunes(f.read_text(encoding="latin-1"),
                                                         f.relative_to(root).as_posix(), label)]
@@ -190,11 +191,11 @@ def _build_locked(root: Path, request: dict, per_class: int, classes: list[str],
                   progress: bool) -> Path:
     marker = root / "folk.json"
     if root.exists() and any(root.iterdir()) and not marker.exists():
-        raise ValueError(f"{root} is not empty and holds no folk dataset (no folk.json); "
+        raise ValueError(f"{shown(root)} is not empty and holds no folk dataset (no folk.json); "
                          f"choose an empty or new folder for the folk dataset")
     say = (lambda text: print(text, file=sys.stderr, flush=True)) if progress else (lambda text: None)
     started = time.perf_counter()
-    say(f"building the folk MIDI dataset in {root} from music21's corpus "
+    say(f"building the folk MIDI dataset in {shown(root)} from music21's corpus "
         f"({per_class} tunes x {len(classes)} classes) ...")
     rows, report = _select_and_convert(list_tunes(classes), per_class, workers)
     partial = root.with_name(root.name + ".partial")
@@ -224,7 +225,7 @@ def _build_locked(root: Path, request: dict, per_class: int, classes: list[str],
     swap_in(partial, root, root.with_name(root.name + ".old"))   # readers never see it half replaced
     counts = {label: report[label]["written"] for label in classes}
     skipped = sum(report[label]["failed"] for label in classes)
-    say(f"built {root}: {counts}, {skipped} tunes skipped (see folk.json), "
+    say(f"built {shown(root)}: {counts}, {skipped} tunes skipped (see folk.json), "
         f"{time.perf_counter() - started:.1f} s")
     return root
 

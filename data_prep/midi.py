@@ -33,6 +33,7 @@ import numpy as np
 
 from .cache import to_float16
 from .config import PianoRollFeatures
+from .discover import shown
 from .midi_file import MidiInput, read_score, smf_bytes
 
 GM_FAMILIES = ("piano", "chromatic_percussion", "organ", "guitar", "bass", "strings", "ensemble",
@@ -99,7 +100,7 @@ def pianoroll_file(path: Union[str, os.PathLike], config: PianoRollFeatures,
     """
     roll, notes = read_pianoroll(path, config, dtype)
     for note in notes:
-        warnings.warn(f"{path}: {note}", stacklevel=2)
+        warnings.warn(f"{shown(path)}: {note}", stacklevel=2)
     return roll
 
 

@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any, Union
 
+from .discover import shown
+
 MAX_FILE_BYTES = 64 * 2**20         # real MIDI files are kilobytes; the largest known, a few MB
 TICKS_PER_QUARTER = 480             # the built-in datasets' files: 480 ticks per quarter note,
 TEMPO_QPM = 120.0                   # 120 quarter notes per minute,
@@ -36,7 +38,7 @@ def read_file(path: Union[str, os.PathLike]) -> bytes:
                              f"(limit {MAX_FILE_BYTES // 2**20} MiB)")
         return path.read_bytes()
     except OSError as e:
-        raise ValueError(f"cannot read {path}: {e.strerror or e}") from None
+        raise ValueError(f"cannot read {shown(path)}: {e.strerror or e}") from None
 
 
 def _midi_bytes(midi: MidiInput) -> bytes:

@@ -57,6 +57,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
+from .discover import shown
 from .fileio import write_atomic
 from .folk import corpus_dir
 from .midi_file import one_track_midi
@@ -136,7 +137,7 @@ def list_pieces(classes: Sequence[str], collections: Optional[dict] = None) -> d
             name = "_".join(parts if len(parts) > 2 or label == "quartet" else parts[1:])
             pieces.append(Piece(label, source, _safe(name), work_of(label, source, head)))
         if not pieces:
-            raise ValueError(f"music21's corpus at {root} has no files for {label!r} "
+            raise ValueError(f"music21's corpus at {shown(root)} has no files for {label!r} "
                              f"({', '.join(collections[label])}); is music21 fully installed?")
         out[label] = sorted(pieces, key=lambda p: _digest(p.source))
     return out
@@ -211,7 +212,7 @@ def build_polyphony(root: os.PathLike | str = DEFAULT_ROOT, per_class: int = 500
         if built.get("request") == request and (root / "manifest.csv").exists() and not force:
             return root
     elif root.exists() and any(root.iterdir()):
-        raise ValueError(f"{root} is not empty and holds no polyphony dataset (no polyphony.json); "
+        raise ValueError(f"{shown(root)} is not empty and holds no polyphony dataset (no polyphony.json); "
                          f"choose an empty or new folder for the polyphony dataset")
     candidates = list_pieces(classes, collections)
     # converted scores are kept in ROOT.partial/pieces as they come (an interrupted build resumes
@@ -226,7 +227,7 @@ def build_polyphony(root: os.PathLike | str = DEFAULT_ROOT, per_class: int = 500
     stores = [partial / "pieces"] + ([root / "pieces"] if {k: old.get(k) for k in version} == version else [])
     say = (lambda text: print(text, file=sys.stderr, flush=True)) if progress else (lambda text: None)
     started = time.perf_counter()
-    say(f"building the polyphony MIDI dataset in {root} from music21's corpus "
+    say(f"building the polyphony MIDI dataset in {shown(root)} from music21's corpus "
         f"(up to {per_class} excerpts of {excerpt_beats} beats x {len(classes)} classes) ...")
     pieces, rows, report = _select_and_convert(candidates, per_class, per_piece, excerpt_beats, workers,
                                                stores, say)
@@ -266,7 +267,7 @@ def build_polyphony(root: os.PathLike | str = DEFAULT_ROOT, per_class: int = 500
     os.replace(partial, root)
     counts = {label: report[label]["excerpts"] for label in classes}
     scores = {label: report[label]["pieces"] for label in classes}
-    say(f"built {root}: excerpts {counts}, from scores {scores} "
+    say(f"built {shown(root)}: excerpts {counts}, from scores {scores} "
         f"(see polyphony.json), {time.perf_counter() - started:.1f} s")
     return root
 

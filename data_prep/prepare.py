@@ -31,7 +31,7 @@ from .cache import CacheError, FeatureCache, partial_failures
 from .cache_files import build_target
 from .cache_writer import CacheWriter, check_existing, drop_unused_partial
 from .config import FeatureConfig
-from .discover import text_name
+from .discover import shown, text_name
 from .extract import extract_in_order, preload
 from .source_options import resolve_features, source_arguments
 from .sources import Source, SourceItem, get_source
@@ -104,7 +104,7 @@ def prepare(source: Union[str, Source], root: Union[str, Path], out: Union[str, 
     src = get_source(source) if isinstance(source, str) else source
     root = Path(root).expanduser()
     if not root.exists() and not getattr(src, "creates_root", False):   # folk builds its root
-        raise ValueError(f"--root {root}: no such file or folder")
+        raise ValueError(f"--root {shown(root)}: no such file or folder")
     root = src.resolve_root(root)
     out = build_target(Path(out).expanduser())          # a link: the folder it points to
     config = resolve_features(src, features)
@@ -116,7 +116,7 @@ def prepare(source: Union[str, Source], root: Union[str, Path], out: Union[str, 
     cache = check_existing(out, config, force=force, source=described)
     if cache is not None:
         ignored = cache.meta.get("ignored", {}).get("count", 0)
-        say(f"{out} is up to date ({len(cache)} items, {config.kind}, {len(cache.failures)} "
+        say(f"{shown(out)} is up to date ({len(cache)} items, {config.kind}, {len(cache.failures)} "
             f"skipped, {ignored} ignored); nothing to do (use --force to rebuild)"
             + _failure_lines(cache.failures))
         return cache
@@ -149,7 +149,7 @@ def _build(writer: CacheWriter, items: list[SourceItem], unlisted: list[tuple[st
     resumed = len(items) - len(todo)
     n_workers = max(1, min(workers or cpu_count(), len(todo)))
     if resumed:
-        say(f"resuming {out}: {resumed} of {len(items)} items were already done")
+        say(f"resuming {shown(out)}: {resumed} of {len(items)} items were already done")
 
     written, skipped, seconds = 0, [], 0.0
     preload(config)                          # before the bar starts, so its ETA is about files
@@ -185,7 +185,7 @@ def _build(writer: CacheWriter, items: list[SourceItem], unlisted: list[tuple[st
     except CacheError as e:
         raise CacheError(f"{e}{_failure_lines(partial_failures(out) or skipped)}") from None
     except UnicodeEncodeError:      # rows an older version wrote with raw non-UTF-8 names
-        raise CacheError(f"{out.name}.partial holds file names that are not UTF-8 text, from an "
+        raise CacheError(f"{shown(out.name + '.partial')} holds file names that are not UTF-8 text, from an "
                          f"interrupted build of an older version; run the same command with "
                          f"--force to start it over") from None
     say(_summary(cache, build, elapsed, seconds))
@@ -196,9 +196,9 @@ def disk_error(error: OSError, out: Path) -> str:
     """A one-line message for an ``OSError`` met while writing the cache ``out``: the path, what
     went wrong, and what to do."""
     where = error.filename if error.filename is not None else out
-    text = f"cannot write {where}: {error.strerror or error}"
+    text = f"cannot write {shown(where)}: {error.strerror or error}"
     if error.errno in (errno.EEXIST, errno.ENOTDIR) and Path(where).is_file():
-        text = f"cannot write {where}: Not a directory (a file is in the way of --out)"
+        text = f"cannot write {shown(where)}: Not a directory (a file is in the way of --out)"
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         text += ("; free some space or choose another --out, then run the same command again "
                  "(complete shards are kept and resumed)")
@@ -232,7 +232,7 @@ def _progress(total: int, initial: int, name: str, enabled: bool):
 def _failure_lines(failures: list[dict], limit: int = 10) -> str:
     if not failures:
         return ""
-    lines = [f"\n  {f['source']}: {f['reason']}" for f in failures[:limit]]
+    lines = [f"\n  {shown(f['source'])}: {f['reason']}" for f in failures[:limit]]
     if len(failures) > limit:
         lines.append(f"\n  ... and {len(failures) - limit} more (meta.json lists them all)")
     return "".join(lines)
@@ -247,17 +247,17 @@ def _summary(cache: FeatureCache, build: dict, elapsed: float, audio_seconds: fl
     warnings about files that were read, and the speed."""
     failures = cache.failures
     ignored = cache.meta.get("ignored", {"count": 0, "examples": []})
-    parts = [f"wrote {cache.path}: {len(cache)} items prepared, {_files(len(failures))} skipped, "
+    parts = [f"wrote {shown(cache.path)}: {len(cache)} items prepared, {_files(len(failures))} skipped, "
              f"{ignored['count']} ignored; {len(cache.classes)} classes, splits {cache.meta['splits']}"]
     if build["resumed"]:
         parts.append(f" ({build['written']} this run, {build['resumed']} resumed)")
     parts.append(_failure_lines(failures))
     if ignored["count"]:
-        shown = ", ".join(ignored["examples"][:3]) + (", ..." if ignored["count"] > 3 else "")
+        examples = ", ".join(map(shown, ignored["examples"][:3])) + (", ..." if ignored["count"] > 3 else "")
         parts.append(f"\nignored {_files(ignored['count'])}: operating-system leftovers and hidden "
-                     f"files ({shown})")
+                     f"files ({examples})")
     for w in build.get("warnings", [])[:10]:
-        parts.append(f"\n  warning: {w['source']}: {w['warning']}")
+        parts.append(f"\n  warning: {shown(w['source'])}: {w['warning']}")
     if len(build.get("warnings", [])) > 10:
         parts.append(f"\n  ... and {len(build['warnings']) - 10} more warnings (meta.json lists them all)")
     rate = build["written"] / elapsed if elapsed else 0.0

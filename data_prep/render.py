@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 from .cli import run_resumable
+from .discover import shown
 from .fileio import stray_temporaries, write_atomic
 from .synth import SYNTHS, default_soundfont, instrument_name, parse_programs, render_midi, synthesizer
 from .workers import context, cpu_count, die_with
@@ -75,14 +76,14 @@ def list_midi_dataset(root: Path) -> list[tuple[str, str, str, str]]:
         return [(it.path.relative_to(root).as_posix(), it.label, it.split, it.group or it.id)
                 for it in read_dataset_manifest(root)]
     if not root.is_dir():
-        raise ValueError(f"--root {root}: no such folder")
+        raise ValueError(f"--root {shown(root)}: no such folder")
     items = []
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for path in list_files(class_dir, MIDI_EXTENSIONS):
             rel = path.relative_to(root).as_posix()
             items.append((rel, class_dir.name, "", Path(rel).with_suffix("").as_posix()))
     if not items:
-        raise ValueError(f"--root {root}: no manifest.csv and no MIDI files in class sub-folders")
+        raise ValueError(f"--root {shown(root)}: no manifest.csv and no MIDI files in class sub-folders")
     return items
 
 
@@ -105,7 +106,8 @@ def plan_jobs(items, programs: Sequence[Optional[int]]) -> list[Job]:
     seen: dict[str, str] = {}
     for job in jobs:
         if seen.setdefault(job.out, job.source) != job.source:
-            raise ValueError(f"{job.source} and {seen[job.out]} would both be written to {job.out}")
+            raise ValueError(f"{shown(job.source)} and {shown(seen[job.out])} would both be written to "
+                             f"{shown(job.out)}")
     return jobs
 
 
@@ -188,7 +190,7 @@ def _render_dataset(root: Union[str, os.PathLike], out: Union[str, os.PathLike],
     todo = [j for j in jobs if not (out / j.out).exists()]
     say = (lambda text: print(text, file=sys.stderr, flush=True)) if progress else (lambda text: None)
     if len(todo) < len(jobs):
-        say(f"resuming {out}: {len(jobs) - len(todo)} of {len(jobs)} files are already rendered")
+        say(f"resuming {shown(out)}: {len(jobs) - len(todo)} of {len(jobs)} files are already rendered")
     started = time.perf_counter()
     state = {"root": root, "out": out, "soundfont": soundfont, "sample_rate": sample_rate,
              "max_seconds": max_seconds, "synth": synth}
@@ -209,7 +211,7 @@ def _render_dataset(root: Union[str, os.PathLike], out: Union[str, os.PathLike],
                      "seconds": round(seconds, 3)})
     if not rows:
         raise ValueError(f"no file could be rendered ({len(failures)} failed, e.g. "
-                         f"{failures[0]['source']}: {failures[0]['reason']})" if failures else "no files")
+                         f"{shown(failures[0]['source'])}: {failures[0]['reason']})" if failures else "no files")
     rows.sort(key=lambda r: r["path"])
     text = io.StringIO()
     writer = csv.DictWriter(text, MANIFEST_FIELDS, lineterminator="\n")
@@ -220,9 +222,9 @@ def _render_dataset(root: Union[str, os.PathLike], out: Union[str, os.PathLike],
                "failed": failures, "audio_hours": round(sum(r["seconds"] for r in rows) / 3600, 4)}
     (out / "render.json").write_text(json.dumps(summary, indent=1) + "\n")
     elapsed = time.perf_counter() - started
-    say(f"rendered {out}: {len(rows)} files in {len({r['label'] for r in rows})} classes, "
+    say(f"rendered {shown(out)}: {len(rows)} files in {len({r['label'] for r in rows})} classes, "
         f"{summary['audio_hours']:.2f} h of audio, {len(failures)} failed"
-        + "".join(f"\n  {f['source']}: {f['reason']}" for f in failures[:10])
+        + "".join(f"\n  {shown(f['source'])}: {f['reason']}" for f in failures[:10])
         + f"\n{len(todo)} files in {elapsed:.1f} s")
     return summary
 
@@ -231,14 +233,14 @@ def _check_out(out: Path, settings: dict, force: bool) -> None:
     marker = out / "render.json"
     if out.exists() and any(out.iterdir()):
         if not marker.exists():
-            raise ValueError(f"--out {out} is not empty and was not written by render; "
+            raise ValueError(f"--out {shown(out)} is not empty and was not written by render; "
                              f"choose a new folder")
         old = json.loads(marker.read_text()).get("settings")
         if old != settings:
             if not force:
                 diff = [f"{k}: {old.get(k)!r} != {settings[k]!r}" for k in settings
                         if not old or old.get(k) != settings[k]]
-                raise ValueError(f"{out} was rendered with other settings ({'; '.join(diff)}); "
+                raise ValueError(f"{shown(out)} was rendered with other settings ({'; '.join(diff)}); "
                                  f"use --force to start over or choose another --out")
         if force:
             shutil.rmtree(out)

@@ -17,6 +17,8 @@ from typing import Optional
 
 import numpy as np
 
+from .discover import shown
+
 
 class ShardFile:
     """A shard being written: items are appended as raw float16 bytes behind a ``.npy`` header
@@ -108,7 +110,7 @@ class ShardFile:
             self.stage[self.fill:padded] = bytes(padded - self.fill)
             self._flush(padded)
         if self._header_into(self.first) != self.data_start:   # cannot happen with NumPy's padding
-            raise RuntimeError(f"{self.tmp}: the .npy header changed size")
+            raise RuntimeError(f"{shown(self.tmp)}: the .npy header changed size")
         self._write(memoryview(self.first), 0)
         os.ftruncate(self.fd, size)
         os.fsync(self.fd)
@@ -166,20 +168,20 @@ def shard_problems(path: Path, meta: dict, needed: dict[int, int]) -> list[str]:
                 header = npy_header(fh, version)
                 start = fh.tell()
         except FileNotFoundError:
-            problems.append(f"{file}: missing")
+            problems.append(f"{shown(file)}: missing")
             continue
         except (OSError, ValueError) as e:
-            problems.append(f"{file}: damaged (not a .npy file: {' '.join(str(e).split())})")
+            problems.append(f"{shown(file)}: damaged (not a .npy file: {' '.join(str(e).split())})")
             continue
         rows, dtype = header[0], np.dtype(header[2])
         want = recorded.get(name, {}).get("bytes")
         full = start + int(np.prod(rows, dtype=np.int64)) * dtype.itemsize
         if want is not None and size != want:
-            problems.append(f"{file}: {size} bytes, the build wrote {want} (truncated or altered)")
+            problems.append(f"{shown(file)}: {size} bytes, the build wrote {want} (truncated or altered)")
         elif size != full:
-            problems.append(f"{file}: {size} bytes, its header says {full} (truncated)")
+            problems.append(f"{shown(file)}: {size} bytes, its header says {full} (truncated)")
         elif dtype != np.float16 or (shape and tuple(rows[1:]) != shape) or (rows and rows[0] < needed.get(n, 0)):
-            problems.append(f"{file}: holds {tuple(rows)} {dtype}, the manifest needs at least "
+            problems.append(f"{shown(file)}: holds {tuple(rows)} {dtype}, the manifest needs at least "
                             f"({needed.get(n, 0)}, {', '.join(map(str, shape))}) float16")
     return problems
 
@@ -199,11 +201,11 @@ def checksum_problems(path: Path, meta: dict) -> list[str]:
                 for block in iter(lambda: fh.read(1 << 22), b""):
                     h.update(block)
         except (OSError, ValueError) as e:
-            problems.append(f"{file}: cannot be read ({' '.join(str(e).split())})")
+            problems.append(f"{shown(file)}: cannot be read ({' '.join(str(e).split())})")
             continue
         want = record.get("data_sha256") or record.get("sha256")
         if h.hexdigest() != want:
-            problems.append(f"{file}: checksum differs from the one its build recorded (damaged or altered)")
+            problems.append(f"{shown(file)}: checksum differs from the one its build recorded (damaged or altered)")
     return problems
 
 

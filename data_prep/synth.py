@@ -17,6 +17,8 @@ from typing import Optional, Union
 
 import numpy as np
 
+from .discover import shown
+
 PEAK = 10 ** (-1 / 20)                 # -1 dBFS
 TAIL_SECONDS = 1.0                     # rendered after the last note, for its release
 
@@ -27,7 +29,7 @@ def default_soundfont() -> Path:
 
     path = Path(pretty_midi.__file__).parent / "TimGM6mb.sf2"
     if not path.is_file():
-        raise ValueError(f"pretty_midi's soundfont is missing ({path}); give one with --soundfont")
+        raise ValueError(f"pretty_midi's soundfont is missing ({shown(path)}); give one with --soundfont")
     return path
 
 

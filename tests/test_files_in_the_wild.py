@@ -732,3 +732,55 @@ def test_a_file_larger_than_any_wav_is_skipped_unread_and_memory_errors_are_name
     monkeypatch.setattr(audio, "_sndfile", no_memory)
     with pytest.raises(audio.BadInputError, match=r"0\.wav: not enough memory to decode its 0 MiB"):
         load_audio(tmp_path / "data" / "a" / "0.wav")
+
+
+# -- names with control characters ----------------------------------------------------------------
+def _escaped_everywhere(text: str) -> None:
+    """Every name below ends in 'TAIL...' after a newline, carriage return or tab: each one is
+    written escaped (``\\nTAIL``), never broken across lines."""
+    import re
+    assert "TAIL" in text, text
+    assert "TAIL" not in re.sub(r"\\[nrt]TAIL", "", text), text
+    assert not any(line.startswith("TAIL") for line in text.splitlines()), text
+
+
+def test_names_with_control_characters_stay_on_one_line(tmp_path):
+    """Linux allows any byte but '/' and NUL in a name: a newline, a carriage return or a tab in a
+    file, class folder, manifest or --out name broke the one-line reports and errors (a skipped
+    file's line split in two, its reason repeating the name with spaces for the newlines). Such
+    names are written as Python's repr, and only such names."""
+    root = tmp_path / "data"
+    put(root, "dog/0.wav", wav_bytes())
+    put(root, "cat/0.wav", wav_bytes(freq=900))
+    put(root, "dog/ok\nTAILa.wav", wav_bytes())
+    put(root, "cat\nTAILb/1.wav", wav_bytes(freq=900))                # a class folder
+    put(root, "dog/bad\nTAILc\r.wav", b"not audio at all, just text\n")
+    put(root, "dog/notes\tTAILd.txt", b"recorded in 2019\n")
+    put(root, "dog/cut\nTAILe.wav", wav_bytes(seconds=1.0)[:3000])      # read, with a warning
+    put(root, "dog/._x\nTAILf.wav", APPLEDOUBLE)                         # ignored
+    out = tmp_path / "cache\nTAILg"
+    command = [sys.executable, "-m", "data_prep", "folder", "--root", str(root), "--out", str(out),
+               "--workers", "1", *CLI_FEATURES]
+    for again in (False, True):                                         # the build, then 'up to date'
+        run = subprocess.run(command, capture_output=True, text=True)
+        assert run.returncode == 3 and "Traceback" not in run.stderr, run.stderr
+        _escaped_everywhere(run.stderr)
+        assert "\n  'dog/bad\\nTAILc\\r.wav': not a readable audio file (it is text;" in run.stderr
+        assert "\n  'dog/notes\\tTAILd.txt': not audio (text)" in run.stderr
+        assert again or "\n  warning: 'dog/cut\\nTAILe.wav': truncated" in run.stderr
+    assert open_cache(out).classes == ["cat", "cat\nTAILb", "dog"]       # the data keeps the names
+    run = subprocess.run([sys.executable, "-m", "data_prep", "verify", str(out)], capture_output=True, text=True)
+    assert run.returncode == 0 and run.stdout.startswith(f"{str(out)!r}: ok"), run.stdout
+    # errors naming a manifest, a row's path, a root
+    listing = put(tmp_path / "lists\nTAILh", "m.csv", b'path,label\n"dog/ok\nTAILa.wav",a\n"dog/ok\nTAILa.wav",b\n')
+    for args in (["csv", "--root", str(listing)], ["folder", "--root", str(tmp_path / "none\nTAILi")]):
+        run = subprocess.run([sys.executable, "-m", "data_prep", *args, "--out", str(tmp_path / "c"), *CLI_FEATURES],
+                             capture_output=True, text=True)
+        assert run.returncode == 1 and "Traceback" not in run.stderr and run.stderr.count("\n") == 1, run.stderr
+        _escaped_everywhere(run.stderr)
+    # names without control characters are written as they are
+    put(tmp_path / "plain", "a b/é.wav", b"text")
+    put(tmp_path / "plain", "c/0.wav", wav_bytes())
+    run = subprocess.run([sys.executable, "-m", "data_prep", "folder", "--root", str(tmp_path / "plain"),
+                          "--out", str(tmp_path / "c2"), "--workers", "1", *CLI_FEATURES], capture_output=True, text=True)
+    assert "\n  a b/é.wav: not a readable audio file (it is text;" in run.stderr, run.stderr

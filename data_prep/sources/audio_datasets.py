@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from ..discover import is_leftover
+from ..discover import is_leftover, shown
 from ..download import Archive
 from ..splits import seeded_rank
 from .base import Source, SourceItem, register_source, split_arguments
@@ -34,7 +34,7 @@ def find_root(root: Path, is_root: Callable[[Path], bool], what: str, depth: int
                 return folder
         level = [p for folder in level if folder.is_dir()
                  for p in sorted(folder.iterdir()) if p.is_dir() and not p.name.startswith(".")]
-    raise ValueError(f"--root {root}: no {what} found in it or in its sub-folders")
+    raise ValueError(f"--root {shown(root)}: no {what} found in it or in its sub-folders")
 
 
 def _test_fold_argument(parser: argparse.ArgumentParser, n: int) -> None:
@@ -204,7 +204,7 @@ class SpeechCommands(Source):
                 items.append(SourceItem(path, label, splits.get(rel, "train"), None, speaker,
                                         rel[:-4]))
         if not items:
-            raise ValueError(f"{root}: no word folders with .wav files")
+            raise ValueError(f"{shown(root)}: no word folders with .wav files")
         return items
 
 
@@ -215,13 +215,13 @@ def _read_examples(path: Path, key: str, label: str) -> dict[str, dict]:
     try:
         examples = json.loads(read_text(path))
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not JSON ({e}); download or extract it again") from None
+        raise ValueError(f"{shown(path)}: not JSON ({e}); download or extract it again") from None
     if not isinstance(examples, dict):
-        raise ValueError(f"{path}: expected a JSON object of notes ({{note: {{{key!r}: ..., ...}}}}), "
+        raise ValueError(f"{shown(path)}: expected a JSON object of notes ({{note: {{{key!r}: ..., ...}}}}), "
                          f"got a {type(examples).__name__}")
     for note, meta in examples.items():
         if not isinstance(meta, dict) or not isinstance(meta.get(key), str) or not meta[key]:
-            raise ValueError(f"{path}: note {note!r} has no {key!r} (--label {label})")
+            raise ValueError(f"{shown(path)}: note {note!r} has no {key!r} (--label {label})")
     return examples
 
 

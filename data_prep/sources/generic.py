@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..cache import is_cache_output
-from ..discover import classify, is_leftover, text_name, walk
+from ..discover import classify, is_leftover, shown, text_name, walk
 from ..splits import group_split
 from .base import Listing, Source, SourceItem, fractions_from, register_source, split_arguments
 from .tables import read_manifest
@@ -78,11 +78,11 @@ def list_files(folder: Path, extensions: tuple[str, ...]) -> list[Path]:
 
 def _no_files_message(root: Path, midi: bool, skipped: list, ignored: list) -> str:
     what = "MIDI" if midi else "audio"
-    text = (f"no {what} files under {root} (expected ROOT/CLASS/files or "
+    text = (f"no {what} files under {shown(root)} (expected ROOT/CLASS/files or "
             f"ROOT/train|valid|test/CLASS/files)")
     if skipped or ignored:
         text += f"; {len(skipped)} files skipped, {len(ignored)} ignored"
-        text += "".join(f"\n  {text_name(str(p.relative_to(root)))}: {reason}"
+        text += "".join(f"\n  {shown(text_name(str(p.relative_to(root))))}: {reason}"
                         for p, reason in skipped[:5])
     return text
 
@@ -153,7 +153,7 @@ class FolderSource(Source):
         root = Path(args.root)
         midi = getattr(args.features, "kind", "") == "pianoroll"
         if not root.is_dir():
-            raise ValueError(f"--root {root}: not a folder")
+            raise ValueError(f"--root {shown(root)}: not a folder")
         unlistable: list = []
         files = sorted(walk(root, unlistable, leave_out=is_cache_output))    # an --out inside --root
         ignored = [p for p, rel in files if is_leftover(rel)]
@@ -227,28 +227,28 @@ class CsvSource(Source):
         root = Path(args.root)
         manifest = root if root.is_file() else root / args.manifest
         if not manifest.is_file():
-            raise ValueError(f"no manifest at {manifest}: give --manifest or point --root at the CSV")
+            raise ValueError(f"no manifest at {shown(manifest)}: give --manifest or point --root at the CSV")
         base = manifest.parent
         header, rows = read_manifest(manifest, (args.path_column, args.label_column), args.encoding,
                                      "--encoding", "; see --path-column / --label-column")
         others = set(args.other_splits.split(",") if isinstance(args.other_splits, str)
                      else args.other_splits) - {""}
         if args.split_column != "split" and args.split_column not in header:
-            raise ValueError(f"{manifest}: no column {args.split_column!r} (columns: {', '.join(header)}); "
+            raise ValueError(f"{shown(manifest)}: no column {args.split_column!r} (columns: {', '.join(header)}); "
                              f"see --split-column")
         group_col = args.group_by or ("group" if "group" in header else None)
         if group_col and group_col not in header:
-            raise ValueError(f"{manifest}: --group-by {group_col!r} is not a column (columns: {header})")
+            raise ValueError(f"{shown(manifest)}: --group-by {group_col!r} is not a column (columns: {header})")
         fold_of = fold_numbers(rows, args.fold_column, header, manifest)
         items, lines = [], {}
         for row in rows:
             line = row.line
-            where = f"{manifest}:{line}: "
+            where = f"{shown(manifest)}:{line}: "
             raw_path, label = row[args.path_column], row[args.label_column]
             path = Path(raw_path)
             path = _on_disk(path if path.is_absolute() else base / path)
             if lines.setdefault(path, line) != line:
-                raise ValueError(f"{where}{raw_path} is listed again (first on line {lines[path]}); "
+                raise ValueError(f"{where}{shown(raw_path)} is listed again (first on line {lines[path]}); "
                                  f"list each file once")
             fold_value = fold_of.get(row.get(args.fold_column, ""))
             split = row.get(args.split_column, "")
@@ -265,16 +265,16 @@ def fold_numbers(rows: list[dict], column: str, header: list, manifest: Path) ->
     was asked for by name (``ValueError``)."""
     if column not in header:
         if column != "fold":
-            raise ValueError(f"{manifest}: --fold-column {column!r} is not a column (columns: {header})")
+            raise ValueError(f"{shown(manifest)}: --fold-column {column!r} is not a column (columns: {header})")
         return {}
     values = sorted({(r.get(column) or "").strip() for r in rows} - {""})
     if all(re.fullmatch(r"[+-]?\d+", v) for v in values):
         return {v: int(v) for v in values}
     if column == "fold":
         bad = next(v for v in values if not re.fullmatch(r"[+-]?\d+", v))
-        raise ValueError(f"{manifest}: fold must be an integer, got {bad!r} (or name the column with "
+        raise ValueError(f"{shown(manifest)}: fold must be an integer, got {bad!r} (or name the column with "
                          f"--fold-column to number its values)")
     numbers = {v: k for k, v in enumerate(values, start=1)}
-    print(f"csv: folds from column {column!r}: " + ", ".join(f"{k}={v}" for v, k in numbers.items()),
+    print(f"csv: folds from column {column!r}: " + ", ".join(f"{k}={shown(v)}" for v, k in numbers.items()),
           file=sys.stderr)
     return numbers

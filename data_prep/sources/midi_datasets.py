@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 from ..download import Archive
-from ..discover import MIDI_EXTENSIONS
+from ..discover import MIDI_EXTENSIONS, shown
 from ..splits import group_split
 from .base import Source, SourceItem, fractions_from, register_source, split_arguments
 from .generic import list_files, normalise_split
@@ -72,10 +72,10 @@ class Folk(Source):
         if (root / "folk.json").exists() or not root.exists() or not any(root.iterdir()):
             build_folk(root, args.per_class, classes)
         elif not has_manifest:
-            raise ValueError(f"--root {root} holds no folk dataset (no manifest.csv); give an empty "
+            raise ValueError(f"--root {shown(root)} holds no folk dataset (no manifest.csv); give an empty "
                              f"or new folder and it is built there")
         else:                    # built elsewhere (e.g. the abc2midi script): use it as it is
-            print(f"folk: listing {root}/manifest.csv as it is (not built by data_prep.folk, so "
+            print(f"folk: listing {shown(root / 'manifest.csv')} as it is (not built by data_prep.folk, so "
                   f"--per-class and --classes do not apply)", file=sys.stderr)
         return read_dataset_manifest(root)
 
@@ -89,7 +89,7 @@ def read_dataset_manifest(root: Path) -> list[SourceItem]:
     manifest = root / "manifest.csv"
     items = []
     for row in read_manifest(manifest, ("path", "label"))[1]:
-        where = f"{manifest}:{row.line}: "
+        where = f"{shown(manifest)}:{row.line}: "
         items.append(SourceItem(root / row["path"], row["label"], normalise_split(row.get("split", ""), where),
                                 whole_number(row, "fold", manifest), row.get("group") or row.get("tune_id", ""),
                                 Path(row["path"]).with_suffix("").as_posix()))
@@ -130,10 +130,10 @@ class Polyphony(Source):
         if (root / "polyphony.json").exists() or not root.exists() or not any(root.iterdir()):
             build_polyphony(root, args.per_class, args.per_piece, args.excerpt_beats, classes)
         elif not (root / "manifest.csv").is_file():
-            raise ValueError(f"--root {root} holds no polyphony dataset (no manifest.csv); give an "
+            raise ValueError(f"--root {shown(root)} holds no polyphony dataset (no manifest.csv); give an "
                              f"empty or new folder and it is built there")
         else:
-            print(f"polyphony: listing {root}/manifest.csv as it is (no polyphony.json, so "
+            print(f"polyphony: listing {shown(root / 'manifest.csv')} as it is (no polyphony.json, so "
                   f"--per-class, --per-piece, --excerpt-beats and --classes do not apply)", file=sys.stderr)
         return read_dataset_manifest(root)
 
@@ -170,12 +170,12 @@ class Maestro(Source):
         else:
             found = sorted(root.glob("maestro-v*.csv"))
             if not found:
-                raise ValueError(f"--root {root}: no maestro-v*.csv (expected the unzipped "
+                raise ValueError(f"--root {shown(root)}: no maestro-v*.csv (expected the unzipped "
                                  f"maestro-v3.0.0 folder)")
             table = found[-1]
         needed = ("canonical_composer", "split", "midi_filename")
         items = [SourceItem(root / r["midi_filename"], r["canonical_composer"],
-                            normalise_split(r["split"], f"{table}:{r.line}: "), None, r.get("canonical_title", ""),
+                            normalise_split(r["split"], f"{shown(table)}:{r.line}: "), None, r.get("canonical_title", ""),
                             Path(r["midi_filename"]).with_suffix("").as_posix())
                  for r in read_manifest(table, needed)[1]]
         return _min_per_class(items, args.min_per_class, "composers")
@@ -196,10 +196,10 @@ def read_genre_labels(path: Path) -> dict[str, str]:
             continue
         parts = re.split(r"\t|\s{2,}|,", line)
         if len(parts) < 2 or not _MSD_ID.fullmatch(parts[0].strip()):
-            raise ValueError(f"{path}:{number}: expected 'TRACKID<TAB>GENRE', got {line[:80]!r}")
+            raise ValueError(f"{shown(path)}:{number}: expected 'TRACKID<TAB>GENRE', got {line[:80]!r}")
         labels[parts[0].strip()] = parts[1].strip()
     if not labels:
-        raise ValueError(f"{path}: no labels")
+        raise ValueError(f"{shown(path)}: no labels")
     return labels
 
 
@@ -241,10 +241,10 @@ class Lakh(Source):
             found = sorted(p for p in [*root.glob("*.cls"), *root.glob("*.tsv")] if p.is_file())
             if len(found) != 1:
                 raise ValueError(f"give the genre label file with --genres (found {len(found)} "
-                                 f"*.cls/*.tsv files in {root})")
+                                 f"*.cls/*.tsv files in {shown(root)})")
             genre_file = found[0]
         if not genre_file.is_file():
-            raise ValueError(f"--genres {genre_file}: no such file")
+            raise ValueError(f"--genres {shown(genre_file)}: no such file")
         genres = read_genre_labels(genre_file)
         files = list_files(root, MIDI_EXTENSIONS)
         by_track: dict[str, list[Path]] = {}
@@ -253,8 +253,8 @@ class Lakh(Source):
             if track in genres:
                 by_track.setdefault(track, []).append(path)
         if not by_track:
-            raise ValueError(f"none of the {len(files)} MIDI files under {root} has an MSD track id "
-                             f"(TR...) in {genre_file.name} ({len(genres)} labelled tracks)")
+            raise ValueError(f"none of the {len(files)} MIDI files under {shown(root)} has an MSD track id "
+                             f"(TR...) in {shown(genre_file.name)} ({len(genres)} labelled tracks)")
         if args.one_per_track:
             scores = _match_scores(root)
             by_track = {t: [max(ps, key=lambda p: scores.get(t, {}).get(p.stem, -1.0))]
@@ -278,4 +278,4 @@ def _match_scores(root: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except ValueError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
+        raise ValueError(f"{shown(path)}: not valid JSON ({e})") from None

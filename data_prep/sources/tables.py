@@ -12,6 +12,8 @@ import re
 from pathlib import Path
 from typing import Optional
 
+from ..discover import shown
+
 _BOMS = ((b"\xff\xfe\x00\x00", "utf-32"), (b"\x00\x00\xfe\xff", "utf-32"), (b"\xef\xbb\xbf", "utf-8-sig"),
          (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16"))
 
@@ -45,7 +47,7 @@ def read_text(path: Path, encoding: Optional[str] = "auto", option: Optional[str
         line = raw[:e.start].count(b"\n") + 1
         fix = (f" or give its encoding with {option}, e.g. cp1252 (Windows, Western Europe) or "
                f"mac_roman" if option else "")
-        raise ValueError(f"{path}:{line}: not {name} text (byte 0x{raw[e.start]:02x}); save it as "
+        raise ValueError(f"{shown(path)}:{line}: not {name} text (byte 0x{raw[e.start]:02x}); save it as "
                          f"UTF-8 (Excel: 'CSV UTF-8'){fix}") from None
     return text.lstrip("\ufeff")
 
@@ -90,7 +92,7 @@ def read_table(path: Path, encoding: Optional[str] = "auto",
             row.line = done
             rows.append(row)
     except csv.Error as e:
-        raise ValueError(f"{path}:{done + 1}: {e}; a field that starts with a quote (\") and never "
+        raise ValueError(f"{shown(path)}:{done + 1}: {e}; a field that starts with a quote (\") and never "
                          f"closes it takes in the lines after it") from None
     return header, rows
 
@@ -108,12 +110,12 @@ def read_manifest(path: Path, required: tuple[str, ...], encoding: Optional[str]
     header, rows = read_table(path, encoding, option)
     missing = [c for c in required if c not in header]
     if missing:
-        raise ValueError(f"{path}: no column {missing[0]!r} (columns: {', '.join(header) or 'none'})"
+        raise ValueError(f"{shown(path)}: no column {missing[0]!r} (columns: {', '.join(header) or 'none'})"
                          + (f"; expected {', '.join(required)}" if len(required) > 1 else "") + hint)
     names = [repr(c) for c in required]
     wanted = " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
     for row in rows:
-        where = f"{path}:{row.line}: "
+        where = f"{shown(path)}:{row.line}: "
         if any(row[c] is None for c in required):
             n = sum(v is not None for k, v in row.items() if k is not None)
             raise ValueError(f"{where}{n} field{'s' * (n != 1)}, the header has {len(header)} "
@@ -131,7 +133,7 @@ def read_manifest(path: Path, required: tuple[str, ...], encoding: Optional[str]
         if empty:
             raise ValueError(f"{where}empty {empty[0]!r}; give each row a value for {wanted}")
     if not rows:
-        raise ValueError(f"{path}: no rows below its header")
+        raise ValueError(f"{shown(path)}: no rows below its header")
     return header, rows
 
 
@@ -142,5 +144,5 @@ def whole_number(row: Row, column: str, path: Path) -> Optional[int]:
     if not value:
         return None
     if not re.fullmatch(r"[+-]?\d+", value):
-        raise ValueError(f"{path}:{row.line}: {column!r} must be a whole number, got {value!r}")
+        raise ValueError(f"{shown(path)}:{row.line}: {column!r} must be a whole number, got {value!r}")
     return int(value)
