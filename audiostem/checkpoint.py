@@ -28,6 +28,7 @@ from typing import Any, Callable, Optional, Union
 
 import torch
 
+from data_prep.discover import shown
 from data_prep.fileio import write_atomic
 
 
@@ -42,19 +43,19 @@ def verify_checkpoint(path: Union[str, Path]) -> Path:
     the file (and the damaged entry)."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
+        raise CheckpointError(f"{shown(path)}: no such checkpoint file")
     try:
         with zipfile.ZipFile(path) as zf:
             bad = zf.testzip()
     except zipfile.BadZipFile as e:
         size = path.stat().st_size
-        raise CheckpointError(f"{path}: truncated or not a checkpoint ({size} bytes, {e}: the file was "
+        raise CheckpointError(f"{shown(path)}: truncated or not a checkpoint ({size} bytes, {e}: the file was "
                               "cut short, e.g. by a full disk or a copy that did not finish, or is "
                               "not a torch checkpoint)") from None
     except (OSError, EOFError, zlib.error, ValueError, NotImplementedError) as e:
-        raise CheckpointError(f"{path}: damaged checkpoint ({type(e).__name__}: {e})") from None
+        raise CheckpointError(f"{shown(path)}: damaged checkpoint ({type(e).__name__}: {e})") from None
     if bad is not None:
-        raise CheckpointError(f"{path}: damaged checkpoint: the bytes of entry {bad!r} do not match "
+        raise CheckpointError(f"{shown(path)}: damaged checkpoint: the bytes of entry {bad!r} do not match "
                               "their CRC-32 (altered or corrupted on disk); it was not loaded")
     return path
 
@@ -75,13 +76,13 @@ def load_checkpoint(path: Union[str, Path], map_location: Any = "cpu") -> dict:
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()
         why = next((line for line in first if "GLOBAL" in line or "Unsupported" in line), first[0] if first else "")
-        raise CheckpointError(f"{path}: refused: it holds pickled Python objects, not only tensors and plain "
+        raise CheckpointError(f"{shown(path)}: refused: it holds pickled Python objects, not only tensors and plain "
                               f"data ({why.strip()}); audiostem never runs code from a checkpoint") from None
     except Exception as e:                       # noqa: BLE001 - any other unreadable file
         text = " ".join(str(e).split())[:300]
-        raise CheckpointError(f"{path}: cannot be read as a checkpoint ({type(e).__name__}: {text})") from None
+        raise CheckpointError(f"{shown(path)}: cannot be read as a checkpoint ({type(e).__name__}: {text})") from None
     if not isinstance(ckpt, dict):
-        raise CheckpointError(f"{path}: not a checkpoint (holds a {type(ckpt).__name__}, not a dict)")
+        raise CheckpointError(f"{shown(path)}: not a checkpoint (holds a {type(ckpt).__name__}, not a dict)")
     return ckpt
 
 
@@ -171,16 +172,16 @@ class CheckpointPayload:
         """Check and wrap a stored payload. Keys this version does not know are ignored.
         Raises :class:`CheckpointError` naming ``path`` and every missing or malformed field."""
         if not isinstance(data, dict):
-            raise CheckpointError(f"{path}: not an audiostem checkpoint (no {PAYLOAD_KEY!r} entry); "
+            raise CheckpointError(f"{shown(path)}: not an audiostem checkpoint (no {PAYLOAD_KEY!r} entry); "
                                   "train one with python -m audiostem.train")
         required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING]
         missing = [k for k in required if k not in data]
         if missing:
-            raise CheckpointError(f"{path}: its {PAYLOAD_KEY!r} entry lacks {', '.join(missing)} (damaged, or "
+            raise CheckpointError(f"{shown(path)}: its {PAYLOAD_KEY!r} entry lacks {', '.join(missing)} (damaged, or "
                                   "not written by python -m audiostem.train); train the model again")
         bad = [f"{k} {data.get(k)!r:.60} ({want})" for k, ok, want in _PAYLOAD_CHECKS if not ok(data.get(k))]
         if bad:
-            raise CheckpointError(f"{path}: its {PAYLOAD_KEY!r} entry has malformed fields: {'; '.join(bad)} "
+            raise CheckpointError(f"{shown(path)}: its {PAYLOAD_KEY!r} entry has malformed fields: {'; '.join(bad)} "
                                   "(damaged, or not written by python -m audiostem.train); train the model again")
         return cls(**{f.name: data.get(f.name) for f in dataclasses.fields(cls)})
 

@@ -23,6 +23,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from data_prep.cache import Item
+from data_prep.discover import shown
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from . import augment as aug
@@ -267,10 +268,10 @@ def resolve_splits(cache, recipe: Recipe) -> list[Split]:
             folds = assign_folds(cache.items, cv.cv, recipe.seed)
             present = list(range(1, cv.cv + 1))
         elif len(present) != cv.cv:
-            raise RecipeError(f"data.folds.cv: the cache {cache.path} has {len(present)} folds "
+            raise RecipeError(f"data.folds.cv: the cache {shown(cache.path)} has {len(present)} folds "
                               f"{present}, not {cv.cv}")
     elif not present:
-        raise RecipeError(f"data.folds: the cache {cache.path} has no folds; use data.folds={{cv: K}} "
+        raise RecipeError(f"data.folds: the cache {shown(cache.path)} has no folds; use data.folds={{cv: K}} "
                           "to make K stratified folds")
     runs = []
     for test in cv.test or present:
@@ -348,7 +349,7 @@ class CacheDataModule(pl.LightningDataModule):
         self.num_classes = len(cache.classes)
         if recipe.augment.pitch_shift.enabled and kind not in ("pianoroll", "cqt"):
             raise RecipeError(f"augment.pitch_shift: transposes piano rolls or CQT bins; the cache "
-                              f"{cache.path} holds {kind!r} features")
+                              f"{shown(cache.path)} holds {kind!r} features")
         a = recipe.augment
         raw_on = any(t.enabled for t in (a.gain, a.pitch_shift, a.time_shift, a.specaugment))
         self.augmentation = Augmentation(a, kind, cache.config.to_dict(), self.crop) if raw_on else None

@@ -19,6 +19,8 @@ from typing import Optional, Sequence, Union
 
 import torch
 
+from data_prep.discover import shown
+
 from . import run_folder
 from .inference import (CheckpointError, clip_logits, device_arg, load_classifier, one_line_warnings, positive_int,
                         warn_if_unfinished)
@@ -54,19 +56,19 @@ def evaluate_checkpoint(checkpoint: Union[str, Path], split: str = "test", cache
                                    f"and classes") from None
     built = payload.cache_build_id
     if cache_path is None and built is not None and built != cache.build_id:
-        raise CheckpointError(f"{cache.path}: rebuilt since {checkpoint} was trained on it (model: build "
+        raise CheckpointError(f"{shown(cache.path)}: rebuilt since {shown(checkpoint)} was trained on it (model: build "
                               f"{built[:12]}, cache now: build {cache.build_id[:12]}); its items and "
                               "features may differ from the model's. Retrain, or pass --cache "
-                              f"{cache.path} to score the model on the new build anyway")
+                              f"{shown(cache.path)} to score the model on the new build anyway")
     problem = cache.mismatch(payload.features, "model")
     if problem:
         raise CheckpointError(problem)
     if cache.classes != payload.classes:
-        raise CheckpointError(f"{cache.path}: classes {cache.classes} differ from the model's {payload.classes}")
+        raise CheckpointError(f"{shown(cache.path)}: classes {cache.classes} differ from the model's {payload.classes}")
     if split in ROLES:
         try:           # the recipe training validated, read back (no model is built for it)
             recipe = stored_recipe({**payload.recipe, "data": {**payload.recipe["data"], "cache": str(cache.path)}},
-                                   f"{checkpoint}: its stored recipe")
+                                   f"{shown(checkpoint)}: its stored recipe")
         except RecipeError as e:
             raise CheckpointError("; ".join(str(e).splitlines())) from None
         runs = {r["fold"]: r for r in resolve_splits(cache, recipe)}
@@ -78,11 +80,11 @@ def evaluate_checkpoint(checkpoint: Union[str, Path], split: str = "test", cache
             indices = cache.indices(split=split)
             if not indices:
                 raise CheckpointError(f"--split {split}: the model's recipe has no {role} split (data.{role}_split: "
-                                      f"null) and {cache.path} no split {split!r} (its splits: {cache.splits})")
+                                      f"null) and {shown(cache.path)} no split {split!r} (its splits: {cache.splits})")
     else:
         indices = cache.indices(split=split)
     if not indices:
-        raise CheckpointError(f"--split {split}: no items in {cache.path} (its splits: {cache.splits}; "
+        raise CheckpointError(f"--split {split}: no items in {shown(cache.path)} (its splits: {cache.splits}; "
                               "or test, val, train as the recipe defined them)")
     windows = Windows(cache, indices, payload.crop_frames, payload.eval_hop, payload.stats_tensors())
     loader = DataLoader(windows, batch_size=batch_size)
@@ -148,7 +150,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     metrics, classes = public(result["metrics"]), result["classes"]
     if "folds" in result:
         metrics["folds"] = public(result["folds"])
-    title = f"{args.run}: {args.split}"
+    title = f"{shown(args.run)}: {args.split}"
     if args.json:
         print(json.dumps(metrics, indent=1))
     else:
@@ -162,7 +164,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             rows += run_folder.prediction_rows([item], result["log_probs"][n:n + 1], result["target"][n:n + 1],
                                                classes, folds[n] if folds else result["fold"])
         names = run_folder.write_evaluation(args.out, args.split, rows, metrics, classes, title)
-        print(f"wrote {Path(args.out)}/{', '.join(names)}")
+        print(f"wrote {shown(Path(args.out))}/{', '.join(names)}")
     return 0
 
 

@@ -44,6 +44,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from data_prep.discover import shown
+
 from .inference import CheckpointError, load_classifier, one_line_warnings, warn_if_unfinished
 from .run_folder import find_checkpoint
 
@@ -316,7 +318,7 @@ def export(checkpoint: Union[str, Path], fmt: str = "onnx", out: Optional[Union[
     except Exception as e:                       # noqa: BLE001 - torch.onnx/jit raise many kinds
         partial.unlink(missing_ok=True)
         first = (str(e).strip().splitlines() or [""])[0][:300]
-        raise ExportError(f"{out}: the {fmt} export failed ({type(e).__name__}: {first}); nothing written") from e
+        raise ExportError(f"{shown(out)}: the {fmt} export failed ({type(e).__name__}: {first}); nothing written") from e
     short = example[..., :max(1, wrapped.hop_length * wrapped.crop // 3)]
     for clip in (example, short, example[:0]):
         with torch.no_grad():
@@ -325,7 +327,7 @@ def export(checkpoint: Union[str, Path], fmt: str = "onnx", out: Optional[Union[
         if got.shape != expected.shape or not np.allclose(got, expected, rtol=0, atol=1e-4):
             partial.unlink(missing_ok=True)
             what = f"a {clip.shape[-1]}-sample clip" if len(clip) else "a batch of 0 clips"
-            raise ExportError(f"{out}: the exported {fmt} file gives other probabilities than the model "
+            raise ExportError(f"{shown(out)}: the exported {fmt} file gives other probabilities than the model "
                               f"on {what} ({got} != {expected}); not written")
     os.replace(partial, out)
     return out
@@ -352,9 +354,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:
-        print(f"error: {e.filename or args.out}: cannot write the exported file ({e.strerror or e})", file=sys.stderr)
+        print(f"error: {shown(e.filename or args.out)}: cannot write the exported file ({e.strerror or e})", file=sys.stderr)
         return 2
-    print(f"wrote {out}")
+    print(f"wrote {shown(out)}")
     return 0
 
 

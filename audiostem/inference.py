@@ -15,6 +15,8 @@ from typing import Iterable, Sequence, Union
 
 import torch
 
+from data_prep.discover import shown
+
 from .checkpoint import CheckpointError, CheckpointPayload, load_checkpoint
 from .metrics import add_windows, mean_window_logits
 from .models import use_channels_last
@@ -54,7 +56,7 @@ def warn_if_unfinished(path: Union[str, Path], doing: str, folds: Sequence[Path]
     what = (f"the best checkpoints so far of {', '.join(f.name for f in folds)}"
             + (f" ({', '.join(unfinished)} unfinished)" if unfinished else "") + " only"
             if folds else "its best checkpoint so far")
-    warnings.warn(f"{path}: training has not finished (no {METRICS_FILE}): {doing} {what}", UnfinishedRunWarning,
+    warnings.warn(f"{shown(path)}: training has not finished (no {METRICS_FILE}): {doing} {what}", UnfinishedRunWarning,
                   stacklevel=3)
 
 
@@ -67,7 +69,7 @@ def load_classifier(path: Union[str, Path],
     path = find_checkpoint(path)
     ckpt = load_checkpoint(path)
     if not isinstance(ckpt.get("state_dict"), dict):
-        raise CheckpointError(f"{path}: not an audiostem checkpoint (no 'audiostem' or 'state_dict' entry); "
+        raise CheckpointError(f"{shown(path)}: not an audiostem checkpoint (no 'audiostem' or 'state_dict' entry); "
                               "train one with python -m audiostem.train")
     payload = CheckpointPayload.from_checkpoint(ckpt, path)
     try:
@@ -78,7 +80,7 @@ def load_classifier(path: Union[str, Path],
         model.load_state_dict(state)
     except (KeyError, TypeError, ValueError, IndexError, RuntimeError, AttributeError) as e:
         text = " ".join(str(e).split())[:300]
-        raise CheckpointError(f"{path}: its model does not rebuild from what it stores "
+        raise CheckpointError(f"{shown(path)}: its model does not rebuild from what it stores "
                               f"({type(e).__name__}: {text})") from None
     model = model.to(device).eval()
     if use_channels_last(m.get("channels_last", False), device):

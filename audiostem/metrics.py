@@ -11,6 +11,8 @@ from typing import Any, Optional, Sequence, Union
 
 import torch
 
+from data_prep.discover import shown
+
 PathLike = Union[str, Path]
 
 
@@ -128,8 +130,9 @@ def cross_validation_metrics(pooled: dict[str, Optional[dict]], fold_metrics: li
 
 
 def per_class_text(metrics: dict, title: str = "") -> str:
-    """A plain-text table of per-class precision, recall, F1 and support, with the totals."""
-    per = metrics["per_class"]
+    """A plain-text table of per-class precision, recall, F1 and support, with the totals; a class
+    name with a control character in it is written escaped (:func:`data_prep.discover.shown`)."""
+    per = {shown(c): m for c, m in metrics["per_class"].items()}
     width = max([len(c) for c in per] + [17])
     lines = [title] if title else []
     lines.append(f"{'class':<{width}}  precision  recall     f1  support")

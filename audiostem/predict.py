@@ -19,6 +19,8 @@ from typing import Optional, Sequence, Union
 
 import torch
 
+from data_prep.discover import shown, text_name
+
 from .inference import (CheckpointError, clip_logits, device_arg, load_classifier, one_line_warnings, positive_int,
                         warn_if_unfinished)
 
@@ -77,16 +79,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from data_prep.discover import text_name      # a name that is not UTF-8 prints as \xNN
-
     if args.json:
         print(json.dumps(results, indent=1))
     else:
         for r in results:
             if "error" in r:
-                print(f"{text_name(r['file'])}: error: {r['error']}", file=sys.stderr)
+                print(f"{shown(text_name(r['file']))}: error: {r['error']}", file=sys.stderr)
             else:
-                print(f"{text_name(r['file'])}: " + ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top"]))
+                print(f"{shown(text_name(r['file']))}: " + ", ".join(f"{shown(t['label'])} {t['probability']:.3f}" for t in r["top"]))
     return 1 if any("error" in r for r in results) else 0
 
 

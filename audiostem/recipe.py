@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional, Union
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from data_prep.discover import shown
+
 from .overrides import OverrideError, apply_overrides, parse_overrides
 from .recipe_doc import key_table
 from .recipe_schema import (MANAGED_TRAINER_KEYS, METRICS, SEED_MAX, TRAINER_KEYS, Augment, CrossValidation, Data,
@@ -74,8 +76,8 @@ def _format_errors(error: ValidationError, data: dict) -> list[str]:
             elif path.endswith(".features") and msg.startswith("features."):
                 lines.append(f"{path.removesuffix('features')}{msg}")
             else:
-                shown = "" if e["type"] == "value_error" else f", got {e.get('input')!r}"
-                lines.append(f"{path}: {msg}{shown}")
+                got = "" if e["type"] == "value_error" else f", got {e.get('input')!r}"
+                lines.append(f"{path}: {msg}{got}")
     return list(dict.fromkeys(lines))
 
 
@@ -107,7 +109,7 @@ def validate_recipe(data: Any, source: str = "recipe", out_name: str = "recipe")
         try:
             pretrained_file(recipe.model.body)   # weights on disk, or an error naming where it looked
         except FileNotFoundError as e:
-            raise RecipeError(f"{source}: {e}") from None
+            raise RecipeError(f"{shown(source)}: {e}") from None
     return recipe
 
 
@@ -120,11 +122,11 @@ def stored_recipe(data: Any, source: str) -> Recipe:
 
 def _parse(data: Any, source: str) -> Recipe:
     if not isinstance(data, dict):
-        raise RecipeError(f"{source}: a recipe must be a mapping of keys, got {type(data).__name__}")
+        raise RecipeError(f"{shown(source)}: a recipe must be a mapping of keys, got {type(data).__name__}")
     try:
         return Recipe.model_validate(data)
     except ValidationError as e:
-        raise RecipeError("\n".join(f"{source}: {line}" for line in _format_errors(e, data))) from None
+        raise RecipeError("\n".join(f"{shown(source)}: {line}" for line in _format_errors(e, data))) from None
 
 
 def find_recipe(path: Union[str, Path]) -> Path:
@@ -137,7 +139,7 @@ def find_recipe(path: Union[str, Path]) -> Path:
         return shipped
     names = sorted(f.stem for f in RECIPES_DIR.glob("*.yaml")) if RECIPES_DIR.exists() else []
     hint = f"; shipped recipes: {', '.join(names)}" if names else ""
-    raise RecipeError(f"{path}: no such recipe file{hint}")
+    raise RecipeError(f"{shown(path)}: no such recipe file{hint}")
 
 
 def load_recipe(path: Union[str, Path], overrides: Optional[list[str]] = None,
@@ -159,14 +161,14 @@ def load_recipe(path: Union[str, Path], overrides: Optional[list[str]] = None,
     try:
         data = load_yaml(path.read_text(encoding="utf-8"), str(path))
     except yaml.YAMLError as e:
-        raise RecipeError(f"{path}: not valid YAML: {yaml_error(e)}") from None
+        raise RecipeError(f"{shown(path)}: not valid YAML: {yaml_error(e)}") from None
     except UnicodeDecodeError as e:
-        raise RecipeError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
+        raise RecipeError(f"{shown(path)}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
                           f"save the recipe as UTF-8") from None
     except OSError as e:
-        raise RecipeError(f"{path}: cannot read the recipe ({e.strerror})") from None
+        raise RecipeError(f"{shown(path)}: cannot read the recipe ({e.strerror})") from None
     if data is not None and not isinstance(data, dict):     # before overrides, which set keys in it
-        raise RecipeError(f"{path}: a recipe must be a mapping of keys, got {type(data).__name__}")
+        raise RecipeError(f"{shown(path)}: a recipe must be a mapping of keys, got {type(data).__name__}")
     try:
         data = apply_overrides(data or {}, list(overrides or []), values)
     except OverrideError as e:
@@ -195,10 +197,10 @@ def open_data(recipe: Recipe) -> Optional[FeatureCache]:
         if recipe.data.prepare is not None:
             return None
         partial = partial_path(cache)
-        what = "an interrupted build is at " + str(partial) if partial.exists() else "it does not exist"
+        what = "an interrupted build is at " + shown(partial) if partial.exists() else "it does not exist"
         raise RecipeError(
-            f"data.cache: no feature cache at {cache} ({what}). Build it with\n"
-            f"  python -m data_prep SOURCE --root DATASET_FOLDER --out {cache}\n"
+            f"data.cache: no feature cache at {shown(cache)} ({what}). Build it with\n"
+            f"  python -m data_prep SOURCE --root DATASET_FOLDER --out {shown(cache)}\n"
             "(`python -m data_prep --help` lists the sources), or add a data.prepare section "
             "(source, root, options) so that training builds it.")
     opened = open_cache(cache)           # CacheError naming a damaged file and the rebuild command

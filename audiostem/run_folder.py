@@ -36,6 +36,7 @@ from typing import Any, Optional, Sequence, Union
 
 import torch
 
+from data_prep.discover import shown
 from data_prep.fileio import write_atomic
 
 from .checkpoint import CheckpointError
@@ -103,7 +104,7 @@ def read_metrics(run_dir: PathLike) -> dict:
     try:
         data = json.loads(path.read_bytes())
     except FileNotFoundError:
-        raise RunFolderError(f"{path}: missing (the run has not finished)") from None
+        raise RunFolderError(f"{shown(path)}: missing (the run has not finished)") from None
     except (UnicodeDecodeError, ValueError) as e:
         raise RunFolderError(_damaged(run_dir, f"truncated or not JSON: {e}")) from None
     if not isinstance(data, dict):
@@ -114,7 +115,7 @@ def read_metrics(run_dir: PathLike) -> dict:
 def _damaged(run_dir: PathLike, why: str) -> str:
     resume = ("it resumes from checkpoints/last.ckpt" if last_checkpoint(run_dir).is_file()
               else "from the start: there is no checkpoints/last.ckpt to resume from")
-    return (f"{Path(run_dir) / METRICS_FILE}: damaged ({why}); delete it and run the training "
+    return (f"{shown(Path(run_dir) / METRICS_FILE)}: damaged ({why}); delete it and run the training "
             f"again ({resume})")
 
 
@@ -168,7 +169,7 @@ def prepare(recipe, restart: bool = False, write: bool = True) -> Path:
     stored = read_recipe(out)
     diff = [] if stored is None else recipe_changes(stored, recipe.to_dict())
     if diff:
-        raise RecipeError(f"out_dir: {out} holds a run of a different recipe ({'; '.join(diff[:5])}); "
+        raise RecipeError(f"out_dir: {shown(out)} holds a run of a different recipe ({'; '.join(diff[:5])}); "
                           "choose another out_dir, or pass --restart to discard that run")
     if write:
         out.mkdir(parents=True, exist_ok=True)
@@ -223,16 +224,16 @@ def find_checkpoint(path: PathLike) -> Path:
         if not best.exists() and folds:          # pool_fold_runs copies the first fold's when all have finished
             unfinished = [f.name for f in folds if not is_finished(f)]
             example = next((f for f in folds if is_finished(f)), folds[0])
-            raise CheckpointError(f"{p}: a cross-validation run that has not finished"
+            raise CheckpointError(f"{shown(p)}: a cross-validation run that has not finished"
                                   + (f" ({', '.join(unfinished)} unfinished)" if unfinished else "")
                                   + f"; it gets {CHECKPOINTS_DIR}/{BEST_STEM}.ckpt, a copy of the first fold's, "
-                                    f"when every fold has: give one fold's folder, e.g. {example}")
+                                    f"when every fold has: give one fold's folder, e.g. {shown(example)}")
         if not best.exists():
-            raise CheckpointError(f"{p}: a run folder without checkpoints/best.ckpt (not trained yet, or "
+            raise CheckpointError(f"{shown(p)}: a run folder without checkpoints/best.ckpt (not trained yet, or "
                                   "not a run folder)")
         return best
     if not p.exists():
-        raise CheckpointError(f"{p}: no such checkpoint file or run folder")
+        raise CheckpointError(f"{shown(p)}: no such checkpoint file or run folder")
     return p
 
 
@@ -294,7 +295,7 @@ def read_history(run_dir: PathLike) -> list[dict]:
         return [{k: (float(v) if v not in ("", None) else math.nan) for k, v in r.items()}
                 for r in _read_csv(path)[1]]
     except (ValueError, TypeError) as e:
-        raise RunFolderError(f"{path}: damaged (not numbers: {' '.join(str(e).split())[:120]}); delete the run "
+        raise RunFolderError(f"{shown(path)}: damaged (not numbers: {' '.join(str(e).split())[:120]}); delete the run "
                              "folder's metrics.json and history.csv and run the training again") from None
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from data_prep import CacheError
+from data_prep.discover import shown
 
 from . import run_folder
 from .checkpoint import PAYLOAD_KEY, CheckpointError, CheckpointPayload, load_checkpoint, verified_checkpoint_io
@@ -49,14 +50,14 @@ def ensure_cache(recipe: Recipe, wait_seconds: float = 3600.0):
     path = Path(recipe.data.cache)
     if _is_rank_zero():
         p = recipe.data.prepare
-        print(f"audiostem: building the feature cache {path} from source {p.source!r} "
-              f"(root {p.root})", file=sys.stderr)
+        print(f"audiostem: building the feature cache {shown(path)} from source {p.source!r} "
+              f"(root {shown(p.root)})", file=sys.stderr)
         return data_prep.prepare(p.source, p.root, path, recipe.data.features, workers=p.workers, **p.options)
     deadline = time.time() + wait_seconds
     while not data_prep.cache_exists(path):
         if time.time() > deadline:
             raise RecipeError(f"data.cache: rank {_global_rank()} waited {wait_seconds:.0f} s "
-                              f"for rank 0 to build {path}")
+                              f"for rank 0 to build {shown(path)}")
         time.sleep(2)
     return open_data(recipe)
 
@@ -88,7 +89,7 @@ def check_resume(path: str, cache, run_dir: Path, own: bool, task=None, recipe: 
     trained on the cache's current build; :class:`CheckpointError` or
     :class:`~data_prep.CacheError` saying how to go on otherwise (``own``: the run's own
     ``last.ckpt``, which ``--restart`` discards)."""
-    how = (f"pass --restart to train this run again from the start (or delete {path})" if own
+    how = (f"pass --restart to train this run again from the start (or delete {shown(path)})" if own
            else "resume from another checkpoint, or leave out --resume")
     try:
         ckpt = load_checkpoint(path)
@@ -96,7 +97,7 @@ def check_resume(path: str, cache, run_dir: Path, own: bool, task=None, recipe: 
         raise CheckpointError(f"{e}. Cannot resume from it: {how}") from None
     state = ckpt.get("state_dict")
     if not isinstance(state, dict) or PAYLOAD_KEY not in ckpt:
-        raise CheckpointError(f"{path}: not an audiostem training checkpoint (no state_dict or audiostem "
+        raise CheckpointError(f"{shown(path)}: not an audiostem training checkpoint (no state_dict or audiostem "
                               f"entry). Cannot resume from it: {how}")
     try:
         payload = CheckpointPayload.from_checkpoint(ckpt, path)
@@ -108,18 +109,18 @@ def check_resume(path: str, cache, run_dir: Path, own: bool, task=None, recipe: 
         bad = sorted(set(mine) ^ set(theirs)) or [k for k in mine if mine[k] != theirs[k]]
         if bad:
             k = bad[0]
-            raise CheckpointError(f"{path}: holds another model's weights ({k}: {theirs.get(k, 'missing')} "
+            raise CheckpointError(f"{shown(path)}: holds another model's weights ({k}: {theirs.get(k, 'missing')} "
                                   f"in the checkpoint, {mine.get(k, 'missing')} in this recipe's model). "
                                   f"Cannot resume from it: {how}")
     changes = [] if recipe is None else run_folder.recipe_changes(payload.recipe, recipe.to_dict())
     if changes:            # its optimiser, schedule and epoch belong to that run: resuming mixes two runs
-        raise CheckpointError(f"{path}: written by a run of another recipe ({'; '.join(changes[:5])}). "
+        raise CheckpointError(f"{shown(path)}: written by a run of another recipe ({'; '.join(changes[:5])}). "
                               f"Cannot resume from it: {how}")
     built = payload.cache_build_id
     if built is not None and built != cache.build_id:
-        raise CacheError(f"{cache.path}: rebuilt since {path} was written (the run trained on build "
+        raise CacheError(f"{shown(cache.path)}: rebuilt since {shown(path)} was written (the run trained on build "
                          f"{built[:12]}, the cache is now build {cache.build_id[:12]}); resuming would "
-                         f"mix two builds' features: pass --restart to train {run_dir} again on it")
+                         f"mix two builds' features: pass --restart to train {shown(run_dir)} again on it")
 
 
 # --- one run ------------------------------------------------------------------------------------
@@ -188,7 +189,7 @@ def fit_run(recipe: Recipe, cache, split: dict, run_dir: Path, callbacks: Sequen
     except (ValueError, TypeError, MisconfigurationException) as e:    # the recipe's trainer values
         raise RecipeError(f"trainer: {' '.join(str(e).split())}") from None
     if ckpt_path:
-        print(f"audiostem: resuming {run_dir} from {ckpt_path}", file=sys.stderr)
+        print(f"audiostem: resuming {shown(run_dir)} from {shown(ckpt_path)}", file=sys.stderr)
     trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path)
 
     results = {}
@@ -270,7 +271,7 @@ def train(recipe: Recipe, callbacks: Sequence = (), restart: bool = False,
         except CacheBusyError as e:
             raise RecipeError(f"out_dir: {e}") from None
         except OSError as e:          # a file where the folder should be, no permission, a full disk
-            raise RecipeError(f"out_dir: cannot create the run folder {recipe.out_dir} ({e.strerror}); "
+            raise RecipeError(f"out_dir: cannot create the run folder {shown(recipe.out_dir)} ({e.strerror}); "
                               "give a folder that can be created and written") from None
     try:
         return _train(recipe, callbacks, restart, resume_from, cache)
@@ -289,7 +290,7 @@ def _train(recipe: Recipe, callbacks: Sequence, restart: bool, resume_from: Opti
     out = run_folder.prepare(recipe, restart, write=_is_rank_zero())
     if run_folder.is_finished(out):
         metrics = run_folder.read_metrics(out)    # RunFolderError (one line) when it is damaged
-        print(f"audiostem: {out} is already finished (metrics.json); pass --restart to train it again",
+        print(f"audiostem: {shown(out)} is already finished (metrics.json); pass --restart to train it again",
               file=sys.stderr)
         return metrics
     splits = resolve_splits(cache, recipe)
@@ -320,10 +321,10 @@ def summary_lines(metrics: dict, out: Path) -> list[str]:
             lines.append(f"{stage} accuracy {m['accuracy']:.3f}{extra}  macro-F1 {m['macro_f1']:.3f}  "
                          f"balanced accuracy {m['balanced_accuracy']:.3f}  ({m['n_items']} clips)")
             break
-    lines.append(f"run folder: {out}")
+    lines.append(f"run folder: {shown(out)}")
     figure = run_folder.confusion_figure(out)
     if figure is not None:
-        lines.append(f"confusion matrix: {figure}")
+        lines.append(f"confusion matrix: {shown(figure)}")
     return lines
 
 
@@ -381,9 +382,9 @@ def read_values(path: Optional[str]) -> Optional[dict]:
             data = load_yaml(text, "--values")
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         why = yaml_error(e) if isinstance(e, yaml.YAMLError) else getattr(e, "strerror", None) or str(e)
-        raise RecipeError(f"--values {path}: cannot read a mapping of dotted keys ({why})") from None
+        raise RecipeError(f"--values {shown(path)}: cannot read a mapping of dotted keys ({why})") from None
     if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
-        raise RecipeError(f"--values {path}: expected a mapping of dotted keys to values, e.g. "
+        raise RecipeError(f"--values {shown(path)}: expected a mapping of dotted keys to values, e.g. "
                           '{"model.stem_args.width": 8}')
     return data
 
@@ -414,9 +415,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.print_only:
             print(dump_recipe(recipe), end="")
             if cache is None:
-                print(f"# the cache {recipe.data.cache} will be built from source {recipe.data.prepare.source!r}")
+                print(f"# the cache {shown(recipe.data.cache)} will be built from source {recipe.data.prepare.source!r}")
             else:
-                print(f"# cache {recipe.data.cache}: {len(cache)} items, classes {cache.classes}, "
+                print(f"# cache {shown(recipe.data.cache)}: {len(cache)} items, classes {cache.classes}, "
                       f"splits {cache.meta.get('splits')}, features {cache.config.kind}")
             return 0
         metrics = train(recipe, restart=args.restart, resume_from=args.resume, cache=cache)
@@ -429,7 +430,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SystemExit as e:       # Lightning's SIGTERMException: a SystemExit of status 0
         if type(e).__name__ != "SIGTERMException":
             raise
-        print(f"error: stopped by SIGTERM before the run finished; {recipe.out_dir} keeps the last finished "
+        print(f"error: stopped by SIGTERM before the run finished; {shown(recipe.out_dir)} keeps the last finished "
               "epoch (checkpoints/last.ckpt): run the same command again to resume", file=sys.stderr)
         return 143
     if metrics and _is_rank_zero():

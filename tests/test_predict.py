@@ -268,3 +268,34 @@ def test_a_model_whose_cache_is_gone_is_pointed_at_another_copy(audio_run, tmp_p
         assert evaluate_main([str(audio_run), "--cache", str(moved), "--json"]) == 0
     finally:
         moved.rename(cache)
+
+
+def test_names_with_control_characters_stay_on_one_line(audio_run, tmp_path, capsys):
+    """A file, run folder or recipe named with a newline or tab: predict's lines and the one-line
+    errors of train, evaluate, predict and export write it escaped (Python's repr), as data_prep
+    does; so does the per-class table for a class named so."""
+    from audiostem.export import main as export_main
+    from audiostem.metrics import per_class_text
+    from audiostem.train import main as train_main
+    from test_files_in_the_wild import _escaped_everywhere
+
+    bad = tmp_path / "bad\nTAIL1.wav"
+    bad.write_bytes(b"not audio, just text\n")
+    good = write_wav(tmp_path / "ok\tTAIL2.wav", 230, seconds=1.0)
+    assert predict_main([str(audio_run), str(bad), str(good)]) == 1
+    captured = capsys.readouterr()
+    _escaped_everywhere(captured.err)
+    _escaped_everywhere(captured.out)
+    assert captured.err.startswith(f"{str(bad)!r}: error: BadInputError: {str(bad)!r}: not a readable audio file")
+    assert captured.out.startswith(f"{str(good)!r}: low ")
+    nowhere = str(tmp_path / "no\nTAIL3")
+    for main, argv in ((predict_main, [nowhere, str(good)]), (evaluate_main, [nowhere]),
+                       (export_main, [nowhere, "--format", "torchscript"]), (train_main, [nowhere + ".yaml"])):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("error: '"), err
+        _escaped_everywhere(err)
+    per_class = {"a\nTAIL4": {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 1}}
+    table = per_class_text({"per_class": per_class, "accuracy": 1.0, "n_items": 1, "balanced_accuracy": 1.0,
+                            "macro_f1": 1.0})
+    _escaped_everywhere(table)

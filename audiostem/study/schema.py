@@ -43,6 +43,8 @@ from typing import Annotated, Any, Literal, Optional, Union
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, PrivateAttr, ValidationError, field_validator, model_validator
 
+from data_prep.discover import shown
+
 from ..yamlio import load_yaml, yaml_error
 
 _TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "function-after"}
@@ -439,14 +441,14 @@ def load_study(path: Union[str, Path]) -> Study:
     try:
         data = load_yaml(path.read_text(encoding="utf-8"), str(path))
     except OSError as err:
-        raise StudyError(f"{path}: cannot read the study file ({err.strerror})") from None
+        raise StudyError(f"{shown(path)}: cannot read the study file ({err.strerror})") from None
     except yaml.YAMLError as err:
-        raise StudyError(f"{path}: not valid YAML: {yaml_error(err)}") from None
+        raise StudyError(f"{shown(path)}: not valid YAML: {yaml_error(err)}") from None
     except UnicodeDecodeError as err:
-        raise StudyError(f"{path}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}); "
+        raise StudyError(f"{shown(path)}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}); "
                          f"save the study file as UTF-8") from None
     if not isinstance(data, dict):
-        raise StudyError(f"{path}: a study file is a mapping (name, out_dir, seeds, datasets, stems)")
+        raise StudyError(f"{shown(path)}: a study file is a mapping (name, out_dir, seeds, datasets, stems)")
     try:
         return Study.model_validate(data)
     except ValidationError as err:
@@ -457,5 +459,5 @@ def load_study(path: Union[str, Path]) -> Study:
             msg = e["msg"].removeprefix("Value error, ")
             if e["type"] == "extra_forbidden":
                 msg = "unknown field"
-            lines.append(f"{path}: {loc + ': ' if loc else ''}{msg}")
+            lines.append(f"{shown(path)}: {loc + ': ' if loc else ''}{msg}")
         raise StudyError("\n".join(dict.fromkeys(lines))) from None
