@@ -364,7 +364,7 @@ def disk_error(error: OSError, out_dir: str) -> str:
     import errno
     what = error.filename or out_dir
     fix = "free space" if error.errno in (errno.ENOSPC, errno.EDQUOT) else "fix that"
-    return (f"{what}: {error.strerror or error}; finished work is kept ({out_dir}/checkpoints/last.ckpt "
+    return (f"{shown(what)}: {error.strerror or error}; finished work is kept ({shown(out_dir)}/checkpoints/last.ckpt "
             f"holds the last finished epoch): {fix} and run the same command again to resume")
 
 
