@@ -21,6 +21,7 @@ from typing import Optional, Sequence
 
 from data_prep import CacheError
 from data_prep.discover import shown
+from data_prep.fileio import stray_temporaries
 
 from . import run_folder
 from .checkpoint import PAYLOAD_KEY, CheckpointError, CheckpointPayload, load_checkpoint, verified_checkpoint_io
@@ -124,19 +125,35 @@ def check_resume(path: str, cache, run_dir: Path, own: bool, task=None, recipe: 
 
 
 # --- one run ------------------------------------------------------------------------------------
+def _early_stopping():
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    class StayStopped(EarlyStopping):
+        """Lightning's ``EarlyStopping``, which also stops a run resumed after it had stopped:
+        Lightning restores the callback's counters (``stopped_epoch``) but not the trainer's
+        ``should_stop``, so such a run trained on."""
+
+        def on_train_start(self, trainer, pl_module) -> None:
+            if self.stopped_epoch > 0:
+                trainer.should_stop = True
+
+    return StayStopped
+
+
 def fit_run(recipe: Recipe, cache, split: dict, run_dir: Path, callbacks: Sequence = (),
             resume_from: Optional[str] = None) -> dict:
     """Train and evaluate one run (one fold) in ``run_dir``; returns its ``metrics.json`` dict
     (on rank 0; other ranks get ``{}``). A finished run folder is read, not trained again."""
     import lightning.pytorch as pl
     import torch
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
     from .data import CacheDataModule
     from .metrics import public
     from .models import describe_model
     from .task import ClassifierTask, History
+    StayStopped = _early_stopping()
     if run_folder.is_finished(run_dir):
         return run_folder.read_metrics(run_dir)
     cache.check_build()
@@ -168,13 +185,16 @@ def fit_run(recipe: Recipe, cache, split: dict, run_dir: Path, callbacks: Sequen
     history = History(run_dir)
     cbs = [history, *savers, cache_build_check(cache), *callbacks]
     if es.enabled and has_val:
-        cbs.append(EarlyStopping(monitor=es.metric, mode=checkpoint.mode, patience=es.patience))
+        cbs.append(StayStopped(monitor=es.metric, mode=checkpoint.mode, patience=es.patience))
     last = run_folder.last_checkpoint(run_dir)
     ckpt_path = resume_from or (str(last) if last.exists() else None)
     if ckpt_path:
         check_resume(ckpt_path, cache, run_dir, own=resume_from is None, task=task, recipe=recipe)
-    if ckpt_path is None and _is_rank_zero():
-        run_folder.discard_unfinished_epoch(run_dir)
+    if _is_rank_zero():
+        if ckpt_path is None:
+            run_folder.discard_unfinished_epoch(run_dir)
+        for stray in stray_temporaries(run_folder.checkpoint_dir(run_dir), "*.ckpt"):    # a killed save's
+            stray.unlink(missing_ok=True)
     loggers = run_folder.loggers(run_dir, rank_zero=_is_rank_zero())
     steps = max(1, len(split["train"]) // recipe.data.batch_size)
     trainer_args = {"log_every_n_steps": min(50, steps), **recipe.trainer}
@@ -358,14 +378,22 @@ def one_message(error: Exception) -> str:
 
 
 def disk_error(error: OSError, out_dir: str) -> str:
-    """One line for an ``OSError`` met while training ``out_dir`` (or building its cache): the
-    file, the system's reason, and that finished work is kept (run files are written whole or not
-    at all, so ``checkpoints/last.ckpt`` still holds the last finished epoch)."""
+    """One line for an ``OSError`` met while training ``out_dir``: the file, the system's reason,
+    and what a second run of the same command resumes from (the ``last.ckpt`` of the run or of its
+    folds, which are written whole or not at all), or that no epoch had finished."""
     import errno
     what = error.filename or out_dir
+    why = error.strerror or one_message(error)
     fix = "free space" if error.errno in (errno.ENOSPC, errno.EDQUOT) else "fix that"
-    return (f"{shown(what)}: {error.strerror or error}; finished work is kept ({shown(out_dir)}/checkpoints/last.ckpt "
-            f"holds the last finished epoch): {fix} and run the same command again to resume")
+    run = Path(out_dir)
+    kept = [run_folder.last_checkpoint(d) for d in (run, *sorted(run.glob("fold_*")))
+            if run_folder.last_checkpoint(d).is_file()]
+    resume = (f"{', '.join(shown(k) for k in kept)} keep{'s' * (len(kept) == 1)} the last finished epoch"
+              if kept else "no epoch had finished")
+    return f"{shown(what)}: {why}; {resume}: {fix} and run the same command again"
+
+
+DISK_ERRORS = ("ENOSPC", "EDQUOT", "EROFS", "EIO", "EACCES", "EPERM", "ENOENT", "ENOTDIR", "EISDIR", "ESTALE")
 
 
 def read_values(path: Optional[str]) -> Optional[dict]:
@@ -424,8 +452,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (RecipeError, CacheError, CheckpointError, run_folder.RunFolderError) as e:
         print(f"error: {one_message(e)}", file=sys.stderr)
         return 2
-    except OSError as e:          # a full, read-only or vanished disk under the run folder or the cache
-        print(f"error: {disk_error(e, args.recipe if recipe is None else recipe.out_dir)}", file=sys.stderr)
+    except OSError as e:          # a full, read-only or vanished disk under the run folder
+        import errno
+        if recipe is None or not (e.filename or errno.errorcode.get(e.errno) in DISK_ERRORS):
+            raise
+        print(f"error: {disk_error(e, recipe.out_dir)}", file=sys.stderr)
         return 2
     except SystemExit as e:       # Lightning's SIGTERMException: a SystemExit of status 0
         if type(e).__name__ != "SIGTERMException":

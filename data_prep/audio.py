@@ -22,6 +22,7 @@ import soundfile as sf
 
 from .audio_headers import fix_wav_sizes, truncation_note
 from .discover import AUDIO_EXTENSIONS, SNIFF_BYTES, shown, sniff  # noqa: F401  (AUDIO_EXTENSIONS: re-exported)
+from .fileio import FileTooLarge, read_whole
 
 # Integer subtypes decode much faster as integers than through libsndfile's float path; the
 # scaled result is bit-identical to ``soundfile.read(..., dtype="float32")`` (tested).
@@ -30,10 +31,10 @@ _INT_READS = {"PCM_S8": ("int16", 2.0**-15), "PCM_U8": ("int16", 2.0**-15),
               "PCM_32": ("int32", 2.0**-31)}
 
 
-# A file is read whole (its checksum and its decoding see the same bytes), then decoded to float32,
-# so memory is a few times its size. 4 GiB is the most a WAV file can hold (RIFF sizes are 32-bit):
-# a larger file is a long recording to cut into clips, or not audio at all.
-MAX_FILE_BYTES = 4 * 2**30
+# A memory guard: a file is read whole (its checksum and its decoding see the same bytes), then
+# decoded to float32, several times its size. 4 GiB (and the 8 bytes of a RIFF header) is the
+# largest plain WAV; a larger file (RF64, Wave64, FLAC...) is a long recording to cut into clips.
+MAX_FILE_BYTES = 2**32 + 8
 
 
 class BadInputError(ValueError):
@@ -44,17 +45,15 @@ def read_file(path: Union[str, Path]) -> bytes:
     """The bytes of an audio file, in one read. Raises :class:`BadInputError` naming the file
     when it cannot be read, is larger than :data:`MAX_FILE_BYTES` (checked before reading), or
     does not fit in memory."""
-    path = Path(path)
     try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise BadInputError(f"{shown(path)}: {size / 2**30:.1f} GiB is more than the {MAX_FILE_BYTES // 2**30} GiB an "
-                                "audio file may have here (files are read and decoded whole): cut it into clips")
-        return path.read_bytes()
+        return read_whole(path, MAX_FILE_BYTES)
+    except FileTooLarge as e:
+        raise BadInputError(f"{shown(path)}: {e.size / 2**30:.1f} GiB is more than the 4 GiB an audio file may "
+                            "have here (files are read and decoded whole): cut it into clips") from None
     except OSError as e:
         raise BadInputError(f"{shown(path)}: cannot read ({e.strerror or e})") from None
     except MemoryError:
-        raise BadInputError(f"{shown(path)}: not enough memory to read its {size / 2**20:.0f} MiB") from None
+        raise BadInputError(f"{shown(path)}: not enough memory to read it") from None
 
 
 @dataclass

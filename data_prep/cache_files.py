@@ -308,4 +308,7 @@ def _quote(text: str) -> str:
     if shown(text) == text:
         return shlex.quote(text)
     text = text.replace("\\", "\\\\").replace("'", "\\'")
-    return "$'" + "".join(c if shown(c) == c else repr(c)[1:-1] for c in text) + "'"      # \n, \t, \x1b
+    # \n, \t, \x1b; U+0080-U+009F and the line separators as \uXXXX, which bash writes as UTF-8
+    # (its \x85 would be the raw byte, another name)
+    return "$'" + "".join(c if shown(c) == c else repr(c)[1:-1] if ord(c) < 0x80 else f"\\u{ord(c):04x}"
+                          for c in text) + "'"

@@ -202,12 +202,12 @@ def text_name(name: str) -> str:
 _BREAKS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")      # control characters, line separators
 
 
-def shown(name: Union[str, os.PathLike]) -> str:
+def shown(name: Union[str, bytes, os.PathLike, None]) -> str:
     """``name`` (a file or folder name, a path, a label) as a message writes it: as it is, or,
     when it holds a control character (newline, carriage return, tab, escape...) or a Unicode
     line separator, as Python's ``repr`` (``'dog/bad\\nname.wav'``), so that the message stays
     one line and names the file exactly."""
-    text = os.fspath(name)
+    text = os.fsdecode(name) if isinstance(name, (bytes, os.PathLike)) else str(name)
     return repr(text) if _BREAKS.search(text) else text
 
 

@@ -24,6 +24,25 @@ def named_error(error: OSError, path: Union[str, Path]) -> OSError:
     return type(error)(error.errno, error.strerror or str(error), str(path))
 
 
+class FileTooLarge(ValueError):
+    """A file larger than the caller reads whole; ``size`` is its size in bytes."""
+
+    def __init__(self, size: int):
+        super().__init__(f"{size} bytes")
+        self.size = size
+
+
+def read_whole(path: Union[str, Path], limit: int) -> bytes:
+    """The bytes of ``path`` in one read (hash and parse these, not a second read: the file may
+    change in between). Raises :class:`FileTooLarge` for a file over ``limit`` bytes, checked
+    before reading, and ``OSError`` when it cannot be read."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size > limit:
+        raise FileTooLarge(size)
+    return path.read_bytes()
+
+
 def write_atomic(path: Union[str, Path], content: Content) -> None:
     """Write ``content`` to ``path`` atomically (tmp file, fsync, rename).
 
@@ -49,7 +68,7 @@ def write_atomic(path: Union[str, Path], content: Content) -> None:
         os.replace(tmp, path)
     except OSError as e:             # a full or read-only disk: leave no temporary file behind
         tmp.unlink(missing_ok=True)
-        raise named_error(e, path) from None
+        raise type(e)(e.errno, e.strerror or str(e), str(path)) from None     # the file, not its temporary
     except BaseException:            # interrupted (KeyboardInterrupt): no temporary file either
         tmp.unlink(missing_ok=True)
         raise

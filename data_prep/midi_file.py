@@ -13,10 +13,10 @@ from __future__ import annotations
 import io
 import os
 import sys
-from pathlib import Path
 from typing import Any, Union
 
 from .discover import shown
+from .fileio import FileTooLarge, read_whole
 
 MAX_FILE_BYTES = 64 * 2**20         # real MIDI files are kilobytes; the largest known, a few MB
 TICKS_PER_QUARTER = 480             # the built-in datasets' files: 480 ticks per quarter note,
@@ -30,13 +30,11 @@ def read_file(path: Union[str, os.PathLike]) -> bytes:
     """The bytes of a MIDI file as they are on disk, in one read (hash these, not a second read:
     the file may change in between). ``ValueError`` when it cannot be read or is larger than
     :data:`MAX_FILE_BYTES` (checked before reading)."""
-    path = Path(path)
     try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise ValueError(f"{size / 2**20:.0f} MiB is too large for a MIDI file "
-                             f"(limit {MAX_FILE_BYTES // 2**20} MiB)")
-        return path.read_bytes()
+        return read_whole(path, MAX_FILE_BYTES)
+    except FileTooLarge as e:
+        raise ValueError(f"{e.size / 2**20:.0f} MiB is too large for a MIDI file "
+                         f"(limit {MAX_FILE_BYTES // 2**20} MiB)") from None
     except OSError as e:
         raise ValueError(f"cannot read {shown(path)}: {e.strerror or e}") from None
 

@@ -331,3 +331,46 @@ def test_a_full_disk_during_training_is_one_line_and_the_run_resumes(base, capsy
     again = json.loads((out / "metrics.json").read_text())
     for split in ("test", "val"):
         assert again[split] == first[split]
+
+
+def test_a_run_resumed_after_early_stopping_trains_no_further(base):
+    """Lightning restores EarlyStopping's counters but not the trainer's should_stop: a run that had
+    stopped early and was interrupted before metrics.json (a full disk while writing the reports)
+    trained on when run again, and ended unlike the uninterrupted run."""
+    import shutil
+    stop = ["train.early_stopping={enabled: true, patience: 1, metric: val_accuracy}", "train.max_epochs=8"]
+    first = train(load_recipe(base["recipe"], [f"out_dir={base['tmp'] / 'es'}", *stop]))
+    assert first["epochs_run"] < 8, "the fixture's run must stop early"
+    again = base["tmp"] / "es_again"
+    shutil.copytree(base["tmp"] / "es", again)
+    (again / "metrics.json").unlink()
+    resumed = train(load_recipe(base["recipe"], [f"out_dir={again}", *stop]))
+    assert resumed["epochs_run"] == first["epochs_run"]
+    for split in ("test", "val", "test_last"):
+        assert resumed[split] == first[split]
+    assert len(read_csv(again / "history.csv")) == first["epochs_run"]
+
+
+def test_the_full_disk_line_says_what_there_is_to_resume(tmp_path):
+    import errno
+    from audiostem.train import disk_error
+    run = tmp_path / "run"
+    full = OSError(errno.ENOSPC, "No space left on device", str(run / "history.csv"))
+    assert "no epoch had finished" in disk_error(full, str(run))
+    (run / "fold_2" / "checkpoints").mkdir(parents=True)
+    (run / "fold_2" / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    line = disk_error(full, str(run))
+    assert f"{run}/fold_2/checkpoints/last.ckpt" in line and "free space and run the same command again" in line
+    assert "\n" not in line
+    assert disk_error(OSError(errno.EROFS, "Read-only file system", str(run)), str(run)).count("fix that") == 1
+
+
+def test_a_stray_checkpoint_temporary_of_a_killed_save_is_removed_on_resume(base):
+    import shutil
+    out = base["tmp"] / "stray"
+    shutil.copytree(base["out"], out)
+    (out / "metrics.json").unlink()
+    stray = out / "checkpoints" / ".last.ckpt.999.1.tmp"
+    stray.write_bytes(b"half a checkpoint")
+    train(load_recipe(base["recipe"], [f"out_dir={out}"]))
+    assert not stray.exists()
