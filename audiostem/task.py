@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, EarlyStopping
 import torch
 import torch.nn.functional as F
 
@@ -215,6 +215,21 @@ class ClassifierTask(pl.LightningModule):
 
 
 # --- the epoch history ---------------------------------------------------------------------------
+class StayStopped(EarlyStopping):
+    """Lightning's ``EarlyStopping``, which also stops a run resumed after it had stopped:
+    Lightning restores the callback's counters (``stopped_epoch``) but not the trainer's
+    ``should_stop``, so such a run trained on. Its state is stored under ``EarlyStopping``'s key,
+    so checkpoints written with either resume with the other."""
+
+    @property
+    def state_key(self) -> str:
+        return "EarlyStopping" + repr({"monitor": self.monitor, "mode": self.mode})
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.stopped_epoch > 0:
+            trainer.should_stop = True
+
+
 class History(Callback):
     """Writes the run folder's ``history.csv`` (one row per epoch, :data:`run_folder.HISTORY_FIELDS`)
     and measures training time and throughput. Its state travels in the checkpoints, so a

@@ -125,21 +125,6 @@ def check_resume(path: str, cache, run_dir: Path, own: bool, task=None, recipe: 
 
 
 # --- one run ------------------------------------------------------------------------------------
-def _early_stopping():
-    from lightning.pytorch.callbacks import EarlyStopping
-
-    class StayStopped(EarlyStopping):
-        """Lightning's ``EarlyStopping``, which also stops a run resumed after it had stopped:
-        Lightning restores the callback's counters (``stopped_epoch``) but not the trainer's
-        ``should_stop``, so such a run trained on."""
-
-        def on_train_start(self, trainer, pl_module) -> None:
-            if self.stopped_epoch > 0:
-                trainer.should_stop = True
-
-    return StayStopped
-
-
 def fit_run(recipe: Recipe, cache, split: dict, run_dir: Path, callbacks: Sequence = (),
             resume_from: Optional[str] = None) -> dict:
     """Train and evaluate one run (one fold) in ``run_dir``; returns its ``metrics.json`` dict
@@ -152,8 +137,7 @@ def fit_run(recipe: Recipe, cache, split: dict, run_dir: Path, callbacks: Sequen
     from .data import CacheDataModule
     from .metrics import public
     from .models import describe_model
-    from .task import ClassifierTask, History
-    StayStopped = _early_stopping()
+    from .task import ClassifierTask, History, StayStopped
     if run_folder.is_finished(run_dir):
         return run_folder.read_metrics(run_dir)
     cache.check_build()
